@@ -1,0 +1,70 @@
+# One command surface for people, hooks and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/iris.yaml
+HOST ?= 127.0.0.1
+PORT ?= 8000
+UI_PORT ?= 5000
+
+# The embedded store unless the caller points elsewhere.
+export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+# Usage telemetry would try to reach the network on every call; there is none here.
+export MLFLOW_DISABLE_TELEMETRY ?= true
+# mlflow server 3.17 starts eight job workers otherwise; too many for a 2-core machine.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
+# `mlflow run` starts `python -m pipeline`: it must find the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
+export SERVING_HOST ?= $(HOST)
+export SERVING_PORT ?= $(PORT)
+
+.PHONY: help venv run pipeline serve ui test lint format clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its dev tools
+
+run: $(STAMP) ## train, register and promote on CONFIG, then serve the Production model
+	$(MAKE) --no-print-directory pipeline
+	@echo
+	@echo "MLflow UI:   make ui   then open: $$($(BIN)/python -m pipeline ui-url --config $(CONFIG) --base-url http://$(HOST):$(UI_PORT) 2>/dev/null)"
+	@echo "Try it:      curl -s -X POST http://$(HOST):$(PORT)/predict -H 'Content-Type: application/json' \\"
+	@echo "               -d '{\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, \"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}'"
+	@echo
+	$(MAKE) --no-print-directory serve
+
+pipeline: $(STAMP) ## run the whole chain (mlflow run .) on CONFIG
+	$(BIN)/mlflow run . --env-manager local -P config=$(CONFIG)
+
+serve: $(STAMP) ## serve models:/<name>/Production over REST on HOST:PORT
+	$(BIN)/python -m serving
+
+ui: $(STAMP) ## start the MLflow UI on UI_PORT and print the runs-table link
+	@echo "Runs table: $$($(BIN)/python -m pipeline ui-url --config $(CONFIG) --base-url http://$(HOST):$(UI_PORT) 2>/dev/null || echo 'run make pipeline first')"
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root ./mlruns --host $(HOST) --port $(UI_PORT)
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check pipeline serving tests
+	$(BIN)/ruff format --check pipeline serving tests
+	$(BIN)/mypy
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix pipeline serving tests
+	$(BIN)/ruff format pipeline serving tests
+
+test: $(STAMP) lint ## lint, then the whole test suite
+	$(BIN)/pytest
+
+clean: ## remove the local store, artifacts and caches (keeps .venv)
+	rm -rf mlflow.db mlruns/[0-9]* mlruns/models .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Training side of the project: validate data, train, evaluate, register and gate models."""

@@ -1,0 +1,230 @@
+"""`python -m pipeline <step>`: the command surface that `mlflow run`, make and the tests share."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline import flow, ingest, promote, registry, train
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import PipelineError
+from pipeline.tracking import configure_tracking
+
+logger = logging.getLogger("pipeline")
+
+DEFAULT_CONFIG = "configs/iris.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    # Plots are written to files; never try to open a window.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        configure_tracking()
+        return int(args.handler(args))
+    except PipelineError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    except MlflowException as exc:
+        logger.error("MLflow refused the operation: %s", exc.message)
+        return 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    dataset = ingest.run(_config(args))
+    print(
+        f"OK: {dataset.source}: {dataset.rows} rows; numeric {list(dataset.numeric_features)}; "
+        f"categorical {list(dataset.categorical_features)}; data hash {dataset.data_hash}"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    dataset = ingest.run(config)
+    result = train.run(config, dataset, run_id=_adopt_launcher_run(config))
+    print(f"run_id={result.run_id}\nmodel_uri={result.model_uri}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    result = flow.evaluate_run(_config(args), args.run_id)
+    print("\n".join(f"{name}={value:.6g}" for name, value in result.metrics.items()))
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    result = flow.register_run(_config(args), args.run_id)
+    print(f"registered {result.name} version {result.version}")
+    return 0
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    decision = flow.gate_version(_config(args), args.version)
+    print(f"{decision.name} v{decision.version} {decision.decision}: {decision.reason}")
+    return 0
+
+
+def _cmd_main(args: argparse.Namespace) -> int:
+    config = _config(args)
+    result = flow.run_all(config, run_id=_adopt_launcher_run(config))
+    decision = result.decision
+    print(
+        f"run_id={result.training.run_id}\n"
+        f"registered {decision.name} version {decision.version}\n"
+        f"gate: {decision.decision}: {decision.reason}"
+    )
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    event = promote.promote(args.name, args.version, args.reason)
+    print(f"{args.name}: Production is now version {event.to_version} (was {event.from_version})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    event = promote.rollback(args.name, args.reason)
+    print(f"{args.name}: rolled back to version {event.to_version} (was {event.from_version})")
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    events = registry.history(MlflowClient(), args.name)
+    rows = [("time", "action", "from", "to", "actor", "reason")] + [
+        (e.time, e.action, e.from_version or "-", e.to_version, e.actor, e.reason) for e in events
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[5]
+        )
+    return 0
+
+
+def _cmd_ui_url(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    experiment = MlflowClient().get_experiment_by_name(config.experiment)
+    if experiment is None:
+        raise PipelineError(
+            f"experiment '{config.experiment}' does not exist yet; run the pipeline first"
+        )
+    # MLflow 3 opens in its GenAI view; this goes straight to the classic runs table.
+    print(
+        f"{args.base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}"
+        "/runs?workflowType=machine_learning"
+    )
+    return 0
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    config = load_config(args.config)
+    return config.with_overrides(
+        **{
+            "split.test_size": getattr(args, "test_size", None),
+            "split.seed": getattr(args, "seed", None),
+            "split.cv_folds": getattr(args, "cv_folds", None),
+        }
+    )
+
+
+def _adopt_launcher_run(config: PipelineConfig) -> str | None:
+    """Under `mlflow run`, log into the run it created when that run is in our experiment.
+
+    `mlflow run` puts its run in the experiment named on its own command line; the config names
+    ours. When they differ, the candidate gets its own run there and the launcher run points to it.
+    """
+    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if not launcher_id:
+        return None
+    client = MlflowClient()
+    experiment = mlflow.set_experiment(config.experiment)
+    if client.get_run(launcher_id).info.experiment_id == experiment.experiment_id:
+        return launcher_id
+    client.set_tag(
+        launcher_id,
+        "mlflow.note.content",
+        f"The candidate run of this invocation is in experiment '{config.experiment}'.",
+    )
+    return None
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _optional(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
+    def parse(text: str) -> int | float | None:
+        if text.strip() == "":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(
+        name: str, handler: object, help_text: str, config: bool = True
+    ) -> argparse.ArgumentParser:
+        sub = steps.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        if config:
+            sub.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config path")
+        return sub
+
+    def overrides(sub: argparse.ArgumentParser) -> None:
+        # Empty means "use the config": MLproject passes every declared parameter.
+        sub.add_argument("--test-size", type=_optional(float), help="override split.test_size")
+        sub.add_argument("--seed", type=_optional(int), help="override split.seed")
+        sub.add_argument("--cv-folds", type=_optional(int), help="override split.cv_folds")
+
+    step("validate", _cmd_validate, "load the data and check it against the config")
+    overrides(step("train", _cmd_train, "fit the model and log a candidate run"))
+    step("evaluate", _cmd_evaluate, "log held-out metrics and plots on a run").add_argument(
+        "--run-id", required=True
+    )
+    step("register", _cmd_register, "register the model of an evaluated run").add_argument(
+        "--run-id", required=True
+    )
+    step("gate", _cmd_gate, "promote a version if it beats the champion").add_argument(
+        "--version", required=True
+    )
+    overrides(step("main", _cmd_main, "the whole chain: validate, train ... gate"))
+    promote_cmd = step("promote", _cmd_promote, "put a version in Production by hand", False)
+    promote_cmd.add_argument("--name", required=True, help="registered model name")
+    promote_cmd.add_argument("--version", required=True)
+    promote_cmd.add_argument("--reason", help="why, for the promotion history")
+    rollback_cmd = step("rollback", _cmd_rollback, "return to the previous Production", False)
+    rollback_cmd.add_argument("--name", required=True, help="registered model name")
+    rollback_cmd.add_argument("--reason", help="why, for the promotion history")
+    step("history", _cmd_history, "list the changes of Production", False).add_argument(
+        "--name", required=True, help="registered model name"
+    )
+    step("ui-url", _cmd_ui_url, "print the MLflow UI link to the experiment's runs").add_argument(
+        "--base-url", default="http://127.0.0.1:5000", help="where `make ui` serves the UI"
+    )
+    return parser

@@ -1,0 +1,268 @@
+"""Pipeline configuration: YAML validated once, at the edge, into strict frozen models.
+
+Everything downstream receives a `PipelineConfig` and never re-reads YAML, so an unknown key,
+a missing data file, an estimator that does not import or a metric that does not fit the task
+is refused here, before any run is started or any model is registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
+
+from pipeline.errors import ConfigError
+
+Task = Literal["classification", "regression"]
+
+SKLEARN_DATASETS: dict[str, Task] = {
+    "iris": "classification",
+    "wine": "classification",
+    "breast_cancer": "classification",
+    "diabetes": "regression",
+}
+
+CLASSIFICATION_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_log_loss")
+REGRESSION_METRICS = ("test_rmse", "test_mae", "test_r2")
+LOWER_IS_BETTER = frozenset({"test_log_loss", "test_rmse", "test_mae"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FeaturesConfig(_Strict):
+    """Feature columns by kind; a kind left out is inferred from the column dtypes."""
+
+    numeric: list[str] | None = None
+    categorical: list[str] | None = None
+
+
+class DataConfig(_Strict):
+    """Where the data comes from: a bundled scikit-learn data set or a CSV/Parquet file."""
+
+    dataset: str | None = Field(default=None, description="scikit-learn bundled data set name")
+    path: str | None = Field(default=None, description="CSV or Parquet, relative to the config")
+    target: str
+    features: FeaturesConfig = FeaturesConfig()
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> DataConfig:
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError("give exactly one of 'dataset' (a scikit-learn data set) or 'path'")
+        if self.dataset is not None and self.dataset not in SKLEARN_DATASETS:
+            raise ValueError(
+                f"unknown scikit-learn data set '{self.dataset}'; "
+                f"choose one of {', '.join(sorted(SKLEARN_DATASETS))}"
+            )
+        if self.path is not None and Path(self.path).suffix.lower() not in {
+            ".csv",
+            ".parquet",
+            ".pq",
+        }:
+            raise ValueError(f"data file '{self.path}' must end in .csv or .parquet")
+        both = set(self.features.numeric or ()) & set(self.features.categorical or ())
+        if both:
+            raise ValueError(f"columns {sorted(both)} are declared both numeric and categorical")
+        if self.target in set(self.features.numeric or ()) | set(self.features.categorical or ()):
+            raise ValueError(f"target '{self.target}' is also listed as a feature")
+        return self
+
+
+class PreprocessingConfig(_Strict):
+    numeric_imputation: Literal["mean", "median", "most_frequent", "constant"] = "median"
+    categorical_imputation: Literal["most_frequent", "constant"] = "constant"
+    scaling: Literal["standard", "minmax", "robust", "none"] = "standard"
+    one_hot_max_categories: int | None = Field(default=None, ge=2)
+
+
+class EstimatorConfig(_Strict):
+    """Any scikit-learn compatible estimator by import path, with its constructor parameters."""
+
+    class_path: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self) -> BaseEstimator:
+        estimator_class = _import_estimator(self.class_path)
+        return estimator_class(**self.params)
+
+
+class SplitConfig(_Strict):
+    test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+    stratify: bool = True
+    cv_folds: int = Field(default=5, ge=2, le=20)
+
+
+class GateConfig(_Strict):
+    """When a candidate may replace the champion in Production."""
+
+    metric: str
+    threshold: float | None = Field(
+        default=None, description="absolute bar the candidate must reach"
+    )
+    min_improvement: float = Field(
+        default=0.0, ge=0.0, description="gain over the champion required to replace it"
+    )
+
+
+class PipelineConfig(_Strict):
+    experiment: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    task: Task
+    data: DataConfig
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    estimator: EstimatorConfig
+    split: SplitConfig = SplitConfig()
+    gate: GateConfig
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        metrics = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        if self.gate.metric not in metrics:
+            raise ValueError(
+                f"gate.metric '{self.gate.metric}' does not fit task '{self.task}'; "
+                f"choose one of {', '.join(metrics)}"
+            )
+        if self.data.dataset is not None and SKLEARN_DATASETS[self.data.dataset] != self.task:
+            raise ValueError(
+                f"data set '{self.data.dataset}' is a {SKLEARN_DATASETS[self.data.dataset]} "
+                f"data set but task is '{self.task}'"
+            )
+        estimator = self.estimator.build()
+        fits = (
+            is_classifier(estimator) if self.task == "classification" else is_regressor(estimator)
+        )
+        if not fits:
+            raise ValueError(
+                f"estimator '{self.estimator.class_path}' is not a "
+                f"{'classifier' if self.task == 'classification' else 'regressor'}; "
+                f"pick an estimator for task '{self.task}'"
+            )
+        return self
+
+    @property
+    def data_path(self) -> Path | None:
+        """The data file, resolved against the directory of the config file."""
+        if self.data.path is None:
+            return None
+        return (self._base_dir / self.data.path).resolve()
+
+    @property
+    def source_description(self) -> str:
+        return f"sklearn:{self.data.dataset}" if self.data.dataset else str(self.data.path)
+
+    def gate_lower_is_better(self) -> bool:
+        return self.gate.metric in LOWER_IS_BETTER
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_overrides(self, **overrides: Any) -> PipelineConfig:
+        """A re-validated copy with `section.key` overrides applied (None values are skipped)."""
+        raw = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, key = dotted.split(".", 1)
+            raw[section][key] = value
+        return _validate(raw, self._base_dir, source=f"overrides {overrides}")
+
+
+def _import_estimator(class_path: str) -> type[BaseEstimator]:
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"estimator.class_path '{class_path}' must be a full import path, "
+            "e.g. sklearn.linear_model.LogisticRegression"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"estimator.class_path '{class_path}': cannot import '{module_name}'"
+        ) from exc
+    estimator_class = getattr(module, class_name, None)
+    if not isinstance(estimator_class, type) or not issubclass(estimator_class, BaseEstimator):
+        raise ValueError(
+            f"estimator.class_path '{class_path}': '{class_name}' is not a scikit-learn "
+            f"estimator in '{module_name}'"
+        )
+    return estimator_class
+
+
+def _check_estimator_params(estimator_config: dict[str, Any]) -> None:
+    class_path = estimator_config.get("class_path")
+    params = estimator_config.get("params") or {}
+    if not isinstance(class_path, str) or not isinstance(params, dict):
+        return  # the schema reports the type error itself
+    estimator_class = _import_estimator(class_path)
+    valid = set(estimator_class().get_params())
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(
+            f"estimator.params {unknown} are not parameters of {estimator_class.__name__}; "
+            f"valid parameters: {', '.join(sorted(valid))}"
+        )
+    estimator = estimator_class(**params)
+    validate = getattr(estimator, "_validate_params", None)
+    if callable(validate):
+        try:
+            validate()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"estimator.params: {exc}") from exc
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{location}' (check its spelling and indentation)")
+        elif error["type"] == "missing":
+            problems.append(f"missing required key '{location}'")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{location}: {message}" if location else message)
+    return "; ".join(problems)
+
+
+def _validate(raw: Any, base_dir: Path, source: str) -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        estimator_raw = raw.get("estimator")
+        if isinstance(estimator_raw, dict):
+            _check_estimator_params(estimator_raw)
+        config = PipelineConfig.model_validate(raw)
+    except ValueError as exc:
+        message = _format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"{source}: {message}") from exc
+    config._base_dir = base_dir
+    if config.data_path is not None and not config.data_path.is_file():
+        raise ConfigError(
+            f"{source}: data.path '{config.data.path}' not found "
+            f"(looked for {config.data_path}; paths are relative to the config file)"
+        )
+    return config
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a YAML config; every problem is a `ConfigError` naming the key."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass an existing YAML file")
+    try:
+        raw = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    return _validate(raw, config_path.resolve().parent, source=str(path))

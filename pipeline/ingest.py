@@ -1,0 +1,239 @@
+"""Ingest + validate: load the configured source and check it against the config's contract.
+
+Nothing is logged or registered here: a data set that breaks the contract stops the pipeline
+before any MLflow run exists, so a bad file leaves the tracking store and registry untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import datasets as sklearn_datasets
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import DataValidationError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated data set: features typed as the model will see them, plus the target."""
+
+    frame: pd.DataFrame
+    target: str
+    numeric_features: tuple[str, ...]
+    categorical_features: tuple[str, ...]
+    data_hash: str
+    source: str
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric_features, *self.categorical_features]
+
+    @property
+    def X(self) -> pd.DataFrame:
+        return self.frame[self.features]
+
+    @property
+    def y(self) -> pd.Series:
+        return self.frame[self.target]
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+
+def run(config: PipelineConfig) -> Dataset:
+    """Load the configured data and validate it; raises `DataValidationError` naming the column."""
+    raw = _load(config)
+    data_hash = hash_frame(raw)
+    dataset = _validate(raw, config, data_hash)
+    logger.info(
+        "Validated %s: %d rows, %d numeric and %d categorical features, data hash %s",
+        dataset.source,
+        dataset.rows,
+        len(dataset.numeric_features),
+        len(dataset.categorical_features),
+        data_hash[:12],
+    )
+    return dataset
+
+
+def hash_frame(frame: pd.DataFrame) -> str:
+    """SHA-256 over every column name, dtype and value of every row."""
+    digest = hashlib.sha256()
+    for name, dtype in frame.dtypes.items():
+        digest.update(f"{name}:{dtype};".encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load(config: PipelineConfig) -> pd.DataFrame:
+    if config.data.dataset is not None:
+        return _load_sklearn(config.data.dataset, config.data.target, config.task)
+    path = config.data_path
+    assert path is not None  # the config guarantees exactly one source
+    return _read_file(path)
+
+
+def _load_sklearn(name: str, target: str, task: str) -> pd.DataFrame:
+    bunch = getattr(sklearn_datasets, f"load_{name}")(as_frame=True)
+    frame = bunch.frame.rename(columns=_snake_case)
+    labels = bunch.target
+    if task == "classification":
+        # Train on the real label values, so the model's classes_ are what users read.
+        labels = pd.Series(np.asarray(bunch.target_names)[bunch.target], name=target)
+    frame = frame.drop(columns=["target"]).assign(**{target: labels.to_numpy()})
+    return frame
+
+
+def _snake_case(column: str) -> str:
+    return re.sub(r"[^0-9a-zA-Z]+", "_", column).strip("_").lower()
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(
+            f"data file '{path}' is empty: it has no header and no rows"
+        ) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataValidationError(f"data file '{path}' cannot be read: {message}") from exc
+
+
+def _validate(raw: pd.DataFrame, config: PipelineConfig, data_hash: str) -> Dataset:
+    source = config.source_description
+    target = config.data.target
+    if raw.empty:
+        raise DataValidationError(f"data '{source}' has no rows; provide a file with data rows")
+    if target not in raw.columns:
+        raise DataValidationError(
+            f"target column '{target}' not found in '{source}'; "
+            f"columns are: {', '.join(map(str, raw.columns))}"
+        )
+    missing_target = int(raw[target].isna().sum())
+    if missing_target:
+        raise DataValidationError(
+            f"target column '{target}' has {missing_target} missing values in {len(raw)} rows "
+            f"(first at row {_first_row(raw[target].isna())}); drop or fill those rows"
+        )
+    numeric, categorical = _feature_columns(raw, config)
+    frame = pd.DataFrame(index=raw.index)
+    for column in numeric:
+        frame[column] = _as_numeric(raw[column], column, "numeric feature")
+    for column in categorical:
+        frame[column] = _as_category_strings(raw[column])
+    for column in (*numeric, *categorical):
+        if frame[column].isna().all():
+            raise DataValidationError(
+                f"feature column '{column}' is missing in all {len(raw)} rows; "
+                "remove it from the data or the config"
+            )
+    frame[target] = _check_target(raw[target], config)
+    return Dataset(
+        frame=frame.reset_index(drop=True),
+        target=target,
+        numeric_features=numeric,
+        categorical_features=categorical,
+        data_hash=data_hash,
+        source=source,
+    )
+
+
+def _feature_columns(
+    raw: pd.DataFrame, config: PipelineConfig
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    declared = config.data.features
+    target = config.data.target
+    for column in (*(declared.numeric or ()), *(declared.categorical or ())):
+        if column not in raw.columns:
+            raise DataValidationError(
+                f"feature column '{column}' declared in the config is not in "
+                f"'{config.source_description}'; columns are: {', '.join(map(str, raw.columns))}"
+            )
+    listed = {*(declared.numeric or ()), *(declared.categorical or ())}
+    undeclared = [c for c in raw.columns if c != target and c not in listed]
+    if declared.numeric is not None and declared.categorical is not None:
+        undeclared = []  # both kinds listed: the config chose the features, others are ignored
+    inferred_numeric = [c for c in undeclared if _is_numeric(raw[c])]
+    inferred_categorical = [c for c in undeclared if not _is_numeric(raw[c])]
+    for column in inferred_categorical:
+        if pd.api.types.is_datetime64_any_dtype(raw[column]):
+            raise DataValidationError(
+                f"column '{column}' holds dates, which the model cannot use as they are; "
+                "list the features in the config to leave it out, or derive numbers from it"
+            )
+    numeric = tuple(declared.numeric) if declared.numeric is not None else tuple(inferred_numeric)
+    categorical = (
+        tuple(declared.categorical)
+        if declared.categorical is not None
+        else tuple(inferred_categorical)
+    )
+    if not numeric and not categorical:
+        raise DataValidationError(
+            f"'{config.source_description}' has no feature columns besides the target '{target}'"
+        )
+    return numeric, categorical
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _as_numeric(column: pd.Series, name: str, role: str) -> pd.Series:
+    if _is_numeric(column):
+        return column
+    converted = pd.to_numeric(column, errors="coerce")
+    bad = converted.isna() & column.notna()
+    if bad.any():
+        example = column[bad].iloc[0]
+        raise DataValidationError(
+            f"{role} '{name}' has {int(bad.sum())} non-numeric values in {len(column)} rows "
+            f"(e.g. {example!r} at row {_first_row(bad)}); fix them"
+            + (" or declare it categorical" if role == "numeric feature" else "")
+        )
+    return converted
+
+
+def _as_category_strings(column: pd.Series) -> pd.Series:
+    # Object dtype with np.nan for gaps: what SimpleImputer and OneHotEncoder expect, and
+    # what the logged signature declares as an optional string column.
+    values = column.astype(object).where(column.notna(), np.nan)
+    return values.map(lambda v: v if isinstance(v, float) and np.isnan(v) else str(v)).astype(
+        object
+    )
+
+
+def _check_target(column: pd.Series, config: PipelineConfig) -> pd.Series:
+    target = config.data.target
+    if config.task == "regression":
+        return _as_numeric(column, target, "regression target")
+    counts = column.value_counts()
+    if len(counts) < 2:
+        raise DataValidationError(
+            f"target column '{target}' has a single class {counts.index[0]!r} in {len(column)} "
+            "rows; a classifier needs at least two classes"
+        )
+    if config.split.stratify and counts.min() < 2:
+        rare = counts[counts < 2].index.tolist()
+        raise DataValidationError(
+            f"target column '{target}' has classes with a single row ({rare!r}); a stratified "
+            "split needs at least two rows per class: add rows or set split.stratify: false"
+        )
+    return column
+
+
+def _first_row(mask: pd.Series) -> int:
+    # Row numbers as a person counts them in the file: 1 is the first data row.
+    return int(np.flatnonzero(mask.to_numpy())[0]) + 1

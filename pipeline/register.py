@@ -1,0 +1,76 @@
+"""Register: every evaluated candidate becomes a registered model version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def run(
+    config: PipelineConfig,
+    run_id: str,
+    model_uri: str,
+    metrics: Mapping[str, float],
+    data_hash: str,
+) -> RegisteredVersion:
+    """Create a version of `config.registered_model` from the run's model, tagged for lineage."""
+    client = MlflowClient()
+    name = config.registered_model
+    _ensure_registered_model(client, config)
+    tags = {
+        "run_id": run_id,
+        "data.hash": data_hash,
+        "config.hash": config.config_hash(),
+        "task": config.task,
+        "estimator": config.estimator.class_path,
+        **{name: f"{value:.6g}" for name, value in metrics.items() if name.startswith("test_")},
+    }
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
+    client.update_model_version(
+        name,
+        version.version,
+        description=(
+            f"{config.estimator.class_path} trained on {config.source_description} "
+            f"(data hash {data_hash[:12]}) in run {run_id}. Held-out: {headline}."
+        ),
+    )
+    logger.info("Registered '%s' version %s from run %s", name, version.version, run_id)
+    return RegisteredVersion(
+        name=name, version=str(version.version), run_id=run_id, model_uri=model_uri
+    )
+
+
+def _ensure_registered_model(client: MlflowClient, config: PipelineConfig) -> None:
+    try:
+        client.get_registered_model(config.registered_model)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                config.registered_model,
+                tags={"task": config.task},
+                description=(
+                    f"{config.task.capitalize()} model trained by the pipeline on "
+                    f"{config.source_description}; gate metric {config.gate.metric}."
+                ),
+            )
+        except MlflowException:
+            # Another pipeline created it between our check and our create: that is fine.
+            client.get_registered_model(config.registered_model)

@@ -1,0 +1,76 @@
+"""Fixtures shared by every layer: a throwaway MLflow store and small config factories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# No network here: keep MLflow's usage telemetry from trying, in this process and children.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite tracking store in tmp_path; artifacts land in tmp_path/mlruns.
+
+    The working directory moves to tmp_path so MLflow's default `./mlruns` artifact root is
+    the temporary one, never the checkout's.
+    """
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    if mlflow.active_run():
+        mlflow.end_run()
+
+
+def _iris_config(**sections: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "experiment": "iris-test",
+        "registered_model": "iris-test",
+        "task": "classification",
+        "data": {"dataset": "iris", "target": "species"},
+        "estimator": {
+            "class_path": "sklearn.linear_model.LogisticRegression",
+            "params": {"max_iter": 500},
+        },
+        "split": {"test_size": 0.3, "seed": 42, "stratify": True, "cv_folds": 3},
+        "gate": {"metric": "test_f1_macro", "threshold": 0.8, "min_improvement": 0.0},
+    }
+    config.update(sections)
+    return config
+
+
+@pytest.fixture
+def iris_config() -> Callable[..., dict[str, Any]]:
+    """A small, fast iris config as a dict; keyword arguments replace whole sections."""
+    return _iris_config
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config dict (and optionally a CSV beside it) and return the YAML path."""
+    counter = iter(range(1000))
+
+    def write(config: dict[str, Any], csv_text: str | None = None, name: str | None = None) -> Path:
+        stem = name or f"config{next(counter)}"
+        if csv_text is not None:
+            (tmp_path / f"{stem}.csv").write_text(csv_text)
+            config = {**config, "data": {**config["data"], "path": f"{stem}.csv"}}
+            config["data"].pop("dataset", None)
+        path = tmp_path / f"{stem}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write

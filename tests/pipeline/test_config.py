@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_repository_ships_the_four_documented_configs() -> None:
+    names = {path.stem for path in SHIPPED_CONFIGS}
+    assert {"iris", "breast_cancer", "diabetes", "customers"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, PipelineConfig)
+    assert config.gate.metric.startswith("test_")
+
+
+def test_a_csv_config_resolves_its_data_path_against_the_config_file() -> None:
+    config = load_config(REPO_ROOT / "configs" / "customers.yaml")
+    assert config.data_path == REPO_ROOT / "configs" / "data" / "customers.csv"
+
+
+def test_config_hash_changes_when_a_hyperparameter_changes(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    base = load_config(write_config(iris_config()))
+    changed = load_config(
+        write_config(
+            iris_config(
+                estimator={
+                    "class_path": "sklearn.linear_model.LogisticRegression",
+                    "params": {"max_iter": 500, "C": 0.5},
+                }
+            )
+        )
+    )
+    assert base.config_hash() != changed.config_hash()
+    assert base.config_hash() == load_config(write_config(iris_config())).config_hash()
+
+
+def _refused(write_config: Callable[..., Path], config: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(config))
+    return str(caught.value)
+
+
+def test_a_missing_config_file_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file '.*nope\.yaml' not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("task: [classification\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_an_unknown_top_level_key_is_refused_naming_it(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    message = _refused(write_config, {**iris_config(), "estimater": {}})
+    assert "unknown key 'estimater'" in message
+
+
+def test_an_unknown_nested_key_is_refused_with_its_path(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(split={"test_size": 0.3, "sede": 1})
+    assert "unknown key 'split.sede'" in _refused(write_config, config)
+
+
+def test_a_missing_required_key_is_named(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config()
+    del config["gate"]
+    assert "missing required key 'gate'" in _refused(write_config, config)
+
+
+def test_an_estimator_that_does_not_import_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(estimator={"class_path": "sklearn.nonexistent.Forest"})
+    message = _refused(write_config, config)
+    assert "estimator.class_path 'sklearn.nonexistent.Forest'" in message
+    assert "cannot import 'sklearn.nonexistent'" in message
+
+
+def test_a_class_that_is_not_an_estimator_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(estimator={"class_path": "pathlib.Path"})
+    assert "'Path' is not a scikit-learn estimator" in _refused(write_config, config)
+
+
+def test_a_regressor_for_a_classification_task_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(estimator={"class_path": "sklearn.linear_model.Ridge"})
+    message = _refused(write_config, config)
+    assert "'sklearn.linear_model.Ridge' is not a classifier" in message
+
+
+def test_an_unknown_estimator_parameter_is_refused_naming_it(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(
+        estimator={
+            "class_path": "sklearn.linear_model.LogisticRegression",
+            "params": {"max_iterations": 10},
+        }
+    )
+    message = _refused(write_config, config)
+    assert "['max_iterations'] are not parameters of LogisticRegression" in message
+
+
+def test_an_invalid_estimator_parameter_value_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(
+        estimator={"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": -1}}
+    )
+    message = _refused(write_config, config)
+    assert "estimator.params" in message and "'C'" in message
+
+
+def test_a_metric_that_does_not_fit_the_task_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(gate={"metric": "test_rmse", "threshold": 1.0})
+    message = _refused(write_config, config)
+    assert "gate.metric 'test_rmse' does not fit task 'classification'" in message
+
+
+def test_a_missing_data_file_is_refused_naming_it(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(data={"path": "absent.csv", "target": "species"})
+    assert "data.path 'absent.csv' not found" in _refused(write_config, config)
+
+
+def test_a_data_section_with_two_sources_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(data={"dataset": "iris", "path": "x.csv", "target": "species"})
+    assert "exactly one of 'dataset'" in _refused(write_config, config)
+
+
+def test_an_unknown_bundled_data_set_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(data={"dataset": "mnist", "target": "label"})
+    assert "unknown scikit-learn data set 'mnist'" in _refused(write_config, config)
+
+
+def test_a_string_where_a_number_belongs_is_refused_naming_the_key(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(split={"test_size": "a lot"})
+    assert "split.test_size" in _refused(write_config, config)
+
+
+def test_overrides_are_validated_like_the_file(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(write_config(iris_config()))
+    assert config.with_overrides(**{"split.seed": 7}).split.seed == 7
+    with pytest.raises(ConfigError, match=r"split\.test_size"):
+        config.with_overrides(**{"split.test_size": 1.5})

@@ -1,0 +1,142 @@
+"""Model layer: the gate promotes only better models, and says why in the registry."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import flow, registry
+from pipeline.config import load_config
+
+DUMMY = {"class_path": "sklearn.dummy.DummyClassifier", "params": {"strategy": "most_frequent"}}
+WEAK = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
+
+RunConfig = Callable[..., flow.PipelineResult]
+
+
+@pytest.fixture
+def run_config(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> RunConfig:
+    def run(**sections: Any) -> flow.PipelineResult:
+        return flow.run_all(load_config(write_config(iris_config(**sections))))
+
+    return run
+
+
+def _stage(name: str, version: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return str(MlflowClient().get_model_version(name, version).current_stage)
+
+
+def test_the_first_model_is_promoted_when_it_meets_the_threshold(run_config: RunConfig) -> None:
+    result = run_config()
+    client = MlflowClient()
+    assert result.decision.promoted
+    assert "first model: no champion yet" in result.decision.reason
+    assert _stage("iris-test", "1") == "Production"
+    assert str(client.get_model_version_by_alias("iris-test", "champion").version) == "1"
+    tags = client.get_model_version("iris-test", "1").tags
+    assert tags["gate.decision"] == "promoted"
+    assert tags["run_id"] == result.training.run_id
+    assert tags["data.hash"] == result.data_hash
+    assert float(tags["test_f1_macro"]) == pytest.approx(result.evaluation.metrics["test_f1_macro"])
+
+
+def test_the_held_out_metrics_are_logged_on_the_candidate_run(run_config: RunConfig) -> None:
+    result = run_config()
+    metrics = MlflowClient().get_run(result.training.run_id).data.metrics
+    for name in ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_log_loss"):
+        assert name in metrics
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.training.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/feature_importance.png"} <= artifacts
+
+
+def test_a_first_model_below_the_threshold_is_registered_but_not_promoted(
+    run_config: RunConfig,
+) -> None:
+    result = run_config(estimator=DUMMY)
+    assert not result.decision.promoted
+    assert result.decision.reason.startswith("test_f1_macro 0.")
+    assert "< threshold 0.8000" in result.decision.reason
+    assert _stage("iris-test", "1") == "None"
+    assert registry.production_version(MlflowClient(), "iris-test") is None
+
+
+def test_a_worse_candidate_is_rejected_with_the_reason_in_words(run_config: RunConfig) -> None:
+    run_config()
+    worse = run_config(estimator=DUMMY, gate={"metric": "test_f1_macro", "threshold": None})
+    client = MlflowClient()
+    tags = client.get_model_version("iris-test", "2").tags
+    assert tags["gate.decision"] == "rejected"
+    assert tags["gate.champion_version"] == "1"
+    assert " < champion v1 " in tags["gate.reason"]
+    assert tags["gate.reason"].endswith("+ 0.0000")
+    assert worse.decision.reason == tags["gate.reason"]
+    assert _stage("iris-test", "1") == "Production"
+    assert str(client.get_model_version_by_alias("iris-test", "champion").version) == "1"
+
+
+def test_a_better_candidate_replaces_the_champion_and_archives_it(run_config: RunConfig) -> None:
+    run_config(estimator=WEAK, gate={"metric": "test_f1_macro", "threshold": None})
+    better = run_config()
+    assert better.decision.promoted
+    assert better.decision.champion_version == "1"
+    assert "beats champion v1" in better.decision.reason
+    assert _stage("iris-test", "1") == "Archived"
+    assert _stage("iris-test", "2") == "Production"
+    assert str(MlflowClient().get_model_version_by_alias("iris-test", "champion").version) == "2"
+    events = registry.history(MlflowClient(), "iris-test")
+    assert [(e.from_version, e.to_version, e.action) for e in events] == [
+        ("1", "2", "gate"),
+        (None, "1", "gate"),
+    ]
+
+
+def test_an_equal_candidate_does_not_replace_the_champion(run_config: RunConfig) -> None:
+    run_config()
+    again = run_config()
+    assert not again.decision.promoted
+    assert "equals champion v1" in again.decision.reason
+
+
+def test_a_gain_below_the_minimum_improvement_is_rejected(run_config: RunConfig) -> None:
+    gate = {"metric": "test_f1_macro", "threshold": None, "min_improvement": 0.5}
+    run_config(estimator=WEAK, gate=gate)
+    result = run_config(gate=gate)
+    assert not result.decision.promoted
+    assert result.decision.reason.endswith("+ 0.5000")
+
+
+def test_regression_gates_on_an_error_metric_where_lower_is_better(
+    mlflow_store: str, write_config: Callable[..., Path]
+) -> None:
+    def config(estimator: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "experiment": "diabetes-test",
+            "registered_model": "diabetes-test",
+            "task": "regression",
+            "data": {"dataset": "diabetes", "target": "progression"},
+            "estimator": estimator,
+            "split": {"test_size": 0.25, "seed": 0, "stratify": False, "cv_folds": 2},
+            "gate": {"metric": "test_rmse", "threshold": 100.0},
+        }
+
+    first = flow.run_all(
+        load_config(write_config(config({"class_path": "sklearn.linear_model.Ridge"})))
+    )
+    worse = flow.run_all(
+        load_config(write_config(config({"class_path": "sklearn.dummy.DummyRegressor"})))
+    )
+    assert first.decision.promoted
+    assert set(first.evaluation.metrics) == {"test_rmse", "test_mae", "test_r2"}
+    assert not worse.decision.promoted
+    assert " > champion v1 " in worse.decision.reason or "> threshold" in worse.decision.reason

@@ -1,0 +1,79 @@
+"""Explicit promotion and rollback: stage and alias move together, and history is recorded."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import flow, promote, registry
+from pipeline.config import load_config
+from pipeline.errors import RegistryError
+
+WEAK = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
+
+
+@pytest.fixture
+def three_versions(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> str:
+    """Versions 1 (Production), 2 and 3 (rejected) of `iris-test`."""
+    flow.run_all(load_config(write_config(iris_config())))
+    for _ in range(2):
+        flow.run_all(load_config(write_config(iris_config(estimator=WEAK))))
+    return "iris-test"
+
+
+def _production(name: str) -> str:
+    version = registry.production_version(MlflowClient(), name)
+    assert version is not None
+    return str(version.version)
+
+
+def test_promote_by_hand_moves_stage_and_alias_and_records_who_and_why(three_versions: str) -> None:
+    event = promote.promote(three_versions, "3", "hotfix for drift")
+    assert (event.from_version, event.to_version, event.action) == ("1", "3", "promote")
+    assert _production(three_versions) == "3"
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(three_versions, "champion").version) == "3"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert client.get_model_version(three_versions, "1").current_stage == "Archived"
+    latest = registry.history(client, three_versions)[0]
+    assert latest.reason == "hotfix for drift"
+    assert latest.actor
+
+
+def test_rollback_returns_to_the_previous_production_version_each_time(three_versions: str) -> None:
+    promote.promote(three_versions, "2")
+    promote.promote(three_versions, "3")
+    assert promote.rollback(three_versions).to_version == "2"
+    assert _production(three_versions) == "2"
+    assert promote.rollback(three_versions).to_version == "1"
+    assert str(MlflowClient().get_model_version_by_alias(three_versions, "champion").version) == "1"
+    with pytest.raises(RegistryError, match="no earlier Production version than 1"):
+        promote.rollback(three_versions)
+    actions = [e.action for e in registry.history(MlflowClient(), three_versions)]
+    assert actions == ["rollback", "rollback", "promote", "promote", "gate"]
+
+
+def test_promoting_an_unknown_version_is_refused_naming_it(three_versions: str) -> None:
+    with pytest.raises(RegistryError, match="has no version '9'"):
+        promote.promote(three_versions, "9")
+    assert _production(three_versions) == "1"
+
+
+def test_promoting_the_production_version_again_is_refused(three_versions: str) -> None:
+    with pytest.raises(RegistryError, match="already in Production"):
+        promote.promote(three_versions, "1")
+
+
+def test_rollback_without_a_production_version_is_refused(mlflow_store: str) -> None:
+    with pytest.raises(RegistryError, match="no Production version"):
+        promote.rollback("never-trained")
