@@ -1,0 +1,121 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The model is loaded in the lifespan, never at import or in ``create_app``; if loading fails
+the server still starts, reports why on ``/health/ready`` and keeps retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from serving.errors import add_error_handlers
+from serving.routes import router
+from serving.settings import Settings
+from serving.state import ActiveModel, ModelHolder
+
+logger = logging.getLogger(__name__)
+
+STARTUP_WAIT_SECONDS = 30.0
+"""How long startup waits for the first load attempt before serving without a model."""
+
+_REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app for ``settings``; the model loads when the app starts (lifespan)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder = ModelHolder(
+            settings.model_ref,
+            settings.tracking_uri,
+            settings.poll_seconds,
+            on_change=lambda _active: _reset_openapi(app),
+        )
+        app.state.models = holder
+        logger.info("Serving %s from %s", settings.model_ref, settings.tracking_uri)
+        watcher = asyncio.create_task(holder.watch(), name="serving-model-watch")
+        try:
+            await asyncio.wait_for(holder.first_attempt.wait(), timeout=STARTUP_WAIT_SECONDS)
+        except TimeoutError:
+            logger.warning("First load of %s still running; starting without a model", holder.ref)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    app = FastAPI(
+        title="Model serving",
+        summary="Predictions from the MLflow registered model",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    add_error_handlers(app)
+    app.include_router(router)
+    _install_openapi(app)
+    return app
+
+
+def _reset_openapi(app: FastAPI) -> None:
+    app.openapi_schema = None
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Describe ``/predict`` with the request models of the model loaded right now."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        holder: ModelHolder | None = getattr(app.state, "models", None)
+        active = holder.active if holder is not None else None
+        operation = schema["paths"]["/predict"]["post"]
+        operation["requestBody"] = _predict_request_body(schema, active)
+        if active is not None:
+            loaded = active.loaded
+            operation["description"] = (
+                f"Inputs of model '{loaded.name}' version {loaded.version} ({loaded.task}). "
+                + str(operation.get("description", ""))
+            )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _predict_request_body(schema: dict[str, Any], active: ActiveModel | None) -> dict[str, Any]:
+    if active is None:
+        body_schema: dict[str, Any] = {
+            "type": "object",
+            "description": "No model is loaded yet: the feature names appear once one is.",
+        }
+    else:
+        record, batch = active.requests.record, active.requests.batch
+        _, definitions = models_json_schema(
+            [(record, "validation"), (batch, "validation")], ref_template=_REF_TEMPLATE
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(definitions.get("$defs", {}))
+        body_schema = {
+            "oneOf": [
+                {"$ref": _REF_TEMPLATE.format(model=record.__name__)},
+                {"$ref": _REF_TEMPLATE.format(model=batch.__name__)},
+            ]
+        }
+    return {"required": True, "content": {"application/json": {"schema": body_schema}}}

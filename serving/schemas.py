@@ -1,0 +1,72 @@
+"""Response bodies of the REST API (request bodies are generated from the model signature)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from serving.inference import ClassPrediction, RegressionPrediction
+
+
+class PredictResponseBase(BaseModel):
+    model_name: str = Field(description="Registered model that answered.")
+    model_version: str = Field(description="Version of the registered model that answered.")
+
+
+class PredictOnePublic(PredictResponseBase):
+    prediction: ClassPrediction | RegressionPrediction
+
+
+class PredictManyPublic(PredictResponseBase):
+    predictions: list[ClassPrediction | RegressionPrediction]
+
+
+class LivePublic(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class ReadyPublic(BaseModel):
+    status: Literal["ready"] = "ready"
+    model_name: str
+    model_version: str
+
+
+class NotReadyPublic(BaseModel):
+    status: Literal["not_ready"] = "not_ready"
+    reason: str = Field(description="Why no model is loaded, and what to do about it.")
+
+
+class InputColumnPublic(BaseModel):
+    name: str
+    type: str = Field(description="MLflow type: double, long, string, boolean ...")
+    required: bool
+
+
+class ModelPublic(BaseModel):
+    name: str
+    version: str
+    stage: str | None
+    aliases: list[str]
+    reference: str = Field(description="The configured reference, e.g. models:/iris/Production.")
+    run_id: str | None
+    task: Literal["classification", "regression"]
+    inputs: list[InputColumnPublic]
+    classes: list[str | int | float | bool] | None
+    has_probabilities: bool
+    metrics: dict[str, float] = Field(description="Held-out test metrics of the training run.")
+
+
+class ErrorDetailPublic(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfoPublic(BaseModel):
+    type: str
+    message: str
+    details: list[ErrorDetailPublic]
+
+
+class ErrorPublic(BaseModel):
+    error: ErrorInfoPublic

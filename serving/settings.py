@@ -1,0 +1,82 @@
+"""Serving settings: one frozen object read from ``SERVING_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.model_ref import ModelRef, canonical_stage
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class Settings(BaseSettings):
+    """Everything the server needs, validated once at start.
+
+    Each field is read from ``SERVING_<FIELD>`` (for example ``SERVING_MODEL_URI``);
+    keyword arguments given to the constructor win over the environment.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SERVING_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        protected_namespaces=(),
+    )
+
+    model_name: str = Field(default="iris", min_length=1, description="Registered model name.")
+    model_stage: str = Field(default="Production", description="Registry stage to serve.")
+    model_uri: str | None = Field(
+        default=None,
+        description=(
+            "Explicit model: models:/<name>@<alias>, models:/<name>/<version> or "
+            "models:/<name>/<stage>. Overrides model_name and model_stage."
+        ),
+    )
+    tracking_uri: str = Field(
+        default_factory=_default_tracking_uri,
+        min_length=1,
+        description="MLflow tracking and registry URI (default: $MLFLOW_TRACKING_URI "
+        "or sqlite:///mlflow.db).",
+    )
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest accepted body.")
+    poll_seconds: float = Field(
+        default=10.0, gt=0, description="Seconds between load attempts while no model is loaded."
+    )
+    log_level: LogLevel = "INFO"
+
+    @field_validator("model_stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        return canonical_stage(value)
+
+    @field_validator("model_uri")
+    @classmethod
+    def _supported_uri(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return ModelRef.from_uri(value).uri
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def model_ref(self) -> ModelRef:
+        """The model to serve: ``model_uri`` if given, else ``model_name`` in ``model_stage``."""
+        if self.model_uri is not None:
+            return ModelRef.from_uri(self.model_uri)
+        return ModelRef(name=self.model_name, kind="stage", value=self.model_stage)

@@ -1,0 +1,184 @@
+"""End to end as a user runs it: the real `mlflow run` CLI, a real server process, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+E2E_CONFIGS = Path(__file__).resolve().parent / "configs"
+SETOSA = {
+    "sepal_length_cm": 5.1,
+    "sepal_width_cm": 3.5,
+    "petal_length_cm": 1.4,
+    "petal_width_cm": 0.2,
+}
+
+pytestmark = pytest.mark.e2e
+
+
+def _copy_project(destination: Path) -> Path:
+    """What a fresh clone holds, without the checkout's store, artifacts or venv."""
+    for name in ("pipeline", "serving", "configs"):
+        shutil.copytree(
+            REPO_ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("MLproject", "conda.yaml", "pyproject.toml"):
+        shutil.copy(REPO_ROOT / name, destination / name)
+    for path in E2E_CONFIGS.iterdir():
+        shutil.copy(path, destination / "configs" / path.name)
+    return destination
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SERVING_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def _mlflow_run(project: Path, *params: str) -> subprocess.CompletedProcess[str]:
+    args = [str(Path(sys.executable).parent / "mlflow"), "run", ".", "--env-manager", "local"]
+    for param in params:
+        args += ["-P", param]
+    return subprocess.run(
+        args, cwd=project, env=_env(project), capture_output=True, text=True, timeout=300
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_project(tmp_path_factory.mktemp("clone"))
+
+
+@pytest.fixture(scope="module")
+def trained(project: Path) -> Path:
+    result = _mlflow_run(project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gate: promoted: first model" in result.stdout
+    return project
+
+
+@pytest.fixture(scope="module")
+def server(trained: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {**_env(trained), "SERVING_PORT": str(port), "SERVING_HOST": "127.0.0.1"}
+    log = (trained / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving"], cwd=trained, env=env, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (trained / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _production_version(project: Path) -> str:
+    client = MlflowClient(tracking_uri=_env(project)["MLFLOW_TRACKING_URI"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        versions = client.get_latest_versions("iris", stages=["Production"])
+    return str(versions[0].version)
+
+
+def test_the_served_production_model_answers_over_http(server: str) -> None:
+    response = httpx.post(f"{server}/predict", json=SETOSA, timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "iris"
+    assert body["model_version"] == "1"
+    assert response.headers["X-Model-Version"] == "1"
+    assert body["prediction"]["label"] == "setosa"
+    assert set(body["prediction"]["probabilities"]) == {"setosa", "versicolor", "virginica"}
+
+
+def test_a_bad_request_gets_a_422_naming_the_field(server: str) -> None:
+    response = httpx.post(
+        f"{server}/predict", json={**SETOSA, "petal_width_cm": "wide"}, timeout=10
+    )
+    assert response.status_code == 422
+    assert "petal_width_cm" in response.text
+    assert "Traceback" not in response.text
+
+
+def test_a_worse_candidate_is_registered_not_promoted_and_the_server_keeps_answering(
+    trained: Path, server: str
+) -> None:
+    result = _mlflow_run(trained, "config=configs/iris_worse.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered iris version 2" in result.stdout
+    assert "gate: rejected: test_f1_macro" in result.stdout
+    client = MlflowClient(tracking_uri=_env(trained)["MLFLOW_TRACKING_URI"])
+    tags = client.get_model_version("iris", "2").tags
+    assert tags["gate.decision"] == "rejected"
+    assert "< champion v1" in tags["gate.reason"]
+    assert _production_version(trained) == "1"
+    response = httpx.post(f"{server}/predict", json=SETOSA, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["model_version"] == "1"
+
+
+def test_bad_data_fails_the_run_and_leaves_the_registry_unchanged(trained: Path) -> None:
+    client = MlflowClient(tracking_uri=_env(trained)["MLFLOW_TRACKING_URI"])
+    before = sorted(str(v.version) for v in client.search_model_versions("name='iris'"))
+    result = _mlflow_run(trained, "config=configs/iris_bad_data.yaml")
+    assert result.returncode != 0
+    assert "target column 'species' has 1 missing values in 3 rows" in result.stderr
+    assert "Traceback" not in result.stderr
+    after = sorted(str(v.version) for v in client.search_model_versions("name='iris'"))
+    assert after == before
+    assert _production_version(trained) == "1"
+
+
+def test_a_non_integer_parameter_fails_the_run_naming_it(trained: Path) -> None:
+    result = _mlflow_run(trained, "seed=abc")
+    assert result.returncode != 0
+    assert "argument --seed: expected an integer, got 'abc'" in result.stderr
+
+
+@pytest.mark.parametrize("config", ["breast_cancer", "diabetes", "customers"])
+def test_every_other_shipped_config_runs_through_mlflow_run(tmp_path: Path, config: str) -> None:
+    project = _copy_project(tmp_path)
+    result = _mlflow_run(project, f"config=configs/{config}.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=_env(project)["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(config)
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert any(name.startswith("test_") for name in run.data.metrics)
+    assert any(name.startswith("model.") for name in run.data.params)
+    assert client.get_model_version(config, "1").tags["gate.decision"] in {"promoted", "rejected"}

@@ -1,0 +1,125 @@
+"""The command surface: exit codes, one-line errors, and a registry left as it was."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import main
+
+
+def _store_is_empty() -> bool:
+    client = MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    return not client.search_registered_models() and not runs
+
+
+def test_validate_prints_a_summary_of_good_data(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["validate", "--config", str(write_config(iris_config()))]) == 0
+    assert "OK: sklearn:iris: 150 rows" in capsys.readouterr().out
+
+
+def test_bad_data_exits_non_zero_with_one_line_and_leaves_the_store_empty(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    csv = "a,b,species\n1,2,x\n3,4,\n5,6,y\n"
+    path = write_config(iris_config(data={"target": "species"}), csv_text=csv)
+    assert main(["main", "--config", str(path)]) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "target column 'species' has 1 missing values in 3 rows (first at row 2); "
+        "drop or fill those rows"
+    ]
+    assert _store_is_empty()
+
+
+def test_a_bad_config_exits_with_status_2_naming_the_key(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = write_config({**iris_config(), "learning_rate": 0.1})
+    assert main(["main", "--config", str(path)]) == 2
+    assert "unknown key 'learning_rate'" in caplog.text
+    assert _store_is_empty()
+
+
+def test_a_non_integer_seed_is_refused_before_anything_runs(
+    mlflow_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["main", "--seed", "forty-two"])
+    assert exited.value.code == 2
+    assert "argument --seed: expected an integer, got 'forty-two'" in capsys.readouterr().err
+    assert _store_is_empty()
+
+
+def test_empty_overrides_fall_back_to_the_config(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = str(write_config(iris_config()))
+    assert (
+        main(["train", "--config", path, "--seed", "", "--test-size", "", "--cv-folds", "2"]) == 0
+    )
+    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    params = MlflowClient().get_run(run_id).data.params
+    assert params["split.seed"] == "42"
+    assert params["cv.folds"] == "2"
+
+
+def test_the_steps_run_one_by_one_give_the_same_decision_as_main(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = str(write_config(iris_config()))
+    assert main(["train", "--config", path]) == 0
+    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    assert main(["evaluate", "--config", path, "--run-id", run_id]) == 0
+    assert "test_f1_macro=" in capsys.readouterr().out
+    assert main(["register", "--config", path, "--run-id", run_id]) == 0
+    assert "registered iris-test version 1" in capsys.readouterr().out
+    assert main(["gate", "--config", path, "--version", "1"]) == 0
+    assert "iris-test v1 promoted: first model" in capsys.readouterr().out
+    assert main(["history", "--name", "iris-test"]) == 0
+    assert "gate" in capsys.readouterr().out
+
+
+def test_registering_an_unevaluated_run_is_refused(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = str(write_config(iris_config()))
+    main(["train", "--config", path])
+    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    assert main(["register", "--config", path, "--run-id", run_id]) == 1
+    assert "has no held-out metrics; evaluate it first" in caplog.text
+    assert not MlflowClient().search_registered_models()
+
+
+def test_promoting_a_missing_version_exits_with_status_4(
+    mlflow_store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["promote", "--name", "ghost", "--version", "1"]) == 4
+    assert "registered model 'ghost' has no version '1'" in caplog.text

@@ -1,0 +1,53 @@
+"""Importing serving has no side effects and never pulls in the training code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+MODULES = [
+    "serving",
+    "serving.settings",
+    "serving.errors",
+    "serving.model_ref",
+    "serving.model_store",
+    "serving.inference",
+    "serving.state",
+    "serving.schemas",
+    "serving.deps",
+    "serving.routes",
+    "serving.app",
+    "serving.__main__",
+]
+
+PROBE = f"""
+import logging, os, sys
+before = set(os.listdir("."))
+for name in {MODULES!r}:
+    __import__(name)
+import mlflow.tracking._tracking_service.utils as tracking
+import mlflow.tracking._model_registry.utils as registry
+assert tracking._tracking_uri is None, tracking._tracking_uri
+assert registry._registry_uri is None, registry._registry_uri
+assert not logging.getLogger().handlers, logging.getLogger().handlers
+assert not any(m == "pipeline" or m.startswith("pipeline.") for m in sys.modules)
+assert set(os.listdir(".")) == before, set(os.listdir(".")) ^ before
+print("clean")
+"""
+
+
+def test_importing_serving_sets_no_uri_configures_no_logging_and_creates_no_files(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clean"
+    assert list(tmp_path.iterdir()) == []

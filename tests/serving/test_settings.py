@@ -1,0 +1,102 @@
+"""Settings: defaults, SERVING_* environment, validation of the model URI and friends."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from serving.model_ref import ModelRef
+from serving.settings import Settings
+
+
+def test_settings_have_documented_defaults() -> None:
+    settings = Settings()
+    assert settings.model_name == "iris"
+    assert settings.model_stage == "Production"
+    assert settings.model_uri is None
+    assert settings.tracking_uri == "sqlite:///mlflow.db"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.max_body_bytes == 1_000_000
+    assert settings.poll_seconds == 10.0
+    assert settings.log_level == "INFO"
+    assert settings.model_ref == ModelRef(name="iris", kind="stage", value="Production")
+
+
+def test_tracking_uri_defaults_to_mlflow_tracking_uri_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert Settings().tracking_uri == "http://mlflow.internal:5000"
+
+
+def test_serving_tracking_uri_wins_over_mlflow_tracking_uri(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    monkeypatch.setenv("SERVING_TRACKING_URI", "sqlite:///other.db")
+    assert Settings().tracking_uri == "sqlite:///other.db"
+
+
+def test_settings_are_read_from_serving_prefixed_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVING_MODEL_NAME", "wine")
+    monkeypatch.setenv("SERVING_MODEL_STAGE", "staging")
+    monkeypatch.setenv("SERVING_PORT", "9123")
+    monkeypatch.setenv("SERVING_MAX_BODY_BYTES", "2048")
+    monkeypatch.setenv("SERVING_POLL_SECONDS", "0.5")
+    monkeypatch.setenv("SERVING_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert settings.model_ref == ModelRef(name="wine", kind="stage", value="Staging")
+    assert (settings.port, settings.max_body_bytes, settings.poll_seconds) == (9123, 2048, 0.5)
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("models:/iris@champion", ModelRef("iris", "alias", "champion")),
+        ("models:/iris/3", ModelRef("iris", "version", "3")),
+        ("models:/iris/Production", ModelRef("iris", "stage", "Production")),
+        ("models:/my model/production", ModelRef("my model", "stage", "Production")),
+    ],
+)
+def test_model_uri_overrides_name_and_stage(uri: str, expected: ModelRef) -> None:
+    settings = Settings(model_name="other", model_uri=uri)
+    assert settings.model_ref == expected
+    assert settings.model_uri == expected.uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["runs:/abc123/model", "models:/iris", "models:/iris/0", "models:/iris/Prod", "s3://b/m"],
+)
+def test_settings_reject_unsupported_model_uri_naming_the_accepted_forms(uri: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(model_uri=uri)
+    message = str(info.value)
+    assert "model_uri" in message
+    assert "models:/<name>" in message
+
+
+def test_settings_reject_unknown_stage_listing_the_known_ones() -> None:
+    with pytest.raises(ValidationError, match="Production, Staging, Archived"):
+        Settings(model_stage="Live")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("port", 0), ("port", 70000), ("max_body_bytes", 0), ("poll_seconds", 0), ("log_level", "x")],
+)
+def test_settings_reject_out_of_range_values_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
+
+
+def test_settings_reject_unknown_keyword_naming_it() -> None:
+    with pytest.raises(ValidationError, match="model_nmae"):
+        Settings(model_nmae="iris")  # type: ignore[call-arg]
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
