@@ -62,7 +62,8 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
         mlflow.set_tags(_lineage_tags(config, dataset, estimator_name))
         mlflow.log_params(_params(config, model, dataset, data_split))
         with warnings.catch_warnings():
-            # MLflow registers the local source type twice and warns that it is ambiguous.
+            # MLflow registers the local source type twice and warns that it is ambiguous, and
+            # hints that integer columns cannot hold gaps (see _log_model for why that is moot).
             warnings.simplefilter("ignore", UserWarning)
             data_input = from_pandas(
                 dataset.frame,
@@ -70,7 +71,7 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
                 targets=dataset.target,
                 name=config.registered_model,
             )
-        mlflow.log_input(data_input, context="training")
+            mlflow.log_input(data_input, context="training")
         mlflow.log_dict(config.model_dump(mode="json"), "config/resolved_config.yaml")
         cv_metrics = _cross_validate(config, model, data_split)
         mlflow.log_metrics(dict(cv_metrics))
