@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import flow, ingest, promote, registry, train
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
-from pipeline.tracking import configure_tracking
+from pipeline.tracking import configure_tracking, runs_table_url
 
 logger = logging.getLogger("pipeline")
 
@@ -117,11 +117,7 @@ def _cmd_ui_url(args: argparse.Namespace) -> int:
         raise PipelineError(
             f"experiment '{config.experiment}' does not exist yet; run the pipeline first"
         )
-    # MLflow 3 opens in its GenAI view; this goes straight to the classic runs table.
-    print(
-        f"{args.base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}"
-        "/runs?workflowType=machine_learning"
-    )
+    print(runs_table_url(args.base_url, experiment.experiment_id))
     return 0
 
 

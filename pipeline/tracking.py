@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +55,42 @@ def current_actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+RUNS_TABLE_VIEW = "pipeline"
+_SHARED_VIEW_TAG = "mlflow.sharedViewState."
+_DEFAULT_COLUMNS = ("attributes.`Dataset`", "attributes.`Models`")
+
+
+def publish_runs_table_view(
+    experiment_id: str, params: Iterable[str], metrics: Iterable[str]
+) -> None:
+    """Save a runs-table view that shows the headline params and metrics as columns.
+
+    The MLflow UI hides every param and metric column until someone picks them; a shared view
+    (an experiment tag the UI reads for `?viewStateShareKey=`) makes the link printed by
+    `make ui` open with candidates compared side by side. Columns accumulate across runs, so
+    candidates with different estimators all keep their parameters visible.
+    """
+    client = MlflowClient()
+    tag = f"{_SHARED_VIEW_TAG}{RUNS_TABLE_VIEW}"
+    existing = client.get_experiment(experiment_id).tags.get(tag)
+    try:
+        columns = list(json.loads(existing)["selectedColumns"]) if existing else []
+    except (ValueError, KeyError, TypeError):
+        columns = []
+    wanted = [
+        *_DEFAULT_COLUMNS,
+        *(f"params.`{name}`" for name in params),
+        *(f"metrics.`{name}`" for name in metrics),
+    ]
+    columns += [column for column in wanted if column not in columns]
+    client.set_experiment_tag(experiment_id, tag, json.dumps({"selectedColumns": columns}))
+
+
+def runs_table_url(base_url: str, experiment_id: str) -> str:
+    # MLflow 3 opens in its GenAI view; workflowType selects the classic runs table.
+    return (
+        f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={RUNS_TABLE_VIEW}"
+    )

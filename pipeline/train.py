@@ -18,9 +18,9 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
 from pipeline import features
-from pipeline.config import PipelineConfig
+from pipeline.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, PipelineConfig
 from pipeline.ingest import Dataset
-from pipeline.tracking import git_state
+from pipeline.tracking import git_state, publish_runs_table_view
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
         mlflow.log_dict(config.model_dump(mode="json"), "config/resolved_config.yaml")
         cv_metrics = _cross_validate(config, model, data_split)
         mlflow.log_metrics(dict(cv_metrics))
+        publish_runs_table_view(
+            active.info.experiment_id,
+            params=_headline_params(config),
+            metrics=[*_test_metrics(config), *(k for k in cv_metrics if k.endswith("_mean"))],
+        )
         model.fit(data_split.X_train, data_split.y_train)
         model_uri = _log_model(model, data_split)
         logger.info(
@@ -129,6 +134,14 @@ def _params(
     for name, value in estimator.get_params(deep=False).items():
         params[f"model.{name}"] = str(value)[:250]
     return params
+
+
+def _headline_params(config: PipelineConfig) -> list[str]:
+    return ["estimator", *(f"model.{name}" for name in config.estimator.params), "split.seed"]
+
+
+def _test_metrics(config: PipelineConfig) -> tuple[str, ...]:
+    return CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
 
 
 def _dataset_source(config: PipelineConfig) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,16 @@ def test_columns_with_gaps_in_training_are_optional_in_the_signature(mlflow_stor
     assert columns["tenure_months"].required is True
     assert columns["tenure_months"].type.name == "long"
     assert columns["contract"].type.name == "string"
+
+
+def test_training_saves_a_runs_table_view_with_params_and_test_metrics_as_columns(
+    trained_iris: tuple[train.TrainResult, ingest.Dataset],
+) -> None:
+    result, _ = trained_iris
+    tags = MlflowClient().get_experiment(result.experiment_id).tags
+    columns = json.loads(tags["mlflow.sharedViewState.pipeline"])["selectedColumns"]
+    assert "params.`estimator`" in columns
+    assert "params.`model.max_iter`" in columns
+    assert "metrics.`test_f1_macro`" in columns
+    assert "metrics.`cv_f1_macro_mean`" in columns
+    assert len(columns) == len(set(columns))
