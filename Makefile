@@ -22,7 +22,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export SERVING_HOST ?= $(HOST)
 export SERVING_PORT ?= $(PORT)
 
-.PHONY: help venv run pipeline serve ui test lint format clean
+.PHONY: help venv run pipeline serve ui test lint format clean bench-serving
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 test: $(STAMP) lint ## lint, then the whole test suite
 	$(BIN)/pytest
+
+bench-serving: $(STAMP) ## benchmark our server against `mlflow models serve` (a few minutes)
+	$(BIN)/python bench/serving.py $(BENCH_ARGS)
 
 clean: ## remove the local store, artifacts and caches (keeps .venv)
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models .pytest_cache .mypy_cache .ruff_cache
