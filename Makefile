@@ -25,7 +25,7 @@ export SERVING_PORT ?= $(PORT)
 .PHONY: help venv run pipeline serve ui test lint format clean bench-serving
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,24 +39,26 @@ run: $(STAMP) ## train, register and promote on CONFIG, then serve the Productio
 	$(MAKE) --no-print-directory pipeline
 	@echo
 	@echo "MLflow UI:   make ui   then open: $$($(BIN)/python -m pipeline ui-url --config $(CONFIG) --base-url http://$(HOST):$(UI_PORT) 2>/dev/null)"
+	@echo "Inputs:      curl -s http://$(HOST):$(PORT)/model"
 	@echo "Try it:      curl -s -X POST http://$(HOST):$(PORT)/predict -H 'Content-Type: application/json' \\"
-	@echo "               -d '{\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, \"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}'"
+	@echo "               -d '{\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, \"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}'   (iris)"
 	@echo
 	$(MAKE) --no-print-directory serve
 
 pipeline: $(STAMP) ## run the whole chain (mlflow run .) on CONFIG
 	$(BIN)/mlflow run . --env-manager local -P config=$(CONFIG)
 
-serve: $(STAMP) ## serve models:/<name>/Production over REST on HOST:PORT
-	$(BIN)/python -m serving
+serve: $(STAMP) ## serve models:/<name>/Production of CONFIG over REST on HOST:PORT
+	SERVING_MODEL_NAME=$${SERVING_MODEL_NAME:-$$($(BIN)/python -m pipeline model-name --config $(CONFIG))} \
+		$(BIN)/python -m serving
 
 ui: $(STAMP) ## start the MLflow UI on UI_PORT and print the runs-table link
 	@echo "Runs table: $$($(BIN)/python -m pipeline ui-url --config $(CONFIG) --base-url http://$(HOST):$(UI_PORT) 2>/dev/null || echo 'run make pipeline first')"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root ./mlruns --host $(HOST) --port $(UI_PORT)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check pipeline serving tests
-	$(BIN)/ruff format --check pipeline serving tests
+	$(BIN)/ruff check pipeline serving tests bench
+	$(BIN)/ruff format --check pipeline serving tests bench
 	$(BIN)/mypy
 
 format: $(STAMP) ## apply ruff's fixes and formatting

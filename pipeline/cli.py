@@ -121,6 +121,11 @@ def _cmd_ui_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_name(args: argparse.Namespace) -> int:
+    print(load_config(args.config).registered_model)
+    return 0
+
+
 def _config(args: argparse.Namespace) -> PipelineConfig:
     config = load_config(args.config)
     return config.with_overrides(
@@ -223,4 +228,5 @@ def _parser() -> argparse.ArgumentParser:
     step("ui-url", _cmd_ui_url, "print the MLflow UI link to the experiment's runs").add_argument(
         "--base-url", default="http://127.0.0.1:5000", help="where `make ui` serves the UI"
     )
+    step("model-name", _cmd_model_name, "print the registered model name of a config")
     return parser

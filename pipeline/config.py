@@ -31,6 +31,7 @@ SKLEARN_DATASETS: dict[str, Task] = {
 CLASSIFICATION_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_log_loss")
 REGRESSION_METRICS = ("test_rmse", "test_mae", "test_r2")
 LOWER_IS_BETTER = frozenset({"test_log_loss", "test_rmse", "test_mae"})
+PROBABILITY_METRICS = frozenset({"test_log_loss", "test_roc_auc"})
 
 
 class _Strict(BaseModel):
@@ -95,8 +96,10 @@ class EstimatorConfig(_Strict):
 
 class SplitConfig(_Strict):
     test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
-    seed: int = 42
-    stratify: bool = True
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    stratify: bool | None = Field(
+        default=None, description="keep class shares in both parts; default: yes for classification"
+    )
     cv_folds: int = Field(default=5, ge=2, le=20)
 
 
@@ -137,7 +140,18 @@ class PipelineConfig(_Strict):
                 f"data set '{self.data.dataset}' is a {SKLEARN_DATASETS[self.data.dataset]} "
                 f"data set but task is '{self.task}'"
             )
+        if self.task == "regression" and self.split.stratify is True:
+            raise ValueError(
+                "split.stratify: true only applies to classification; "
+                "set it to false for a regression task"
+            )
         estimator = self.estimator.build()
+        if self.gate.metric in PROBABILITY_METRICS and not hasattr(estimator, "predict_proba"):
+            raise ValueError(
+                f"gate.metric '{self.gate.metric}' needs class probabilities, but "
+                f"'{self.estimator.class_path}' has no predict_proba with these parameters; "
+                "choose test_accuracy or test_f1_macro, or an estimator with probabilities"
+            )
         fits = (
             is_classifier(estimator) if self.task == "classification" else is_regressor(estimator)
         )
@@ -159,6 +173,10 @@ class PipelineConfig(_Strict):
     @property
     def source_description(self) -> str:
         return f"sklearn:{self.data.dataset}" if self.data.dataset else str(self.data.path)
+
+    @property
+    def stratified(self) -> bool:
+        return self.task == "classification" and self.split.stratify is not False
 
     def gate_lower_is_better(self) -> bool:
         return self.gate.metric in LOWER_IS_BETTER
@@ -206,7 +224,14 @@ def _check_estimator_params(estimator_config: dict[str, Any]) -> None:
     if not isinstance(class_path, str) or not isinstance(params, dict):
         return  # the schema reports the type error itself
     estimator_class = _import_estimator(class_path)
-    valid = set(estimator_class().get_params())
+    try:
+        valid = set(estimator_class().get_params())
+    except TypeError as exc:
+        raise ValueError(
+            f"estimator.class_path '{class_path}' cannot be built without constructor "
+            "arguments (a meta-estimator?); use a plain estimator such as "
+            "sklearn.ensemble.RandomForestClassifier"
+        ) from exc
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ValueError(

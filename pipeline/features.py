@@ -6,9 +6,11 @@ fitted at training time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
@@ -18,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, RobustScaler, StandardScaler
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import DataValidationError
 from pipeline.ingest import Dataset
 
 _SCALERS: dict[str, Any] = {
@@ -35,9 +38,16 @@ class Split:
     y_test: pd.Series
 
 
+def row_hashes(X: pd.DataFrame, y: pd.Series, columns: list[str]) -> np.ndarray:
+    """One 64-bit fingerprint per row over `columns` (sorted) and the target."""
+    frame = X[columns].assign(__target__=y.to_numpy())
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+
+
 def split(config: PipelineConfig, dataset: Dataset) -> Split:
     """Deterministic held-out split: the same config and data always give the same rows."""
-    stratify = dataset.y if config.task == "classification" and config.split.stratify else None
+    _check_feasible(config, dataset)
+    stratify = dataset.y if config.stratified else None
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.X,
         dataset.y,
@@ -45,7 +55,45 @@ def split(config: PipelineConfig, dataset: Dataset) -> Split:
         random_state=config.split.seed,
         stratify=stratify,
     )
-    return Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
+    result = Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
+    _check_cross_validation(config, result)
+    return result
+
+
+def _check_feasible(config: PipelineConfig, dataset: Dataset) -> None:
+    rows = dataset.rows
+    held_out = math.ceil(config.split.test_size * rows)
+    training = rows - held_out
+    if held_out < 2 or training < 2:
+        raise DataValidationError(
+            f"split.test_size {config.split.test_size} leaves {training} training and "
+            f"{held_out} held-out rows of {rows}; choose a test_size that keeps at least two "
+            "rows on each side"
+        )
+    if config.stratified:
+        classes = dataset.y.nunique()
+        if held_out < classes or training < classes:
+            raise DataValidationError(
+                f"split.test_size {config.split.test_size} gives {held_out} held-out and "
+                f"{training} training rows for {classes} classes; a stratified split needs at "
+                "least one row per class on each side: change split.test_size or add rows"
+            )
+
+
+def _check_cross_validation(config: PipelineConfig, data_split: Split) -> None:
+    folds = config.split.cv_folds
+    if len(data_split.y_train) < folds:
+        raise DataValidationError(
+            f"split.cv_folds {folds} exceeds the {len(data_split.y_train)} training rows; "
+            "lower split.cv_folds or add rows"
+        )
+    if config.task == "classification":
+        counts = data_split.y_train.value_counts()
+        if counts.min() < folds:
+            raise DataValidationError(
+                f"split.cv_folds {folds} exceeds the {int(counts.min())} training rows of "
+                f"class {counts.idxmin()!r}; lower split.cv_folds or add rows of that class"
+            )
 
 
 def build_model(config: PipelineConfig, dataset: Dataset) -> Pipeline:

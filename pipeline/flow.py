@@ -28,6 +28,12 @@ def run_all(config: PipelineConfig, run_id: str | None = None) -> PipelineResult
     dataset = ingest.run(config)
     training = train.run(config, dataset, run_id=run_id)
     evaluation = evaluate.run(config, training.run_id, training.model, training.split)
+    if config.gate.metric not in evaluation.metrics:
+        # Registering a version the gate cannot judge would change the registry for nothing.
+        raise PipelineError(
+            f"gate.metric '{config.gate.metric}' could not be computed on the held-out rows "
+            f"of run {training.run_id} (a class missing from them?); nothing was registered"
+        )
     registered = register.run(
         config,
         run_id=training.run_id,
@@ -35,7 +41,7 @@ def run_all(config: PipelineConfig, run_id: str | None = None) -> PipelineResult
         metrics=evaluation.metrics,
         data_hash=dataset.data_hash,
     )
-    decision = gate.run(config, registered.version, evaluation.metrics, training.split)
+    decision = gate.run(config, registered.version, training.model, training.split)
     return PipelineResult(
         data_hash=dataset.data_hash,
         training=training,
@@ -47,6 +53,7 @@ def run_all(config: PipelineConfig, run_id: str | None = None) -> PipelineResult
 
 def evaluate_run(config: PipelineConfig, run_id: str) -> evaluate.EvaluationResult:
     """Evaluate the model of an earlier training run on the held-out rows of the same data."""
+    config = _config_of_run(config, run_id)
     dataset = _dataset_of_run(config, run_id)
     model = model_io.load_model(_model_uri_of_run(run_id))
     return evaluate.run(config, run_id, model, features.split(config, dataset))
@@ -74,11 +81,25 @@ def gate_version(config: PipelineConfig, version: str) -> gate.GateDecision:
     """Run the gate on a registered version, scoring it afresh on the config's held-out rows."""
     client = MlflowClient()
     model_version = registry.get_version(client, config.registered_model, version)
+    if model_version.run_id:
+        config = _config_of_run(config, model_version.run_id)
     dataset = ingest.run(config)
     data_split = features.split(config, dataset)
     model = model_io.load_model(f"models:/{config.registered_model}/{model_version.version}")
-    metrics = evaluate.score(config, model, data_split.X_test, data_split.y_test)
-    return gate.run(config, str(version), metrics, data_split)
+    return gate.run(config, str(version), model, data_split)
+
+
+def _config_of_run(config: PipelineConfig, run_id: str) -> PipelineConfig:
+    """The config with the split the run was trained with, so held-out rows stay held out."""
+    params = MlflowClient().get_run(run_id).data.params
+    overrides: dict[str, object] = {}
+    if "split.seed" in params:
+        overrides["split.seed"] = int(params["split.seed"])
+    if "split.test_size" in params:
+        overrides["split.test_size"] = float(params["split.test_size"])
+    if "split.stratify" in params:
+        overrides["split.stratify"] = params["split.stratify"] == "True"
+    return config.with_overrides(**overrides)
 
 
 def _dataset_of_run(config: PipelineConfig, run_id: str) -> ingest.Dataset:

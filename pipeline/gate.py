@@ -1,25 +1,33 @@
 """Gate: promote the candidate only if it is good enough and better than the champion.
 
-Both sides are scored on the same held-out rows with the same metric function, so the
-comparison never mixes numbers computed on different data.
+Both sides are scored with the same metric function on the same rows: the candidate's
+held-out rows that the champion never trained on either. Without that restriction a
+champion trained on another split (or on older data the new data contains) would be scored
+partly on its own training rows, and the gate would favour it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import mlflow
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
+from sklearn.pipeline import Pipeline
 
-from pipeline import evaluate, model_io, registry
+from pipeline import evaluate, features, model_io, registry, train
 from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RegistryError
 from pipeline.features import Split
 
 logger = logging.getLogger(__name__)
+
+MIN_COMPARISON_ROWS = 10
 
 
 @dataclass(frozen=True)
@@ -32,48 +40,49 @@ class GateDecision:
     candidate_value: float
     champion_version: str | None
     champion_value: float | None
+    comparison_rows: int
 
     @property
     def promoted(self) -> bool:
         return self.decision == "promoted"
 
 
-def run(
-    config: PipelineConfig,
-    version: str,
-    candidate_metrics: Mapping[str, float],
-    data_split: Split,
-) -> GateDecision:
+@dataclass(frozen=True)
+class _Comparison:
+    candidate: float | None
+    champion: float | None
+    rows: int
+    problem: str | None
+
+
+def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split) -> GateDecision:
     """Decide on `version`, tag it with the decision and reason, and promote it if it passed."""
     client = MlflowClient()
     name = config.registered_model
     metric = config.gate.metric
-    if metric not in candidate_metrics:
+    held_out = evaluate.score(config, model, data_split.X_test, data_split.y_test)
+    if metric not in held_out:
         raise PipelineError(
-            f"gate.metric '{metric}' was not computed for version {version} (the estimator "
-            "may lack predict_proba); choose another gate.metric"
+            f"gate.metric '{metric}' could not be computed on the held-out rows of version "
+            f"{version}; choose another gate.metric"
         )
-    candidate = candidate_metrics[metric]
     champion = registry.production_version(client, name)
-    champion_value: float | None = None
     if champion is not None and str(champion.version) == str(version):
-        reason = f"version {version} is already in Production"
-        passed = False
-    else:
-        if champion is not None:
-            champion_value = _champion_score(
-                config, f"models:/{name}/{champion.version}", data_split
-            )
-        passed, reason = _decide(config, candidate, champion, champion_value)
+        raise RegistryError(f"version {version} of '{name}' is already in Production")
+    comparison = (
+        _compare(config, client, champion, model, data_split) if champion is not None else None
+    )
+    passed, reason = _decide(config, held_out[metric], champion, comparison)
     decision = GateDecision(
         name=name,
         version=str(version),
         decision="promoted" if passed else "rejected",
         reason=reason,
         metric=metric,
-        candidate_value=candidate,
+        candidate_value=held_out[metric],
         champion_version=str(champion.version) if champion else None,
-        champion_value=champion_value,
+        champion_value=comparison.champion if comparison else None,
+        comparison_rows=comparison.rows if comparison else len(data_split.y_test),
     )
     _tag(client, decision)
     if passed:
@@ -83,21 +92,66 @@ def run(
     return decision
 
 
-def _champion_score(config: PipelineConfig, model_uri: str, data_split: Split) -> float | None:
+def _compare(
+    config: PipelineConfig,
+    client: MlflowClient,
+    champion: ModelVersion,
+    model: Pipeline,
+    data_split: Split,
+) -> _Comparison:
+    metric = config.gate.metric
     try:
-        model = model_io.load_model(model_uri)
-        scores = evaluate.score(config, model, data_split.X_test, data_split.y_test)
-    except Exception:
-        logger.exception("The champion could not be scored on the candidate's held-out rows")
-        return None
-    return scores.get(config.gate.metric)
+        champion_model = model_io.load_model(f"models:/{champion.name}/{champion.version}")
+    except PipelineError as exc:
+        return _Comparison(None, None, 0, f"it could not be loaded ({exc})")
+    unseen = _unseen_by(champion.run_id, data_split)
+    X, y = data_split.X_test[unseen], data_split.y_test[unseen]
+    rows = int(unseen.sum())
+    if rows < MIN_COMPARISON_ROWS or (config.task == "classification" and y.nunique() < 2):
+        return _Comparison(
+            None, None, rows, f"only {rows} held-out rows were unseen by it in training"
+        )
+    try:
+        champion_scores = evaluate.score(config, champion_model, X, y)
+    except (ValueError, KeyError, TypeError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("Champion v%s cannot score these rows: %s", champion.version, first_line)
+        return _Comparison(None, None, rows, f"it cannot score these rows ({first_line})")
+    candidate_scores = evaluate.score(config, model, X, y)
+    if metric not in champion_scores or metric not in candidate_scores:
+        return _Comparison(None, None, rows, f"'{metric}' cannot be computed on these rows")
+    return _Comparison(candidate_scores[metric], champion_scores[metric], rows, None)
+
+
+def _unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
+    """Mask of held-out rows absent from the run's training rows (all, if unrecorded)."""
+    everything = np.ones(len(data_split.y_test), dtype=bool)
+    if not run_id:
+        return everything
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=f"{train.TRAINING_ROWS_DIR}/{train.TRAINING_ROWS_FILE}",
+                dst_path=tmp,
+            )
+        except Exception:  # any failure means the rows were not recorded
+            logger.warning("Run %s recorded no training rows; comparing on all rows", run_id)
+            return everything
+        with np.load(Path(local), allow_pickle=False) as recorded:
+            columns = [str(c) for c in recorded["columns"]]
+            seen = recorded["hashes"]
+    if not set(columns) <= set(data_split.X_test.columns):
+        return everything
+    candidate = features.row_hashes(data_split.X_test, data_split.y_test, columns)
+    return ~np.isin(candidate, seen)
 
 
 def _decide(
     config: PipelineConfig,
     candidate: float,
     champion: ModelVersion | None,
-    champion_value: float | None,
+    comparison: _Comparison | None,
 ) -> tuple[bool, str]:
     gate = config.gate
     metric = gate.metric
@@ -107,31 +161,33 @@ def _decide(
         if fails:
             op = ">" if lower else "<"
             return False, f"{metric} {candidate:.4f} {op} threshold {gate.threshold:.4f}"
-    if champion is None:
+    if champion is None or comparison is None:
         bar = "" if gate.threshold is None else f", meets threshold {gate.threshold:.4f}"
         return True, f"first model: no champion yet; {metric} {candidate:.4f}{bar}"
-    champion_version = champion.version
-    if champion_value is None:
+    if comparison.problem is not None or comparison.candidate is None:
         return False, (
-            f"champion v{champion_version} could not be scored on the same held-out rows "
-            "(see the log); promote by hand with `python -m pipeline promote` if intended"
+            f"cannot compare with champion v{champion.version}: {comparison.problem}; "
+            "promote by hand with `python -m pipeline promote` if intended"
         )
-    gain = champion_value - candidate if lower else candidate - champion_value
+    ours, theirs = comparison.candidate, comparison.champion
+    assert theirs is not None
+    where = f" (on {comparison.rows} held-out rows unseen by both)"
+    gain = theirs - ours if lower else ours - theirs
     if gain > 0 and gain >= gate.min_improvement:
         sign = "-" if lower else "+"
         return True, (
-            f"{metric} {candidate:.4f} beats champion v{champion_version} "
-            f"{champion_value:.4f} {sign} {gate.min_improvement:.4f}"
+            f"{metric} {ours:.4f} beats champion v{champion.version} "
+            f"{theirs:.4f} {sign} {gate.min_improvement:.4f}{where}"
         )
     if gain == 0 and gate.min_improvement == 0:
         return False, (
-            f"{metric} {candidate:.4f} equals champion v{champion_version} "
-            f"{champion_value:.4f}: no improvement"
+            f"{metric} {ours:.4f} equals champion v{champion.version} {theirs:.4f}: "
+            f"no improvement{where}"
         )
     op, sign = (">", "-") if lower else ("<", "+")
     return False, (
-        f"{metric} {candidate:.4f} {op} champion v{champion_version} "
-        f"{champion_value:.4f} {sign} {gate.min_improvement:.4f}"
+        f"{metric} {ours:.4f} {op} champion v{champion.version} "
+        f"{theirs:.4f} {sign} {gate.min_improvement:.4f}{where}"
     )
 
 
@@ -145,6 +201,7 @@ def _tag(client: MlflowClient, decision: GateDecision) -> None:
         "gate.champion_value": (
             "none" if decision.champion_value is None else f"{decision.champion_value:.6g}"
         ),
+        "gate.comparison_rows": str(decision.comparison_rows),
     }
     for key, value in tags.items():
         client.set_model_version_tag(decision.name, decision.version, key, value)

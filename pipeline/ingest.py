@@ -169,11 +169,7 @@ def _feature_columns(
     inferred_numeric = [c for c in undeclared if _is_numeric(raw[c])]
     inferred_categorical = [c for c in undeclared if not _is_numeric(raw[c])]
     for column in inferred_categorical:
-        if pd.api.types.is_datetime64_any_dtype(raw[column]):
-            raise DataValidationError(
-                f"column '{column}' holds dates, which the model cannot use as they are; "
-                "list the features in the config to leave it out, or derive numbers from it"
-            )
+        _refuse_ambiguous_column(raw[column], column)
     numeric = tuple(declared.numeric) if declared.numeric is not None else tuple(inferred_numeric)
     categorical = (
         tuple(declared.categorical)
@@ -187,13 +183,51 @@ def _feature_columns(
     return numeric, categorical
 
 
+def _refuse_ambiguous_column(column: pd.Series, name: str) -> None:
+    """An undeclared text column that is really numbers with typos, or dates, is refused.
+
+    One-hot encoding either would train silently on nonsense categories.
+    """
+    dates = (
+        "column '{name}' holds dates, which the model cannot use as they are; list the "
+        "features in the config to leave it out, or derive numbers from it"
+    )
+    if pd.api.types.is_datetime64_any_dtype(column):
+        raise DataValidationError(dates.format(name=name))
+    present = column.dropna()
+    if present.empty or pd.api.types.is_bool_dtype(column):
+        return
+    numbers = pd.to_numeric(present, errors="coerce")
+    bad = numbers.isna()
+    if bad.sum() > 0 and bad.mean() <= 0.1:
+        example = present[bad].iloc[0]
+        raise DataValidationError(
+            f"column '{name}' looks numeric but has {int(bad.sum())} non-numeric values in "
+            f"{len(column)} rows (e.g. {example!r}); fix them, or list '{name}' under "
+            "data.features.categorical if it really is a category"
+        )
+    as_text = present.astype(str)
+    parsed = pd.to_datetime(as_text, errors="coerce", format="ISO8601")
+    if parsed.notna().mean() >= 0.9:
+        raise DataValidationError(dates.format(name=name))
+
+
 def _is_numeric(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def _as_numeric(column: pd.Series, name: str, role: str) -> pd.Series:
-    if _is_numeric(column):
-        return column
+    converted = column if _is_numeric(column) else _parse_numbers(column, name, role)
+    infinite = pd.Series(np.isinf(converted.to_numpy(dtype=float)), index=column.index)
+    if infinite.any():
+        raise DataValidationError(
+            f"{role} '{name}' has {int(infinite.sum())} infinite values in {len(column)} rows "
+            f"(first at row {_first_row(infinite)}); replace them with numbers or leave them empty"
+        )
+    return converted
+
+
+def _parse_numbers(column: pd.Series, name: str, role: str) -> pd.Series:
     converted = pd.to_numeric(column, errors="coerce")
     bad = converted.isna() & column.notna()
     if bad.any():
@@ -208,11 +242,22 @@ def _as_numeric(column: pd.Series, name: str, role: str) -> pd.Series:
 
 def _as_category_strings(column: pd.Series) -> pd.Series:
     # Object dtype with np.nan for gaps: what SimpleImputer and OneHotEncoder expect, and
-    # what the logged signature declares as an optional string column.
+    # what the logged signature declares as an optional string column. Values are spelled
+    # the way a client would send them: 3 not "3.0" (pandas reads integer codes with gaps as
+    # floats), true/false not "True"/"False".
     values = column.astype(object).where(column.notna(), np.nan)
-    return values.map(lambda v: v if isinstance(v, float) and np.isnan(v) else str(v)).astype(
-        object
-    )
+    return values.map(_category_text).astype(object)
+
+
+def _category_text(value: object) -> object:
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return np.nan
+        if float(value).is_integer():
+            return str(int(value))
+    return str(value)
 
 
 def _check_target(column: pd.Series, config: PipelineConfig) -> pd.Series:
@@ -225,7 +270,7 @@ def _check_target(column: pd.Series, config: PipelineConfig) -> pd.Series:
             f"target column '{target}' has a single class {counts.index[0]!r} in {len(column)} "
             "rows; a classifier needs at least two classes"
         )
-    if config.split.stratify and counts.min() < 2:
+    if config.stratified and counts.min() < 2:
         rare = counts[counts < 2].index.tolist()
         raise DataValidationError(
             f"target column '{target}' has classes with a single row ({rare!r}); a stratified "

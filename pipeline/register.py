@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +61,26 @@ def run(
 
 def _ensure_registered_model(client: MlflowClient, config: PipelineConfig) -> None:
     try:
-        client.get_registered_model(config.registered_model)
+        existing = client.get_registered_model(config.registered_model)
     except MlflowException:
-        try:
-            client.create_registered_model(
-                config.registered_model,
-                tags={"task": config.task},
-                description=(
-                    f"{config.task.capitalize()} model trained by the pipeline on "
-                    f"{config.source_description}; gate metric {config.gate.metric}."
-                ),
+        existing = None
+    if existing is not None:
+        task = existing.tags.get("task")
+        if task and task != config.task:
+            raise PipelineError(
+                f"registered model '{config.registered_model}' holds {task} models but this "
+                f"config is {config.task}; choose another registered_model name"
             )
-        except MlflowException:
-            # Another pipeline created it between our check and our create: that is fine.
-            client.get_registered_model(config.registered_model)
+        return
+    try:
+        client.create_registered_model(
+            config.registered_model,
+            tags={"task": config.task},
+            description=(
+                f"{config.task.capitalize()} model trained by the pipeline on "
+                f"{config.source_description}; gate metric {config.gate.metric}."
+            ),
+        )
+    except MlflowException:
+        # Another pipeline created it between our check and our create: that is fine.
+        client.get_registered_model(config.registered_model)

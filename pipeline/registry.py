@@ -43,8 +43,8 @@ def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
         return client.get_model_version(name, version)
     except MlflowException as exc:
         raise RegistryError(
-            f"registered model '{name}' has no version '{version}'; list versions in the "
-            "MLflow UI or with `mlflow models` and pass an existing one"
+            f"registered model '{name}' has no version '{version}'; pass an existing one "
+            "(the MLflow UI's Models page lists them)"
         ) from exc
 
 

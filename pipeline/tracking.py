@@ -20,9 +20,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 def configure_tracking() -> str:
     """Point MLflow at `MLFLOW_TRACKING_URI`, or at the embedded SQLite store. Entry points only."""
+    # The registry follows the tracking URI unless MLFLOW_REGISTRY_URI says otherwise.
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     logger.debug("Tracking URI: %s", uri)
     return uri
 

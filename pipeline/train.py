@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -23,6 +25,9 @@ from pipeline.ingest import Dataset
 from pipeline.tracking import git_state, publish_runs_table_view
 
 logger = logging.getLogger(__name__)
+
+TRAINING_ROWS_DIR = "split"
+TRAINING_ROWS_FILE = "training_rows.npz"
 
 _CV_SCORING = {
     "classification": {"accuracy": "accuracy", "f1_macro": "f1_macro"},
@@ -81,7 +86,8 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
             metrics=[*_test_metrics(config), *(k for k in cv_metrics if k.endswith("_mean"))],
         )
         model.fit(data_split.X_train, data_split.y_train)
-        model_uri = _log_model(model, data_split)
+        model_uri = _log_model(model, data_split, dataset)
+        _log_training_rows(data_split, dataset)
         logger.info(
             "Trained %s in run %s (%s)",
             estimator_name,
@@ -123,6 +129,7 @@ def _params(
         "features.categorical": len(dataset.categorical_features),
         "split.test_size": config.split.test_size,
         "split.seed": config.split.seed,
+        "split.stratify": config.stratified,
         "split.train_rows": len(data_split.X_train),
         "split.test_rows": len(data_split.X_test),
         "cv.folds": config.split.cv_folds,
@@ -164,7 +171,13 @@ def _cross_validate(
         # A fold may miss a rare class; the held-out evaluation is what the gate trusts.
         warnings.simplefilter("ignore", UserWarning)
         scores = cross_validate(
-            model, data_split.X_train, data_split.y_train, cv=cv, scoring=scoring, n_jobs=1
+            model,
+            data_split.X_train,
+            data_split.y_train,
+            cv=cv,
+            scoring=scoring,
+            n_jobs=1,
+            error_score="raise",
         )
     metrics: dict[str, float] = {}
     for name in scoring:
@@ -176,14 +189,25 @@ def _cross_validate(
     return metrics
 
 
-def _log_model(model: Pipeline, data_split: features.Split) -> str:
+def _log_training_rows(data_split: features.Split, dataset: Dataset) -> None:
+    # Row fingerprints (not the rows) let a later gate score this model only on rows it
+    # never saw, even when the challenger was trained on newer or re-split data.
+    columns = sorted(dataset.features)
+    hashes = features.row_hashes(data_split.X_train, data_split.y_train, columns)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TRAINING_ROWS_FILE
+        np.savez_compressed(path, hashes=hashes, columns=np.array(columns, dtype=str))
+        mlflow.log_artifact(str(path), artifact_path=TRAINING_ROWS_DIR)
+
+
+def _log_model(model: Pipeline, data_split: features.Split, dataset: Dataset) -> str:
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold gaps; inferring from the whole training
-        # set is exactly its advice: every column that had gaps is optional, and integer
-        # columns with gaps are floats already.
+        # set is exactly its advice. The whole data set, not only the training rows, so a
+        # column whose gaps all fell into the held-out part is still optional.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(data_split.X_train, model.predict(data_split.X_train))
+        signature = infer_signature(dataset.X, model.predict(dataset.X))
         info = mlflow.sklearn.log_model(
             model,
             name="model",

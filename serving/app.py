@@ -17,9 +17,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from serving.errors import add_error_handlers
+from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.protocols import kserve_v2, mlflow_scoring
 from serving.routes import router
 from serving.settings import Settings
-from serving.state import ActiveModel, ModelHolder
+from serving.state import ActiveModel, BatchingOptions, ModelHolder
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ def create_app(settings: Settings) -> FastAPI:
             settings.tracking_uri,
             settings.poll_seconds,
             on_change=lambda _active: _reset_openapi(app),
+            batching=BatchingOptions(
+                max_batch_size=settings.max_batch_size,
+                max_wait_seconds=settings.max_batch_wait_ms / 1000,
+            ),
+            metrics=metrics,
         )
         app.state.models = holder
         logger.info("Serving %s from %s", settings.model_ref, settings.tracking_uri)
@@ -53,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await holder.close()
 
     app = FastAPI(
         title="Model serving",
@@ -60,9 +68,15 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
+    metrics = ServingMetrics()
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
     app.include_router(router)
+    # The wire protocols other tools speak: MLflow's scoring server and KServe/Open Inference v2.
+    app.include_router(mlflow_scoring.router)
+    app.include_router(kserve_v2.router)
     _install_openapi(app)
     return app
 

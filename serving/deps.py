@@ -26,34 +26,45 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 
 
-def get_active_model(holder: HolderDep) -> ActiveModel:
+def require_active(holder: ModelHolder) -> ActiveModel:
     """The model answering now; 503 with the reason (and how to fix it) when there is none."""
-    if holder.active is None:
+    active = holder.active
+    if active is None:
         raise ModelNotReadyError(holder.reason)
-    return holder.active
+    return active
+
+
+def get_active_model(holder: HolderDep) -> ActiveModel:
+    """Dependency form of :func:`require_active`."""
+    return require_active(holder)
 
 
 ActiveModelDep = Annotated[ActiveModel, Depends(get_active_model)]
 
 
-async def read_json_body(request: Request, settings: SettingsDep) -> Any:
-    """Read at most ``max_body_bytes`` of the body and decode it as JSON."""
-    limit = settings.max_body_bytes
-    too_large = PayloadTooLargeError(
-        f"The body is larger than {limit} bytes: send fewer records per request "
-        "(or raise SERVING_MAX_BODY_BYTES)."
-    )
+async def read_json(request: Request, limit: int) -> Any:
+    """Read at most ``limit`` bytes of the body and decode it as JSON.
+
+    Raises:
+        PayloadTooLargeError: the body (declared or streamed) is larger than ``limit``.
+        MalformedRequestError: the body is empty or not JSON.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise MalformedRequestError("The Content-Length header is not a number.")
         if int(declared) > limit:
-            raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+            raise _too_large(limit)
+        body = await request.body()
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
+    else:
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks.extend(chunk)
+            if len(chunks) > limit:
+                raise _too_large(limit)
+        body = bytes(chunks)
     if not body.strip():
         raise MalformedRequestError(
             'The body is empty: send a JSON object of feature values or {"records": [...]}.'
@@ -65,6 +76,18 @@ async def read_json_body(request: Request, settings: SettingsDep) -> Any:
             f"The body is not valid JSON ({exc}): send a JSON object of feature values "
             'or {"records": [...]} with Content-Type: application/json.'
         ) from exc
+
+
+async def read_json_body(request: Request, settings: SettingsDep) -> Any:
+    """Dependency: the JSON body, at most ``SERVING_MAX_BODY_BYTES`` long."""
+    return await read_json(request, settings.max_body_bytes)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The body is larger than {limit} bytes: send fewer records per request "
+        "(or raise SERVING_MAX_BODY_BYTES)."
+    )
 
 
 JsonBody = Annotated[Any, Depends(read_json_body)]

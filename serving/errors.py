@@ -68,6 +68,20 @@ class ModelNotReadyError(ServingError):
     error_type = "model_not_ready"
 
 
+class PredictionFailedError(ServingError):
+    """The model raised while predicting this request; the cause is logged, never sent."""
+
+    status_code = 500
+    error_type = "prediction_failed"
+
+    @classmethod
+    def for_request(cls) -> PredictionFailedError:
+        return cls(
+            "The model failed to predict this request; the error is logged on the server. "
+            "Check the input values (GET /model lists the expected ones) or contact the operator."
+        )
+
+
 class ModelLoadError(ServingError):
     """The configured model could not be resolved, downloaded or safely loaded."""
 

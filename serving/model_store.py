@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import pandas as pd
 import skops.io
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
@@ -88,6 +89,8 @@ class LoadedModel:
     classes: tuple[Any, ...] | None
     metrics: Mapping[str, float]
     estimator: Any = field(repr=False)
+    input_example: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
+    """The logged input example as records (None for missing values); empty if none."""
 
     @property
     def has_proba(self) -> bool:
@@ -144,6 +147,7 @@ def load_model(ref: ModelRef, tracking_uri: str) -> LoadedModel:
         )
         mlmodel = _read_mlmodel(local_dir, label)
         estimator = _load_estimator(local_dir, mlmodel, label)
+        example = _input_example(local_dir, mlmodel, label)
     columns = _input_columns(mlmodel, label)
     run_id = version.run_id or mlmodel.run_id
     classifier = bool(is_classifier(estimator))
@@ -160,6 +164,7 @@ def load_model(ref: ModelRef, tracking_uri: str) -> LoadedModel:
         classes=None if classes is None else tuple(to_native(c) for c in classes),
         metrics=_held_out_metrics(client, run_id, version),
         estimator=estimator,
+        input_example=example,
     )
     logger.info("Loaded %s (%s, %d input columns)", label, loaded.task, len(columns))
     return loaded
@@ -277,6 +282,20 @@ def _load_estimator(local_dir: Path, mlmodel: Model, label: str) -> Any:
     if not hasattr(estimator, "predict"):
         raise UnsupportedModelError(f"{label} has no predict method.")
     return estimator
+
+
+def _input_example(local_dir: Path, mlmodel: Model, label: str) -> tuple[dict[str, Any], ...]:
+    """The logged input example as records, or () when there is none or it cannot be read."""
+    if mlmodel.saved_input_example_info is None:
+        return ()
+    try:
+        example: Any = mlmodel.load_input_example(str(local_dir))
+        frame = example if isinstance(example, pd.DataFrame) else pd.DataFrame(example)
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    except Exception as exc:
+        logger.warning("Ignoring the unreadable input example of %s: %s", label, exc)
+        return ()
+    return tuple({str(k): to_native(v) for k, v in record.items()} for record in records)
 
 
 def _input_columns(mlmodel: Model, label: str) -> tuple[InputColumn, ...]:

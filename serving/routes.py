@@ -1,15 +1,20 @@
-"""The REST routes. Thin: validation and inference live in :mod:`serving.inference`."""
+"""The REST routes. Thin: validation and inference live in :mod:`serving.inference`, batching
+in :mod:`serving.batcher`; every prediction goes through :meth:`ActiveModel.predict`."""
 
 from __future__ import annotations
 
+import json
+import math
+from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from serving.deps import ActiveModelDep, HolderDep, JsonBody
-from serving.inference import parse_request, predict
+from serving.deps import ActiveModelDep, HolderDep, read_json, require_active
+from serving.inference import PredictionRow, parse_request
+from serving.metrics import CONTENT_TYPE, ServingMetrics
+from serving.model_store import LoadedModel
 from serving.schemas import (
     ErrorPublic,
     InputColumnPublic,
@@ -19,7 +24,10 @@ from serving.schemas import (
     PredictManyPublic,
     PredictOnePublic,
     ReadyPublic,
+    ReloadErrorPublic,
 )
+from serving.settings import Settings
+from serving.state import ModelHolder
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorPublic, "description": description}
@@ -27,9 +35,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "The body is not valid JSON.",
         413: "The body is larger than SERVING_MAX_BODY_BYTES.",
         422: "The body does not match the model's input schema; details name each field.",
+        500: "The model failed on this request; the error is logged on the server.",
         503: "No model is loaded yet; the message says why and how to fix it.",
     }.items()
 }
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 router = APIRouter()
 
@@ -40,20 +50,32 @@ router = APIRouter()
     responses=_ERRORS,
     summary="Predict one record, or a batch sent as {'records': [...]}",
 )
-async def predict_records(
-    active: ActiveModelDep, payload: JsonBody, response: Response
-) -> PredictOnePublic | PredictManyPublic:
+async def predict_records(request: Request) -> Response:
     """Answer with the label (and probabilities) or the value, plus the model version."""
+    # No FastAPI dependencies and no response_model validation here: this is the hot path.
+    settings: Settings = request.app.state.settings
+    active = require_active(request.app.state.models)
+    payload = await read_json(request, settings.max_body_bytes)
     records, is_batch = parse_request(active.requests, payload)
-    predictions = await run_in_threadpool(predict, active.loaded, records)
-    loaded = active.loaded
-    response.headers["X-Model-Version"] = loaded.version
+    rows = await active.predict(records)
+    return prediction_response(active.loaded, rows, is_batch)
+
+
+def prediction_response(loaded: LoadedModel, rows: list[PredictionRow], is_batch: bool) -> Response:
+    """The /predict JSON (PredictOnePublic or PredictManyPublic), encoded once."""
+    body: dict[str, Any] = {"model_name": loaded.name, "model_version": loaded.version}
     if is_batch:
-        return PredictManyPublic(
-            model_name=loaded.name, model_version=loaded.version, predictions=predictions
-        )
-    return PredictOnePublic(
-        model_name=loaded.name, model_version=loaded.version, prediction=predictions[0]
+        body["predictions"] = rows
+    else:
+        body["prediction"] = rows[0]
+    try:
+        content = _JSON.encode(body)
+    except ValueError:  # NaN or infinity from the model: null, as pydantic would write it
+        content = _JSON.encode(_finite(body))
+    return Response(
+        content=content.encode(),
+        media_type="application/json",
+        headers={"X-Model-Version": loaded.version},
     )
 
 
@@ -66,7 +88,7 @@ async def live() -> LivePublic:
     "/health/ready",
     response_model=ReadyPublic,
     responses={503: {"model": NotReadyPublic, "description": "No model is loaded yet."}},
-    summary="A model is loaded and answering",
+    summary="A model is loaded and answering (and whether the last reload failed)",
 )
 async def ready(holder: HolderDep) -> ReadyPublic | JSONResponse:
     if holder.active is None:
@@ -74,7 +96,22 @@ async def ready(holder: HolderDep) -> ReadyPublic | JSONResponse:
             status_code=503, content=NotReadyPublic(reason=holder.reason).model_dump()
         )
     loaded = holder.active.loaded
-    return ReadyPublic(model_name=loaded.name, model_version=loaded.version)
+    return ReadyPublic(
+        model_name=loaded.name,
+        model_version=loaded.version,
+        last_reload_error=_reload_error(holder),
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics (text exposition format)",
+    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus metrics."}},
+)
+async def metrics(request: Request) -> Response:
+    registry: ServingMetrics = request.app.state.metrics
+    return Response(content=registry.render(), media_type=CONTENT_TYPE)
 
 
 @router.get(
@@ -101,3 +138,21 @@ async def model_info(active: ActiveModelDep, response: Response) -> ModelPublic:
         has_probabilities=loaded.has_proba,
         metrics=dict(loaded.metrics),
     )
+
+
+def _reload_error(holder: ModelHolder) -> ReloadErrorPublic | None:
+    error = holder.last_reload_error
+    if error is None:
+        return None
+    at = datetime.fromtimestamp(error.at, tz=UTC)
+    return ReloadErrorPublic(version=error.version, message=error.message, at=at)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

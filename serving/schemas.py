@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -26,10 +27,23 @@ class LivePublic(BaseModel):
     status: Literal["alive"] = "alive"
 
 
+class ReloadErrorPublic(BaseModel):
+    version: str | None = Field(
+        description="The version that failed to load; null if the registry could not be asked."
+    )
+    message: str = Field(description="Why it failed, and what to do about it.")
+    at: datetime = Field(description="When it failed (UTC).")
+
+
 class ReadyPublic(BaseModel):
     status: Literal["ready"] = "ready"
     model_name: str
     model_version: str
+    last_reload_error: ReloadErrorPublic | None = Field(
+        default=None,
+        description="Set while the newest version designated in the registry fails to load: "
+        "the version above keeps answering.",
+    )
 
 
 class NotReadyPublic(BaseModel):

@@ -53,7 +53,23 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest accepted body.")
     poll_seconds: float = Field(
-        default=10.0, gt=0, description="Seconds between load attempts while no model is loaded."
+        default=10.0,
+        gt=0,
+        description="Hot-reload interval: seconds between registry checks. A version newly "
+        "promoted (or rolled back) to the stage or alias is loaded, warmed and swapped in "
+        "within this interval plus its load time; while no model is loaded, the retry interval.",
+    )
+    max_batch_size: int = Field(
+        default=256,
+        ge=1,
+        description="Micro-batching: most rows merged into one predict call. A single request "
+        "with more records than this is predicted alone, never split.",
+    )
+    max_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Micro-batching: while the model is busy, how long queued requests may wait "
+        "for more to fill a batch. An idle server predicts a request at once; 0 never waits.",
     )
     log_level: LogLevel = "INFO"
 

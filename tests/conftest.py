@@ -10,6 +10,8 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,13 +28,18 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     """
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
+    # mlflow.set_*_uri also export MLFLOW_*_URI to the environment, which child processes of
+    # later tests would inherit: monkeypatch restores both variables after the test.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
     if mlflow.active_run():
         mlflow.end_run()
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
 
 
 def _iris_config(**sections: Any) -> dict[str, Any]:

@@ -10,7 +10,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline import evaluate, features, ingest, model_io
 from pipeline.cli import main
+from pipeline.config import load_config
 
 
 def _store_is_empty() -> bool:
@@ -123,3 +125,30 @@ def test_promoting_a_missing_version_exits_with_status_4(
 ) -> None:
     assert main(["promote", "--name", "ghost", "--version", "1"]) == 4
     assert "registered model 'ghost' has no version '1'" in caplog.text
+
+
+def test_evaluate_scores_a_run_on_the_split_it_was_trained_with(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write_config(iris_config())
+    assert main(["train", "--config", str(path), "--seed", "7", "--test-size", "0.5"]) == 0
+    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    assert main(["evaluate", "--config", str(path), "--run-id", run_id]) == 0
+    config = load_config(path).with_overrides(**{"split.seed": 7, "split.test_size": 0.5})
+    held_out = features.split(config, ingest.run(config))
+    model = model_io.load_model(f"runs:/{run_id}/model")
+    expected = evaluate.score(config, model, held_out.X_test, held_out.y_test)
+    logged = MlflowClient().get_run(run_id).data.metrics
+    assert logged["test_accuracy"] == pytest.approx(expected["test_accuracy"])
+
+
+def test_model_name_prints_the_registered_model_of_a_config(
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["model-name", "--config", str(write_config(iris_config()))]) == 0
+    assert capsys.readouterr().out.strip() == "iris-test"

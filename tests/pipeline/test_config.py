@@ -178,3 +178,41 @@ def test_overrides_are_validated_like_the_file(
     assert config.with_overrides(**{"split.seed": 7}).split.seed == 7
     with pytest.raises(ConfigError, match=r"split\.test_size"):
         config.with_overrides(**{"split.test_size": 1.5})
+
+
+def test_a_meta_estimator_needing_arguments_is_refused_naming_the_key(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(estimator={"class_path": "sklearn.pipeline.Pipeline"})
+    message = _refused(write_config, config)
+    assert "estimator.class_path 'sklearn.pipeline.Pipeline' cannot be built" in message
+
+
+def test_a_probability_metric_for_an_estimator_without_probabilities_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = iris_config(
+        estimator={"class_path": "sklearn.svm.LinearSVC"},
+        gate={"metric": "test_log_loss"},
+    )
+    message = _refused(write_config, config)
+    assert "gate.metric 'test_log_loss' needs class probabilities" in message
+
+
+def test_stratifying_a_regression_split_is_refused(write_config: Callable[..., Path]) -> None:
+    config = {
+        "experiment": "r",
+        "registered_model": "r",
+        "task": "regression",
+        "data": {"dataset": "diabetes", "target": "progression"},
+        "estimator": {"class_path": "sklearn.linear_model.Ridge"},
+        "split": {"stratify": True},
+        "gate": {"metric": "test_rmse"},
+    }
+    assert "split.stratify: true only applies to classification" in _refused(write_config, config)
+
+
+def test_a_negative_seed_is_refused_naming_the_key(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    assert "split.seed" in _refused(write_config, iris_config(split={"seed": -1}))

@@ -7,14 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.metrics import f1_score
 
-from pipeline import flow, registry
+from pipeline import features, flow, model_io, registry
 from pipeline.config import load_config
+from pipeline.errors import PipelineError, RegistryError
 
 DUMMY = {"class_path": "sklearn.dummy.DummyClassifier", "params": {"strategy": "most_frequent"}}
 WEAK = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
+
+COLUMNS = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 RunConfig = Callable[..., flow.PipelineResult]
 
@@ -79,7 +84,7 @@ def test_a_worse_candidate_is_rejected_with_the_reason_in_words(run_config: RunC
     assert tags["gate.decision"] == "rejected"
     assert tags["gate.champion_version"] == "1"
     assert " < champion v1 " in tags["gate.reason"]
-    assert tags["gate.reason"].endswith("+ 0.0000")
+    assert "+ 0.0000 (on " in tags["gate.reason"]
     assert worse.decision.reason == tags["gate.reason"]
     assert _stage("iris-test", "1") == "Production"
     assert str(client.get_model_version_by_alias("iris-test", "champion").version) == "1"
@@ -113,7 +118,7 @@ def test_a_gain_below_the_minimum_improvement_is_rejected(run_config: RunConfig)
     run_config(estimator=WEAK, gate=gate)
     result = run_config(gate=gate)
     assert not result.decision.promoted
-    assert result.decision.reason.endswith("+ 0.5000")
+    assert "+ 0.5000 (on " in result.decision.reason
 
 
 def test_regression_gates_on_an_error_metric_where_lower_is_better(
@@ -127,7 +132,7 @@ def test_regression_gates_on_an_error_metric_where_lower_is_better(
             "data": {"dataset": "diabetes", "target": "progression"},
             "estimator": estimator,
             "split": {"test_size": 0.25, "seed": 0, "stratify": False, "cv_folds": 2},
-            "gate": {"metric": "test_rmse", "threshold": 100.0},
+            "gate": {"metric": "test_rmse", "threshold": None},
         }
 
     first = flow.run_all(
@@ -139,4 +144,58 @@ def test_regression_gates_on_an_error_metric_where_lower_is_better(
     assert first.decision.promoted
     assert set(first.evaluation.metrics) == {"test_rmse", "test_mae", "test_r2"}
     assert not worse.decision.promoted
-    assert " > champion v1 " in worse.decision.reason or "> threshold" in worse.decision.reason
+    assert worse.decision.reason.startswith("test_rmse ")
+    assert " > champion v1 " in worse.decision.reason
+
+
+def test_a_champion_trained_on_another_split_is_scored_only_on_rows_it_never_saw(
+    run_config: RunConfig,
+) -> None:
+    first = run_config()
+    challenger = run_config(split={"test_size": 0.3, "seed": 7, "stratify": True, "cv_folds": 3})
+    seen = set(
+        features.row_hashes(
+            first.training.split.X_train, first.training.split.y_train, sorted(COLUMNS)
+        )
+    )
+    held_out = challenger.training.split
+    candidate = features.row_hashes(held_out.X_test, held_out.y_test, sorted(COLUMNS))
+    unseen = [h not in seen for h in candidate]
+    assert 0 < sum(unseen) < len(candidate)
+    assert challenger.decision.comparison_rows == sum(unseen)
+    champion = model_io.load_model("models:/iris-test/1")
+    mask = pd.Series(unseen, index=held_out.y_test.index)
+    expected = f1_score(
+        held_out.y_test[mask], champion.predict(held_out.X_test[mask]), average="macro"
+    )
+    assert challenger.decision.champion_value == pytest.approx(expected)
+
+
+def test_gating_the_production_version_is_refused_and_keeps_its_tags(
+    run_config: RunConfig,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> None:
+    run_config()
+    before = MlflowClient().get_model_version("iris-test", "1").tags
+    with pytest.raises(RegistryError, match="already in Production"):
+        flow.gate_version(load_config(write_config(iris_config())), "1")
+    assert MlflowClient().get_model_version("iris-test", "1").tags == before
+
+
+def test_a_config_for_another_task_cannot_reuse_a_registered_model_name(
+    run_config: RunConfig, write_config: Callable[..., Path]
+) -> None:
+    run_config()
+    regression = {
+        "experiment": "iris-test",
+        "registered_model": "iris-test",
+        "task": "regression",
+        "data": {"dataset": "diabetes", "target": "progression"},
+        "estimator": {"class_path": "sklearn.linear_model.Ridge"},
+        "split": {"cv_folds": 2},
+        "gate": {"metric": "test_rmse"},
+    }
+    with pytest.raises(PipelineError, match="holds classification models but this config"):
+        flow.run_all(load_config(write_config(regression)))
+    assert len(MlflowClient().search_model_versions("name='iris-test'")) == 1

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import ingest
+from pipeline import features, ingest
 from pipeline.config import load_config
 from pipeline.errors import DataValidationError
 
@@ -152,3 +152,58 @@ def test_a_non_numeric_regression_target_is_counted(
     text = "size,price\n10,100\n20,cheap\n30,300\n40,400\n50,500\n60,600\n"
     message = _refused(write_config(config, csv_text=text))
     assert "regression target 'price' has 1 non-numeric values in 6 rows" in message
+
+
+def test_infinite_feature_values_are_counted(csv_config: Callable[..., Path]) -> None:
+    message = _refused(csv_config(GOOD_CSV.replace("52000", "inf").replace("61000", "-inf")))
+    assert "numeric feature 'income' has 2 infinite values in 6 rows (first at row 1)" in message
+
+
+def test_an_undeclared_numeric_column_with_typos_is_refused_not_one_hot_encoded(
+    csv_config: Callable[..., Path],
+) -> None:
+    text = "age,income,city,bought\n" + "".join(
+        f"{30 + i},{'abc' if i == 3 else 40000 + i},paris,{'yes' if i % 2 else 'no'}\n"
+        for i in range(12)
+    )
+    message = _refused(csv_config(text))
+    assert "column 'income' looks numeric but has 1 non-numeric values in 12 rows" in message
+    assert "'abc'" in message
+
+
+def test_an_undeclared_date_column_in_a_csv_is_refused(csv_config: Callable[..., Path]) -> None:
+    text = "age,signed_up,bought\n" + "".join(
+        f"{30 + i},2024-01-{i + 1:02d},{'yes' if i % 2 else 'no'}\n" for i in range(6)
+    )
+    assert "column 'signed_up' holds dates" in _refused(csv_config(text))
+
+
+def test_categorical_codes_and_booleans_are_spelled_as_a_client_sends_them(
+    csv_config: Callable[..., Path],
+) -> None:
+    text = "zone,member,age,bought\n1,True,30,yes\n,False,40,no\n3,True,50,yes\n2,False,35,no\n"
+    path = csv_config(
+        text,
+        features={"numeric": ["age"], "categorical": ["zone", "member"]},
+    )
+    frame = ingest.run(load_config(path)).frame
+    assert frame["zone"].tolist()[0::2] == ["1", "3"]
+    assert frame["member"].tolist() == ["true", "false", "true", "false"]
+
+
+def test_a_test_size_leaving_too_few_rows_is_refused_before_training(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(write_config(iris_config(split={"test_size": 0.01})))
+    with pytest.raises(DataValidationError, match=r"split\.test_size 0\.01 gives 2 held-out"):
+        features.split(config, ingest.run(config))
+
+
+def test_more_cv_folds_than_rows_of_a_class_is_refused(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(
+        write_config(iris_config(split={"test_size": 0.9, "cv_folds": 10, "seed": 1}))
+    )
+    with pytest.raises(DataValidationError, match=r"split\.cv_folds 10 exceeds the 5 training"):
+        features.split(config, ingest.run(config))

@@ -245,6 +245,36 @@ def pickled_model(store: TinyStore) -> TinyModel:
     )
 
 
+@pytest.fixture(scope="session")
+def forest_model(store: TinyStore) -> TinyModel:
+    """An iris random forest: its labels come from the same probabilities as predict_proba."""
+    features, y = _iris()
+    estimator = _pipeline(features, RandomForestClassifier(n_estimators=10, random_state=0))
+    return _log(store, features, y, estimator)
+
+
+def log_broken_model(store: TinyStore) -> TinyModel:
+    """A freshly logged iris model whose skops file is then deleted from the artifact store."""
+    features, y = _iris()
+    model = _log(store, features, y, _pipeline(features, LogisticRegression(max_iter=300)))
+    model_id = model.model_uri.removeprefix("models:/")
+    skops_file = store.root / "artifacts" / "models" / model_id / "artifacts" / "model.skops"
+    assert skops_file.is_file(), skops_file
+    skops_file.unlink()
+    return model
+
+
+@pytest.fixture
+def broken_model(store: TinyStore) -> TinyModel:
+    return log_broken_model(store)
+
+
+@pytest.fixture
+def make_broken_model(store: TinyStore) -> Callable[[], TinyModel]:
+    """Log a broken model when called (e.g. in the middle of a test)."""
+    return lambda: log_broken_model(store)
+
+
 @pytest.fixture
 def unique_name() -> str:
     """A registered model name no other test uses."""

@@ -142,7 +142,12 @@ def test_health_live_is_always_ok(iris: TestClient) -> None:
 def test_health_ready_names_the_loaded_model(iris: TestClient) -> None:
     response = iris.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "model_name": "iris", "model_version": "1"}
+    assert response.json() == {
+        "status": "ready",
+        "model_name": "iris",
+        "model_version": "1",
+        "last_reload_error": None,
+    }
 
 
 def test_model_info_describes_the_answering_version(iris: TestClient, store: TinyStore) -> None:
@@ -295,7 +300,7 @@ def test_unexpected_error_is_a_500_without_internals(
     def explode(*_args: Any) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(serving.routes, "predict", explode)
+    monkeypatch.setattr(serving.routes, "parse_request", explode)
     client = make_client(raise_server_exceptions=False)
     response = client.post("/predict", json=SETOSA)
     assert_error(response, 500, "internal_error", "logged on the server")

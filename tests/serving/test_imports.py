@@ -14,6 +14,8 @@ MODULES = [
     "serving.model_store",
     "serving.inference",
     "serving.state",
+    "serving.batcher",
+    "serving.metrics",
     "serving.schemas",
     "serving.deps",
     "serving.routes",

@@ -7,7 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +18,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import TinyStore
+    from conftest import TinyModel, TinyStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -65,7 +68,12 @@ def test_python_m_serving_answers_predictions_over_http(store: TinyStore, tmp_pa
         )
         try:
             ready = _wait_ready(process, base_url)
-            assert ready.json() == {"status": "ready", "model_name": "iris", "model_version": "1"}
+            assert ready.json() == {
+                "status": "ready",
+                "model_name": "iris",
+                "model_version": "1",
+                "last_reload_error": None,
+            }
 
             row = store.models["iris"].features.iloc[100].to_dict()
             response = httpx.post(f"{base_url}/predict", json=row, timeout=10.0)
@@ -115,3 +123,139 @@ def test_python_m_serving_refuses_invalid_settings_with_a_readable_message(
     assert "Invalid serving settings" in result.stderr
     assert "model_uri" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@contextmanager
+def running_server(
+    store: TinyStore, tmp_path: Path, **env_overrides: str
+) -> Iterator[tuple[str, Path]]:
+    """``python -m serving`` on a free loopback port; yields its base URL and log file."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SERVING_TRACKING_URI": store.tracking_uri,
+        "SERVING_PORT": str(port),
+        **env_overrides,
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_ready(process, f"http://127.0.0.1:{port}")
+            yield f"http://127.0.0.1:{port}", log_path
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+class Traffic:
+    """Threads posting /predict without pause; records every answer's status and version."""
+
+    def __init__(self, base_url: str, body: dict[str, float], threads: int = 2) -> None:
+        self.base_url = base_url
+        self.body = body
+        self.answers: list[tuple[int, str | None]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json=self.body)
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+                    continue
+                self.answers.append((response.status_code, response.headers.get("x-model-version")))
+
+    def latest_version(self) -> str | None:
+        return self.answers[-1][1] if self.answers else None
+
+    def wait_for_version(self, version: str, timeout: float = 30.0) -> None:
+        _wait(lambda: self.latest_version() == version, timeout, f"version {version} answering")
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _versions_in_order(answers: list[tuple[int, str | None]]) -> list[str | None]:
+    versions: list[str | None] = []
+    for _, version in answers:
+        if not versions or versions[-1] != version:
+            versions.append(version)
+    return versions
+
+
+def test_hot_reload_under_traffic_switches_versions_without_a_failed_request(
+    store: TinyStore,
+    tmp_path: Path,
+    unique_name: str,
+    make_broken_model: Callable[[], TinyModel],
+) -> None:
+    store.register(unique_name, store.models["iris"], production=True)
+    row = store.models["iris"].features.iloc[100].to_dict()
+    settings = {"SERVING_MODEL_NAME": unique_name, "SERVING_POLL_SECONDS": "0.2"}
+    with running_server(store, tmp_path, **settings) as (base_url, log_path):
+        # One client thread: its requests are sequential, so the versions it sees are ordered.
+        with Traffic(base_url, row, threads=1) as traffic:
+            traffic.wait_for_version("1")
+            store.register(unique_name, store.models["iris_svc"], production=True)
+            traffic.wait_for_version("2")
+            store.promote(unique_name, "1")  # a rollback moves the stage back the same way
+            traffic.wait_for_version("1")
+
+            store.register(unique_name, make_broken_model(), production=True)
+            _wait(
+                lambda: (
+                    httpx.get(f"{base_url}/health/ready").json()["last_reload_error"] is not None
+                ),
+                30.0,
+                "the failed reload to show on /health/ready",
+            )
+            count = len(traffic.answers)
+            _wait(lambda: len(traffic.answers) > count + 10, 30.0, "more traffic")
+        ready = httpx.get(f"{base_url}/health/ready")
+        metrics = httpx.get(f"{base_url}/metrics").text
+
+    assert traffic.errors == []
+    assert traffic.answers, "no traffic was sent"
+    assert {status for status, _ in traffic.answers} == {200}
+    assert _versions_in_order(traffic.answers) == ["1", "2", "1"]
+    assert ready.status_code == 200
+    assert ready.json()["model_version"] == "1"
+    assert ready.json()["last_reload_error"]["version"] == "3"
+    assert "serving_model_reload_failing 1.0" in metrics
+    failures = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('serving_model_reloads_total{result="failure"}')
+    )
+    assert float(failures.rsplit(" ", 1)[1]) >= 1
+    assert f'serving_model_info{{name="{unique_name}",version="1"}} 1.0' in metrics
+    assert "Traceback" not in log_path.read_text()

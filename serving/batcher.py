@@ -1,0 +1,256 @@
+"""Adaptive micro-batching: concurrent requests to one model share one predict call. No HTTP.
+
+Each loaded model has one :class:`Batcher`. Callers :meth:`~Batcher.submit` their validated
+records and await their own predictions; a worker task merges what is queued into one batch,
+runs the model on it in a dedicated thread (one batch at a time per model, so two batches
+never compete for the cores) and hands each caller its slice, in order.
+
+Adaptive: a request that arrives while the model is idle is predicted at once, alone. Only
+requests that arrive while a batch is running queue up; when that batch ends they go
+together, after waiting at most ``max_wait_seconds`` for more company if the batch is not
+full yet. A request is one queue entry however many records it holds: it is never split,
+and one larger than ``max_batch_size`` goes alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from serving.errors import PredictionFailedError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Record = dict[str, Any]
+PredictFn = Callable[[list[Record]], Sequence[T]]
+"""Predict many records with one model call; one output per record, in order."""
+
+
+@dataclass
+class BatcherStats:
+    """What the batcher did so far (read by tests and logs; metrics use the callbacks)."""
+
+    batches: int = 0
+    largest_batch_rows: int = 0
+    largest_batch_requests: int = 0
+    timer_waits: int = 0
+    """Batches that waited for company (only ever after a busy period)."""
+    fallbacks: int = 0
+    """Merged batches that failed and were re-predicted one request at a time."""
+
+
+@dataclass(eq=False)
+class _Entry(Generic[T]):
+    records: list[Record]
+    future: asyncio.Future[list[T]]
+    arrived_while_busy: bool
+    rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = len(self.records)
+
+
+class Batcher(Generic[T]):
+    """Queue, merge and predict the requests of one model; see the module docstring."""
+
+    def __init__(
+        self,
+        predict: PredictFn[T],
+        *,
+        max_batch_size: int = 256,
+        max_wait_seconds: float = 0.002,
+        name: str = "model",
+        on_batch: Callable[[int], None] | None = None,
+        on_fallback: Callable[[], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait_seconds = max(0.0, max_wait_seconds)
+        self.name = name
+        self._on_batch = on_batch
+        self._on_fallback = on_fallback
+        self.stats = BatcherStats()
+        self._pending: deque[_Entry[T]] = deque()
+        self._pending_rows = 0
+        self._busy = False
+        self._closing = False
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch (not counting the batch being predicted)."""
+        return len(self._pending)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the worker task; call from the event loop that will submit requests."""
+        if self._task is not None:
+            return
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"predict-{self.name}"
+        )
+        self._task = asyncio.get_running_loop().create_task(
+            self._work(), name=f"batcher-{self.name}"
+        )
+
+    async def submit(self, records: list[Record]) -> list[T]:
+        """Predict ``records`` (one request) as part of a batch; return their outputs in order.
+
+        Raises:
+            PredictionFailedError: the model failed on these records (even predicted alone).
+        """
+        if self._task is None or self._closing:
+            # Stopped (an older model after a swap): predict alone rather than fail.
+            return await asyncio.to_thread(self._predict_alone, records)
+        future: asyncio.Future[list[T]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Entry(records, future, arrived_while_busy=self._busy))
+        self._pending_rows += len(records)
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        """Finish every queued request, then stop the worker and its thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._pending[0].arrived_while_busy and not self._closing:
+                await self._wait_for_company(loop)
+            entries = self._take()
+            if not entries:
+                continue
+            self._busy = True
+            try:
+                outcomes: list[list[T] | BaseException] = await loop.run_in_executor(
+                    self._executor, self._run, entries
+                )
+            except asyncio.CancelledError:
+                for entry in entries:
+                    entry.future.cancel()
+                raise
+            except Exception:  # the executor itself failed: nobody may hang
+                logger.exception("Batcher %s could not run a batch", self.name)
+                outcomes = [PredictionFailedError.for_request() for _ in entries]
+            finally:
+                self._busy = False
+            for entry, outcome in zip(entries, outcomes, strict=True):
+                if entry.future.done():  # the caller went away
+                    continue
+                if isinstance(outcome, BaseException):
+                    entry.future.set_exception(outcome)
+                else:
+                    entry.future.set_result(outcome)
+
+    async def _wait_for_company(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a busy period, wait up to ``max_wait_seconds`` for the batch to fill."""
+        if self.max_wait_seconds <= 0 or self._pending_rows >= self.max_batch_size:
+            return
+        self.stats.timer_waits += 1
+        deadline = loop.time() + self.max_wait_seconds
+        while self._pending_rows < self.max_batch_size and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Entry[T]]:
+        """The next batch: the oldest request, then more while they fit in max_batch_size."""
+        entries: list[_Entry[T]] = []
+        rows = 0
+        while self._pending:
+            entry = self._pending[0]
+            if entries and rows + entry.rows > self.max_batch_size:
+                break
+            self._pending.popleft()
+            self._pending_rows -= entry.rows
+            if entry.future.done():  # cancelled while queued
+                continue
+            entries.append(entry)
+            rows += entry.rows
+        if entries:
+            self.stats.batches += 1
+            self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
+            self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(entries))
+            if self._on_batch is not None:
+                self._on_batch(rows)
+        return entries
+
+    def _run(self, entries: list[_Entry[T]]) -> list[list[T] | BaseException]:
+        """In the model's thread: one call for the whole batch, or one per request if it fails."""
+        if len(entries) == 1:
+            try:
+                return [self._predict_alone(entries[0].records)]
+            except PredictionFailedError as exc:
+                return [exc]
+        records = [record for entry in entries for record in entry.records]
+        try:
+            outputs = self._checked(records)
+        except Exception:
+            logger.warning(
+                "Model %s failed on a batch of %d requests (%d rows); predicting each alone",
+                self.name,
+                len(entries),
+                len(records),
+            )
+            self.stats.fallbacks += 1
+            if self._on_fallback is not None:
+                self._on_fallback()
+            results: list[list[T] | BaseException] = []
+            for entry in entries:
+                try:
+                    results.append(self._predict_alone(entry.records))
+                except PredictionFailedError as exc:
+                    results.append(exc)
+            return results
+        results = []
+        start = 0
+        for entry in entries:
+            results.append(outputs[start : start + entry.rows])
+            start += entry.rows
+        return results
+
+    def _predict_alone(self, records: list[Record]) -> list[T]:
+        try:
+            return self._checked(records)
+        except Exception as exc:
+            logger.exception(
+                "Model %s failed to predict a request of %d rows", self.name, len(records)
+            )
+            raise PredictionFailedError.for_request() from exc
+
+    def _checked(self, records: list[Record]) -> list[T]:
+        outputs = list(self._predict(records))
+        if len(outputs) != len(records):
+            raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(records)} rows")
+        return outputs

@@ -1,0 +1,154 @@
+"""Prometheus metrics: one registry per app, and a pure ASGI middleware for request metrics.
+
+Series (text exposition format on ``GET /metrics``):
+
+- ``serving_requests_total{method, route, status}``: every HTTP request, by route template.
+- ``serving_request_duration_seconds{method, route, status}``: latency histogram, without
+  the health routes (``/health/*``) and ``/metrics`` themselves.
+- ``serving_batch_size_rows``: rows per model call (micro-batching at work when > 1).
+- ``serving_batch_fallbacks_total``: merged batches that failed and were re-run per request.
+- ``serving_queue_depth``: requests waiting for a batch right now.
+- ``serving_model_info{name, version}``: 1 for the version answering predictions.
+- ``serving_model_reloads_total{result="success"|"failure"}``: model loads and swaps.
+- ``serving_model_reload_failing``: 1 while the last load attempt failed (see /health/ready).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE", "MetricsMiddleware", "ServingMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+_UNMATCHED = "unmatched"
+
+
+def _untimed(route: str) -> bool:
+    return route.startswith("/health/") or route == "/metrics"
+
+
+class ServingMetrics:
+    """The metrics of one app, in their own registry (apps in one process never collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("method", "route", "status")
+        self.requests = Counter(
+            "serving_requests",
+            "HTTP requests by route template and status.",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "serving_request_duration_seconds",
+            "HTTP request latency by route template and status (health routes excluded).",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "serving_batch_size_rows",
+            "Rows per model predict call (requests merged by micro-batching).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_fallbacks = Counter(
+            "serving_batch_fallbacks",
+            "Merged batches that failed and were predicted again one request at a time.",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "serving_queue_depth",
+            "Prediction requests waiting for a batch.",
+            registry=self.registry,
+        )
+        self.queue_depth.set_function(lambda: float(self._queue_depth()))
+        self.model_info = Gauge(
+            "serving_model_info",
+            "1 for the registered model version answering predictions.",
+            ("name", "version"),
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "serving_model_reloads",
+            "Attempts to load a model version (at start-up or after the registry changed).",
+            ("result",),
+            registry=self.registry,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+        self.reload_failing = Gauge(
+            "serving_model_reload_failing",
+            "1 while the last attempt to load a new version failed (the old one keeps serving).",
+            registry=self.registry,
+        )
+        self._queue_depth: Callable[[], int] = lambda: 0
+        self._children: dict[tuple[str, str, int], tuple[Any, Any | None]] = {}
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth from ``depth`` at every scrape."""
+        self._queue_depth = depth
+
+    def model_loaded(self, name: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version).set(1)
+        self.reloads.labels(result="success").inc()
+        self.reload_failing.set(0)
+
+    def model_load_failed(self) -> None:
+        self.reloads.labels(result="failure").inc()
+        self.reload_failing.set(1)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = {"method": method, "route": route, "status": str(status)}
+            timed = None if _untimed(route) else self.latency.labels(**labels)
+            children = (self.requests.labels(**labels), timed)
+            self._children[key] = children
+        counter, histogram = children
+        counter.inc()
+        if histogram is not None:
+            histogram.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Count and time every HTTP request by route template; a pure ASGI middleware."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or _UNMATCHED
+            self.metrics.observe_request(
+                scope["method"], route, status, time.perf_counter() - start
+            )

@@ -1,0 +1,177 @@
+"""Helpers shared by the protocols: errors rendered by the router itself, body reading with
+the size limit, and coercion of one column's values to the model's input type (no HTTP)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+from serving.model_store import InputColumn
+from serving.protocols.deps import ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+Renderer = Callable[[int, str, str], Response]
+"""Builds a protocol's error response from (status, short code, message)."""
+
+NUMERIC_TYPES = frozenset({"double", "float", "long", "integer"})
+
+
+class ProtocolError(Exception):
+    """A request the protocol answers with an error: status, short code and a message that
+    names the problem and how to fix it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class ValueCoercionError(ValueError):
+    """One value does not fit its column's type; the message says what was expected."""
+
+
+def protocol_route_class(render: Renderer, protocol: str) -> type[APIRoute]:
+    """A route class that renders every error of its routes (dependencies included) with
+    ``render``, so the app-wide error handlers and their body shape never apply."""
+
+    class ProtocolRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except ProtocolError as exc:
+                    return render(exc.status, exc.code, exc.message)
+                except RequestValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                        for e in exc.errors()
+                    )
+                    return render(400, "invalid", f"Invalid request ({problems}).")
+                except ModelUnavailableError as exc:
+                    return render(503, "unavailable", exc.reason)
+                except Exception:
+                    logger.exception(
+                        "%s %s failed (%s protocol)", request.method, request.url.path, protocol
+                    )
+                    return render(
+                        500,
+                        "internal",
+                        "The server failed to handle this request; the error is logged on the "
+                        "server. Retry later or contact the operator.",
+                    )
+
+            return handle
+
+    return ProtocolRoute
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with a 413 when over the app's ``max_body_bytes``."""
+    settings = getattr(request.app.state, "settings", None)
+    limit: int | None = getattr(settings, "max_body_bytes", None)
+    too_large = ProtocolError(
+        413,
+        "too_large",
+        f"The body is larger than {limit} bytes: send fewer rows per request.",
+    )
+    declared = request.headers.get("content-length")
+    if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if limit is not None and len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def json_kind(value: Any) -> str:
+    """How a JSON value reads in a message: 'a string', 'an array' ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def is_missing(value: Any) -> bool:
+    """None and NaN both mean 'no value'."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def coerce_value(column: InputColumn, value: Any) -> Any:
+    """Turn one decoded value into what the model expects for ``column``, or raise
+    :class:`ValueCoercionError` naming the expected type.
+
+    Follows ``mlflow models serve`` where it is safe: missing values (null, NaN) pass for
+    double and string columns and for optional columns; integers pass for doubles; numeric
+    strings pass for numbers (CSV-style clients); strings columns take any scalar. Stricter
+    where MLflow would silently change the value: 4.5 is not a long, true is not a number.
+    """
+    kind = column.type
+    if isinstance(value, list | dict):
+        raise ValueCoercionError(f"expected a single {kind} value, got {json_kind(value)}")
+    if is_missing(value):
+        if column.required and kind not in ("double", "float", "string"):
+            raise ValueCoercionError(f"a value is required ({kind}), got null")
+        return None
+    if kind in ("double", "float"):
+        number = _as_number(value, kind)
+        if math.isinf(number):
+            raise ValueCoercionError(f"expected a finite number ({kind}), got {value!r}")
+        return number
+    if kind in ("long", "integer"):
+        number = _as_number(value, kind)
+        if isinstance(number, float) and not number.is_integer():
+            raise ValueCoercionError(f"expected an integer ({kind}), got {value!r}")
+        return int(number)
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueCoercionError(f"expected true or false (boolean), got {value!r}")
+    return value  # string: MLflow passes any scalar through unchanged
+
+
+def _as_number(value: Any, kind: str) -> int | float:
+    if isinstance(value, bool):
+        raise ValueCoercionError(f"expected a number ({kind}), got a boolean")
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise ValueCoercionError(f"expected a number ({kind}), got {value!r}")
+
+
+def expected_columns(columns: Sequence[InputColumn]) -> str:
+    """The model's inputs as a message fragment: 'a (double), b (string, optional)'."""
+    return ", ".join(f"'{c.name}' ({c.type}{'' if c.required else ', optional'})" for c in columns)
