@@ -6,7 +6,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -41,13 +40,18 @@ def run(
         "config.hash": config.config_hash(),
         "task": config.task,
         "estimator": config.estimator.class_path,
-        **{name: f"{value:.6g}" for name, value in metrics.items() if name.startswith("test_")},
+        **{
+            metric: f"{value:.6g}"
+            for metric, value in metrics.items()
+            if metric.startswith("test_")
+        },
     }
-    version = mlflow.register_model(model_uri, name, tags=tags)
     headline = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
-    client.update_model_version(
+    version = client.create_model_version(
         name,
-        version.version,
+        source=model_uri,
+        run_id=run_id,
+        tags=tags,
         description=(
             f"{config.estimator.class_path} trained on {config.source_description} "
             f"(data hash {data_hash[:12]}) in run {run_id}. Held-out: {headline}."
