@@ -1,7 +1,8 @@
-"""The FastAPI application: ``create_app(settings)``.
+"""The FastAPI application: ``create_app(settings)``, and ``app_from_env`` for uvicorn workers.
 
 The model is loaded in the lifespan, never at import or in ``create_app``; if loading fails
-the server still starts, reports why on ``/health/ready`` and keeps retrying.
+the server still starts, reports why on ``/health/ready`` and keeps retrying. Each worker
+process builds its own app, so each loads its own model and runs its own batcher.
 """
 
 from __future__ import annotations
@@ -9,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import Gauge
 from pydantic.json_schema import models_json_schema
 
 from serving.errors import add_error_handlers
+from serving.limits import RequestTimeoutMiddleware, prediction_protocol
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.protocols import kserve_v2, mlflow_scoring
 from serving.routes import router
+from serving.security import ApiKeyMiddleware
 from serving.settings import Settings
 from serving.state import ActiveModel, BatchingOptions, ModelHolder
 
@@ -48,6 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
         )
         app.state.models = holder
+        worker.clear()
+        worker.labels(pid=str(os.getpid())).set(1)
         logger.info("Serving %s from %s", settings.model_ref, settings.tracking_uri)
         watcher = asyncio.create_task(holder.watch(), name="serving-model-watch")
         try:
@@ -57,6 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            # By now the server has stopped accepting and waited for requests in flight (up to
+            # SERVING_GRACEFUL_TIMEOUT_SECONDS). Stop polling, then let the batchers answer
+            # whatever is still queued before they stop: nothing waiting on them is cancelled.
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -71,6 +81,17 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = ServingMetrics()
     app.state.settings = settings
     app.state.metrics = metrics
+    worker = Gauge(
+        "serving_worker_info",
+        "1, labelled with the process id of the worker that answered this scrape.",
+        ("pid",),
+        registry=metrics.registry,
+    )
+    # Innermost first: the timeout wraps the route, the key check runs before it, and the
+    # metrics see every answer, 401 and 504 included.
+    app.add_middleware(RequestTimeoutMiddleware, seconds=settings.request_timeout_seconds)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
     app.include_router(router)
@@ -79,6 +100,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(kserve_v2.router)
     _install_openapi(app)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``serving.app:app_from_env``): the app for settings read from the
+    ``SERVING_*`` environment, built in each worker process."""
+    return create_app(Settings())
 
 
 def _reset_openapi(app: FastAPI) -> None:
@@ -107,10 +134,26 @@ def _install_openapi(app: FastAPI) -> None:
                 f"Inputs of model '{loaded.name}' version {loaded.version} ({loaded.task}). "
                 + str(operation.get("description", ""))
             )
+        settings: Settings = app.state.settings
+        if settings.api_key is not None:
+            _require_bearer(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _require_bearer(schema: dict[str, Any]) -> None:
+    """Declare the API key on the prediction operations, so /docs can send it."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    for path, operations in schema["paths"].items():
+        if prediction_protocol(path) is not None:
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+                operation.setdefault("responses", {})["401"] = {
+                    "description": "Missing or wrong API key: send 'Authorization: Bearer <key>'."
+                }
 
 
 def _predict_request_body(schema: dict[str, Any], active: ActiveModel | None) -> dict[str, Any]:

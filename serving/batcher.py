@@ -10,6 +10,10 @@ requests that arrive while a batch is running queue up; when that batch ends the
 together, after waiting at most ``max_wait_seconds`` for more company if the batch is not
 full yet. A request is one queue entry however many records it holds: it is never split,
 and one larger than ``max_batch_size`` goes alone.
+
+A request may also bring its own model call (:meth:`~Batcher.run_alone`, e.g. one call on a
+whole DataFrame for a bulk request): it takes its turn in the same queue and the same thread,
+alone, so it never competes with the batches for the cores.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from serving.errors import PredictionFailedError
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 Record = dict[str, Any]
 PredictFn = Callable[[list[Record]], Sequence[T]]
 """Predict many records with one model call; one output per record, in order."""
@@ -47,14 +52,17 @@ class BatcherStats:
 
 
 @dataclass(eq=False)
-class _Entry(Generic[T]):
+class _Entry:
     records: list[Record]
-    future: asyncio.Future[list[T]]
+    future: asyncio.Future[Any]
     arrived_while_busy: bool
+    call: Callable[[], Any] | None = None
+    """A request's own model call, run alone instead of predicting ``records``."""
+    call_rows: int = 0
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rows = len(self.records)
+        self.rows = self.call_rows if self.call is not None else len(self.records)
 
 
 class Batcher(Generic[T]):
@@ -79,8 +87,9 @@ class Batcher(Generic[T]):
         self._on_batch = on_batch
         self._on_fallback = on_fallback
         self.stats = BatcherStats()
-        self._pending: deque[_Entry[T]] = deque()
+        self._pending: deque[_Entry] = deque()
         self._pending_rows = 0
+        self._pending_calls = 0
         self._busy = False
         self._closing = False
         self._wakeup = asyncio.Event()
@@ -122,6 +131,23 @@ class Batcher(Generic[T]):
         self._wakeup.set()
         return await future
 
+    async def run_alone(self, call: Callable[[], R], *, rows: int) -> R:
+        """Run ``call`` (one request's own model call on ``rows`` rows) on the model's thread,
+        in its turn with the batches and never merged with them; return what it returns.
+
+        Raises:
+            PredictionFailedError: ``call`` raised (the error is logged, not passed on).
+        """
+        if self._task is None or self._closing:
+            return await asyncio.to_thread(self._call_alone, call, rows)
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append(
+            _Entry([], future, arrived_while_busy=self._busy, call=call, call_rows=rows)
+        )
+        self._pending_calls += 1
+        self._wakeup.set()
+        return await future
+
     async def close(self) -> None:
         """Finish every queued request, then stop the worker and its thread."""
         self._closing = True
@@ -140,16 +166,15 @@ class Batcher(Generic[T]):
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._pending[0].arrived_while_busy and not self._closing:
+            head = self._pending[0]
+            if head.arrived_while_busy and head.call is None and not self._closing:
                 await self._wait_for_company(loop)
             entries = self._take()
             if not entries:
                 continue
             self._busy = True
             try:
-                outcomes: list[list[T] | BaseException] = await loop.run_in_executor(
-                    self._executor, self._run, entries
-                )
+                outcomes: list[Any] = await loop.run_in_executor(self._executor, self._run, entries)
             except asyncio.CancelledError:
                 for entry in entries:
                     entry.future.cancel()
@@ -168,12 +193,13 @@ class Batcher(Generic[T]):
                     entry.future.set_result(outcome)
 
     async def _wait_for_company(self, loop: asyncio.AbstractEventLoop) -> None:
-        """After a busy period, wait up to ``max_wait_seconds`` for the batch to fill."""
-        if self.max_wait_seconds <= 0 or self._pending_rows >= self.max_batch_size:
+        """After a busy period, wait up to ``max_wait_seconds`` for the batch to fill (not
+        once a request with its own call is queued: nothing behind it can join the batch)."""
+        if self.max_wait_seconds <= 0 or not self._may_fill():
             return
         self.stats.timer_waits += 1
         deadline = loop.time() + self.max_wait_seconds
-        while self._pending_rows < self.max_batch_size and not self._closing:
+        while self._may_fill() and not self._closing:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -184,20 +210,30 @@ class Batcher(Generic[T]):
             except TimeoutError:
                 return
 
-    def _take(self) -> list[_Entry[T]]:
-        """The next batch: the oldest request, then more while they fit in max_batch_size."""
-        entries: list[_Entry[T]] = []
+    def _may_fill(self) -> bool:
+        return self._pending_rows < self.max_batch_size and not self._pending_calls
+
+    def _take(self) -> list[_Entry]:
+        """The next batch: the oldest request, then more while they fit in max_batch_size.
+
+        A request with its own call goes alone."""
+        entries: list[_Entry] = []
         rows = 0
         while self._pending:
             entry = self._pending[0]
-            if entries and rows + entry.rows > self.max_batch_size:
+            if entries and (entry.call is not None or rows + entry.rows > self.max_batch_size):
                 break
             self._pending.popleft()
-            self._pending_rows -= entry.rows
+            if entry.call is None:
+                self._pending_rows -= entry.rows
+            else:
+                self._pending_calls -= 1
             if entry.future.done():  # cancelled while queued
                 continue
             entries.append(entry)
             rows += entry.rows
+            if entry.call is not None:
+                break
         if entries:
             self.stats.batches += 1
             self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
@@ -206,11 +242,14 @@ class Batcher(Generic[T]):
                 self._on_batch(rows)
         return entries
 
-    def _run(self, entries: list[_Entry[T]]) -> list[list[T] | BaseException]:
+    def _run(self, entries: list[_Entry]) -> list[Any]:
         """In the model's thread: one call for the whole batch, or one per request if it fails."""
         if len(entries) == 1:
+            entry = entries[0]
             try:
-                return [self._predict_alone(entries[0].records)]
+                if entry.call is not None:
+                    return [self._call_alone(entry.call, entry.rows)]
+                return [self._predict_alone(entry.records)]
             except PredictionFailedError as exc:
                 return [exc]
         records = [record for entry in entries for record in entry.records]
@@ -247,6 +286,13 @@ class Batcher(Generic[T]):
             logger.exception(
                 "Model %s failed to predict a request of %d rows", self.name, len(records)
             )
+            raise PredictionFailedError.for_request() from exc
+
+    def _call_alone(self, call: Callable[[], R], rows: int) -> R:
+        try:
+            return call()
+        except Exception as exc:
+            logger.exception("Model %s failed to predict a request of %d rows", self.name, rows)
             raise PredictionFailedError.for_request() from exc
 
     def _checked(self, records: list[Record]) -> list[T]:

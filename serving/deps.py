@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from serving.errors import MalformedRequestError, ModelNotReadyError, PayloadTooLargeError
+from serving.inference import loads_json
 from serving.settings import Settings
 from serving.state import ActiveModel, ModelHolder
 
@@ -49,6 +49,16 @@ async def read_json(request: Request, limit: int) -> Any:
         PayloadTooLargeError: the body (declared or streamed) is larger than ``limit``.
         MalformedRequestError: the body is empty or not JSON.
     """
+    return decode_json(await read_body(request, limit))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of the body.
+
+    Raises:
+        PayloadTooLargeError: the body (declared or streamed) is larger than ``limit``.
+        MalformedRequestError: the Content-Length header is not a number.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -58,19 +68,27 @@ async def read_json(request: Request, limit: int) -> Any:
         body = await request.body()
         if len(body) > limit:
             raise _too_large(limit)
-    else:
-        chunks = bytearray()
-        async for chunk in request.stream():
-            chunks.extend(chunk)
-            if len(chunks) > limit:
-                raise _too_large(limit)
-        body = bytes(chunks)
+        return body
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks.extend(chunk)
+        if len(chunks) > limit:
+            raise _too_large(limit)
+    return bytes(chunks)
+
+
+def decode_json(body: bytes) -> Any:
+    """Decode a /predict body.
+
+    Raises:
+        MalformedRequestError: the body is empty or not JSON.
+    """
     if not body.strip():
         raise MalformedRequestError(
             'The body is empty: send a JSON object of feature values or {"records": [...]}.'
         )
     try:
-        return json.loads(body)
+        return loads_json(body)
     except (ValueError, RecursionError) as exc:
         raise MalformedRequestError(
             f"The body is not valid JSON ({exc}): send a JSON object of feature values "

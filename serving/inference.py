@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails
@@ -38,6 +41,7 @@ _JSON_KINDS: dict[str, str] = {
     "string": "a string",
     "boolean": "true or false",
 }
+_NUMBER_TYPES = frozenset({int, float, type(None)})
 _INPUT_FORM = 'Send one record as a JSON object of feature values, or {"records": [record, ...]}.'
 
 
@@ -164,6 +168,182 @@ def to_frame(columns: Sequence[InputColumn], records: Sequence[Mapping[str, Any]
     return pd.DataFrame(data, index=pd.RangeIndex(len(records)))
 
 
+def loads_json(body: bytes) -> Any:
+    """Decode a JSON body with orjson (several times faster on large bodies), or, when orjson
+    refuses it, with Python's ``json``, which also takes NaN, Infinity and integers beyond 64
+    bits, and whose error message is the one clients have always been told.
+
+    Raises:
+        ValueError: the body is not JSON (``json.JSONDecodeError``, or UnicodeDecodeError).
+        RecursionError: the body nests too deeply.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
+def parse_numeric_batch(models: RequestModels, payload: Any, min_rows: int) -> pd.DataFrame | None:
+    """A ``{"records": [...]}`` batch of at least ``min_rows`` records for a model whose inputs
+    are all double or float, checked column-wise and built straight into the DataFrame that
+    :func:`to_frame` builds from what :func:`parse_request` returns for the same body.
+
+    Returns None whenever the vectorised checks do not apply or do not pass (fewer rows,
+    another input type, an omitted or unknown field, a null in a required field, NaN, a
+    string, a boolean ...): the caller then uses :func:`parse_request`, which accepts exactly
+    the same bodies and names every problem.
+    """
+    columns = models.columns
+    if not (isinstance(payload, dict) and len(payload) == 1 and "records" in payload):
+        return None
+    records = payload["records"]
+    if not isinstance(records, list) or len(records) < max(min_rows, 1):
+        return None
+    if not all(column.type in ("double", "float") for column in columns):
+        return None
+    if any(column.name == "records" for column in columns):
+        return None
+    width = len(columns)
+    if not all(type(record) is dict and len(record) == width for record in records):
+        return None  # not an object, or an omitted or unknown field
+    rows = record_values(records, [column.name for column in columns])
+    found = None if rows is None else numeric_matrix(rows)
+    if found is None:
+        return None
+    matrix, nulls = found
+    problems = ~np.isfinite(matrix)
+    if nulls is not None:
+        required = np.array([column.required for column in columns])
+        if (nulls & required).any():
+            return None
+        problems &= ~nulls
+    if problems.any():
+        return None
+    return numeric_frame(columns, [matrix[:, i] for i in range(width)], len(records))
+
+
+def record_values(records: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]] | None:
+    """Each record's values for ``names``, in that order (other keys are left out); None if
+    a record is not a JSON object or lacks one of the names."""
+    if not all(type(record) is dict for record in records):
+        return None
+    try:
+        return list(map(_row_getter(names), records))
+    except KeyError:
+        return None
+
+
+def numeric_matrix(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Decoded JSON rows (equal-length lists or tuples of numbers) as one 2-D array, and
+    where the nulls were (None when there were none).
+
+    The array is int64 when every value is an integer, else float64 with NaN for nulls. None
+    when any value is something else (a string, a boolean, an array, an object ...) or the
+    rows differ in length.
+    """
+    try:
+        matrix = np.array(rows)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if matrix.ndim != 2:
+        return None
+    if matrix.dtype.kind in "if":
+        return None if _holds_booleans(rows, matrix) else (matrix, None)
+    if matrix.dtype.kind != "O":
+        return None
+    flat = matrix.ravel().tolist()
+    if not set(map(type, flat)) <= _NUMBER_TYPES:
+        return None
+    nulls = np.fromiter((value is None for value in flat), bool, len(flat))
+    return matrix.astype(np.float64), nulls.reshape(matrix.shape)
+
+
+def _holds_booleans(rows: Sequence[Sequence[Any]], matrix: np.ndarray) -> bool:
+    """Whether a numeric ``matrix`` made from ``rows`` had booleans in it: NumPy turns them
+    into 1 and 0 silently, so only the cells holding 1 or 0 (usually few) are looked at."""
+    suspects = np.nonzero((matrix == 0) | (matrix == 1))
+    return any(
+        type(rows[row][col]) is bool
+        for row, col in zip(suspects[0].tolist(), suspects[1].tolist(), strict=True)
+    )
+
+
+def numeric_frame(
+    columns: Sequence[InputColumn], values: Sequence[np.ndarray | None], n_rows: int
+) -> pd.DataFrame:
+    """The DataFrame :func:`to_frame` builds, from checked numeric arrays instead of records.
+
+    ``values`` holds one 1-D int64 or float64 array per input column (NaN for missing
+    values; long and integer values integral), or None for a column that was not sent.
+    """
+    names = [column.name for column in columns]
+    if all(column.type == "double" for column in columns):
+        matrix = np.full((n_rows, len(names)), np.nan)
+        for index, array in enumerate(values):
+            if array is not None:
+                matrix[:, index] = array
+        return pd.DataFrame(matrix, columns=names, copy=False)
+    data = {
+        column.name: _numeric_column(column, np.full(n_rows, np.nan) if array is None else array)
+        for column, array in zip(columns, values, strict=True)
+    }
+    return pd.DataFrame(data, index=pd.RangeIndex(n_rows))
+
+
+@dataclass(frozen=True)
+class FramePredictions:
+    """One model call's answers for a whole frame, as arrays: no object per row."""
+
+    outputs: np.ndarray
+    """Labels as the model's ``predict`` returns them (classifiers), or float64 values."""
+    probabilities: np.ndarray | None
+    """Float64, one row per input row and one column per class, when asked for and the
+    model has ``predict_proba``; else None."""
+
+
+def predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> FramePredictions:
+    """Predict ``frame`` (built as :func:`to_frame` builds it) with one model call.
+
+    Labels are what ``predict`` returns; for forests they are the argmax of the probabilities
+    (what ``ForestClassifier.predict`` computes), so one call gives both. Probabilities are
+    computed only when ``proba`` is true, or when they are how a forest's labels are found.
+    """
+    estimator = loaded.estimator
+    if loaded.task == "regression":
+        return FramePredictions(np.asarray(estimator.predict(frame), dtype=float), None)
+    if loaded.has_proba and labels_follow_proba(estimator):
+        probabilities = _forest_predict_proba(estimator, frame)
+        # What ForestClassifier.predict does with the same probabilities: one call, not two.
+        labels = np.asarray(estimator.classes_).take(np.argmax(probabilities, axis=1), axis=0)
+        return FramePredictions(labels, probabilities if proba else None)
+    labels = np.asarray(estimator.predict(frame))
+    if not (proba and loaded.has_proba):
+        return FramePredictions(labels, None)
+    return FramePredictions(labels, np.asarray(estimator.predict_proba(frame), dtype=float))
+
+
+def prediction_rows(loaded: LoadedModel, predictions: FramePredictions) -> list[PredictionRow]:
+    """Plain JSON-ready rows: ``{"label", "confidence", "probabilities"}`` for classifiers
+    (the last two None without probabilities), ``{"value"}`` for regressors."""
+    if loaded.task == "regression":
+        return [{"value": value} for value in predictions.outputs.tolist()]
+    labels = [to_native(label) for label in predictions.outputs.tolist()]
+    if predictions.probabilities is None:
+        return [{"label": label, "confidence": None, "probabilities": None} for label in labels]
+    names = [str(c) for c in loaded.classes or ()]
+    confidences = predictions.probabilities.max(axis=1).tolist()
+    return [
+        {
+            "label": label,
+            "confidence": confidence,
+            "probabilities": dict(zip(names, row, strict=True)),
+        }
+        for label, confidence, row in zip(
+            labels, confidences, predictions.probabilities.tolist(), strict=True
+        )
+    ]
+
+
 def predict_rows(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> list[PredictionRow]:
     """Predict every record with one DataFrame and one model call; plain JSON-ready rows.
 
@@ -171,33 +351,7 @@ def predict_rows(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> l
     ``predict_proba``); regressors: ``{"value"}``. This is what every protocol formats.
     """
     frame = to_frame(loaded.columns, records)
-    estimator = loaded.estimator
-    if loaded.task == "regression":
-        return [{"value": value} for value in np.asarray(estimator.predict(frame), float).tolist()]
-    if not loaded.has_proba:
-        return [
-            {"label": to_native(label), "confidence": None, "probabilities": None}
-            for label in np.asarray(estimator.predict(frame))
-        ]
-    forest = labels_follow_proba(estimator)
-    if forest:
-        probabilities = _forest_predict_proba(estimator, frame)
-    else:
-        probabilities = np.asarray(estimator.predict_proba(frame), dtype=float)
-    if forest:
-        # What ForestClassifier.predict does with the same probabilities: one call, not two.
-        labels = np.asarray(estimator.classes_).take(np.argmax(probabilities, axis=1), axis=0)
-    else:
-        labels = np.asarray(estimator.predict(frame))
-    names = [str(c) for c in loaded.classes or ()]
-    return [
-        {
-            "label": to_native(label),
-            "confidence": max(row),
-            "probabilities": dict(zip(names, row, strict=True)),
-        }
-        for label, row in zip(labels, probabilities.tolist(), strict=True)
-    ]
+    return prediction_rows(loaded, predict_frame(loaded, frame, proba=True))
 
 
 def predict(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
@@ -253,6 +407,24 @@ def warm_up_records(loaded: LoadedModel) -> tuple[list[Record], bool]:
         for column in loaded.columns
     }
     return [synthetic], False
+
+
+def _row_getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function that returns a record's values for ``names``, as a tuple, in that order."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda record: (record[name],)
+    getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] = operator.itemgetter(*names)
+    return getter
+
+
+def _numeric_column(column: InputColumn, values: np.ndarray) -> pd.Series:
+    """What :func:`_column` makes of the same values (NaN for missing ones)."""
+    if column.type in ("double", "float"):
+        return pd.Series(values, dtype="float32" if column.type == "float" else "float64")
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        return pd.Series(values, dtype="float64")
+    return pd.Series(values.astype("int64" if column.type == "long" else "int32"))
 
 
 def _column(column: InputColumn, values: list[Any]) -> pd.Series:

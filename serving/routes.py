@@ -8,11 +8,17 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.deps import ActiveModelDep, HolderDep, read_json, require_active
-from serving.inference import PredictionRow, parse_request
+from serving.inference import (
+    PredictionRow,
+    parse_numeric_batch,
+    parse_request,
+    prediction_rows,
+)
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model_store import LoadedModel
 from serving.schemas import (
@@ -56,6 +62,10 @@ async def predict_records(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     active = require_active(request.app.state.models)
     payload = await read_json(request, settings.max_body_bytes)
+    frame = parse_numeric_batch(active.requests, payload, active.bulk_rows)
+    if frame is not None:  # a bulk batch: checked column-wise, predicted as one frame
+        predictions = await active.predict_frame(frame, proba=True)
+        return prediction_response(active.loaded, prediction_rows(active.loaded, predictions), True)
     records, is_batch = parse_request(active.requests, payload)
     rows = await active.predict(records)
     return prediction_response(active.loaded, rows, is_batch)
@@ -69,11 +79,11 @@ def prediction_response(loaded: LoadedModel, rows: list[PredictionRow], is_batch
     else:
         body["prediction"] = rows[0]
     try:
-        content = _JSON.encode(body)
-    except ValueError:  # NaN or infinity from the model: null, as pydantic would write it
-        content = _JSON.encode(_finite(body))
+        content = orjson.dumps(body)  # NaN or infinity from the model: null, as pydantic writes it
+    except orjson.JSONEncodeError:  # e.g. an integer label beyond 64 bits
+        content = _JSON.encode(_finite(body)).encode()
     return Response(
-        content=content.encode(),
+        content=content,
         media_type="application/json",
         headers={"X-Model-Version": loaded.version},
     )

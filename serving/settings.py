@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.model_ref import ModelRef, canonical_stage
@@ -71,6 +71,28 @@ class Settings(BaseSettings):
         description="Micro-batching: while the model is busy, how long queued requests may wait "
         "for more to fill a batch. An idle server predicts a request at once; 0 never waits.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="uvicorn worker processes. Each loads its own copy of the model and runs "
+        "its own batcher, so memory grows with every worker.",
+    )
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest a prediction request may take before it is answered 504; "
+        "0 disables the limit. The model call already running is not interrupted.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, prediction routes require 'Authorization: Bearer <key>'. "
+        "Health, /metrics, /model and /docs stay open.",
+    )
+    graceful_timeout_seconds: int = Field(
+        default=20,
+        ge=1,
+        description="On SIGTERM, how long to wait for requests in flight before cancelling them.",
+    )
     log_level: LogLevel = "INFO"
 
     @field_validator("model_stage")
@@ -84,6 +106,14 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         return ModelRef.from_uri(value).uri
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: object) -> object:
+        # Never validated beyond this: a failing check would print the key in the error.
+        if isinstance(value, str):
+            return value.strip() or None  # a trailing newline from a secrets file is no key
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pandas as pd
+
 from serving.batcher import Batcher, Record
 from serving.errors import ModelLoadError, ServingError
 from serving.inference import (
+    FramePredictions,
     PredictionRow,
     RequestModels,
     build_request_models,
+    predict_frame,
     predict_rows,
     warm_up_records,
 )
@@ -47,8 +52,27 @@ class ActiveModel:
     batcher: Batcher[PredictionRow]
 
     async def predict(self, records: list[Record]) -> list[PredictionRow]:
-        """Predict validated records on this model: the one entry point for every route."""
+        """Predict validated records on this model, merged with other requests' records into
+        shared model calls: the entry point for per-row answers, on every route."""
         return await self.batcher.submit(records)
+
+    async def predict_frame(self, frame: pd.DataFrame, *, proba: bool) -> FramePredictions:
+        """Predict a whole validated frame (a bulk request) in one model call, as arrays.
+
+        It runs on the same thread as the batches, in its turn, so a bulk request never
+        competes with them for the cores; ``proba`` asks for the class probabilities too.
+
+        Raises:
+            PredictionFailedError: the model failed on this frame (the cause is logged).
+        """
+        call = functools.partial(predict_frame, self.loaded, frame, proba=proba)
+        return await self.batcher.run_alone(call, rows=len(frame))
+
+    @property
+    def bulk_rows(self) -> int:
+        """Requests of at least this many rows are predicted as frames: they are too large
+        to share a batch anyway, and smaller ones gain more from being merged."""
+        return self.batcher.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,19 @@ def prepare(loaded: LoadedModel) -> RequestModels:
             ) from exc
         logger.warning("Warm-up of %s on a synthetic row failed (ignored): %s", label, exc)
     return requests
+
+
+def _freeze_long_lived_objects() -> None:
+    """Move every object alive now (modules, settings, the model just swapped in) out of
+    reach of the cyclic garbage collector (``gc.freeze``).
+
+    A full collection walks every tracked object: about 250,000 once MLflow, scikit-learn
+    and the model are loaded, 120 ms here, during which no request moves. Bulk requests
+    allocate enough containers to trigger one every few requests (a 200+ ms stall in one
+    10,000-row request out of ~10, and in the p99 of single-row load). Objects freed by
+    reference counting (a replaced model, when its last request is done) are still freed.
+    """
+    gc.freeze()
 
 
 class ModelHolder:
@@ -204,6 +241,7 @@ class ModelHolder:
         )
         if self._on_change is not None:
             self._on_change(active)
+        _freeze_long_lived_objects()
 
     def _drain(self, batcher: Batcher[PredictionRow]) -> None:
         """Stop ``batcher`` once its queued requests are answered, in the background."""

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import numpy as np
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -21,6 +22,9 @@ Renderer = Callable[[int, str, str], Response]
 """Builds a protocol's error response from (status, short code, message)."""
 
 NUMERIC_TYPES = frozenset({"double", "float", "long", "integer"})
+_INT32_LIMIT = 2**31
+_MAX_EXACT_INT = 2**53
+"""Integers below this size survive a trip through float64 unchanged."""
 
 
 class ProtocolError(Exception):
@@ -152,6 +156,31 @@ def coerce_value(column: InputColumn, value: Any) -> Any:
             return bool(value)
         raise ValueCoercionError(f"expected true or false (boolean), got {value!r}")
     return value  # string: MLflow passes any scalar through unchanged
+
+
+def numeric_values_fit(column: InputColumn, values: np.ndarray) -> bool:
+    """Whether every value of an int64 or float64 array (NaN for missing values) passes
+    :func:`coerce_value` for the numeric ``column`` and means what it meant there: the same
+    rules, vectorised, for bulk requests. False sends the caller back to the value-by-value
+    path, which names the first bad value of each column.
+    """
+    kind = column.type
+    if values.dtype.kind == "i":
+        return kind != "integer" or _within(values, _INT32_LIMIT)
+    if values.dtype.kind != "f":
+        return False
+    if kind in ("double", "float"):
+        return not bool(np.isinf(values).any())
+    missing = np.isnan(values)
+    if column.required and bool(missing.any()):
+        return False
+    present = values[~missing]
+    limit = _INT32_LIMIT if kind == "integer" else _MAX_EXACT_INT
+    return _within(present, limit) and bool(np.all(np.floor(present) == present))
+
+
+def _within(values: np.ndarray, limit: int) -> bool:
+    return bool(np.all((values > -limit) & (values < limit)))
 
 
 def _as_number(value: Any, kind: str) -> int | float:

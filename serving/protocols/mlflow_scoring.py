@@ -13,25 +13,35 @@ optional column is imputed (MLflow: 400 from the model); no error message echoes
 from __future__ import annotations
 
 import io
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import orjson
 import pandas as pd
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from mlflow.version import VERSION as MLFLOW_VERSION
 
-from serving.inference import ClassPrediction, Prediction
-from serving.model_store import InputColumn
+from serving.inference import (
+    ClassPrediction,
+    Prediction,
+    loads_json,
+    numeric_frame,
+    numeric_matrix,
+    record_values,
+)
+from serving.model_store import InputColumn, to_native
 from serving.protocols._common import (
+    NUMERIC_TYPES,
     ProtocolError,
     ValueCoercionError,
     coerce_value,
     expected_columns,
     is_missing,
     json_kind,
+    numeric_values_fit,
     protocol_route_class,
     read_body,
 )
@@ -131,21 +141,42 @@ def parse_content_type(header: str | None) -> str:
 
 
 def parse_request(
-    content_type: str | None, body: bytes, columns: Sequence[InputColumn]
-) -> list[Record]:
-    """Parse and validate an ``/invocations`` body into one record per row."""
+    content_type: str | None,
+    body: bytes,
+    columns: Sequence[InputColumn],
+    *,
+    bulk_rows: int | None = None,
+) -> list[Record] | pd.DataFrame:
+    """Parse and validate an ``/invocations`` body into one record per row.
+
+    With ``bulk_rows``, a JSON or CSV request of at least that many rows for a model whose
+    inputs are all numeric comes back as one DataFrame instead (what the records would
+    become), checked column-wise by the same rules. Whatever those vectorised checks do not
+    accept goes the record way, so every error reads exactly as it does there.
+    """
     mime = parse_content_type(content_type)
     if mime == CONTENT_TYPE_CSV:
-        return parse_csv(body, columns)
+        return parse_csv(body, columns, bulk_rows=bulk_rows)
     if mime == CONTENT_TYPE_PARQUET:
         return parse_parquet(body, columns)
-    return parse_json(body, columns)
+    key, data = _json_input(body)
+    if bulk_rows is not None and _all_numeric(columns):
+        frame = _bulk_json_frame(key, data, columns, bulk_rows)
+        if frame is not None:
+            return frame
+    return _json_records(key, data, columns)
 
 
 def parse_json(body: bytes, columns: Sequence[InputColumn]) -> list[Record]:
     """Parse a JSON body in any of MLflow's four formats into validated records."""
+    key, data = _json_input(body)
+    return _json_records(key, data, columns)
+
+
+def _json_input(body: bytes) -> tuple[str, Any]:
+    """The format key of a JSON body and its data, checked as MLflow checks them."""
     try:
-        payload = json.loads(body)
+        payload = loads_json(body)
     except (ValueError, RecursionError) as exc:
         raise ScoringError(
             400,
@@ -172,8 +203,10 @@ def parse_json(body: bytes, columns: Sequence[InputColumn]) -> list[Record]:
     ignored = [key for key in payload if key not in (*FORMATS, PARAMS)]
     if ignored or payload.get(PARAMS):
         logger.debug("Ignoring keys %s and params of an /invocations request", ignored)
-    key = found[0]
-    data = payload[key]
+    return found[0], payload[found[0]]
+
+
+def _json_records(key: str, data: Any, columns: Sequence[InputColumn]) -> list[Record]:
     if key == DF_SPLIT:
         table = _table_from_split(data)
     elif key == DF_RECORDS:
@@ -195,8 +228,15 @@ def parse_json(body: bytes, columns: Sequence[InputColumn]) -> list[Record]:
     return to_records(table, columns)
 
 
-def parse_csv(body: bytes, columns: Sequence[InputColumn]) -> list[Record]:
-    """Parse a CSV body whose header row names the columns."""
+def parse_csv(
+    body: bytes, columns: Sequence[InputColumn], *, bulk_rows: int | None = None
+) -> list[Record] | pd.DataFrame:
+    """Parse a CSV body whose header row names the columns (``bulk_rows``: as in
+    :func:`parse_request`)."""
+    if bulk_rows is not None and _all_numeric(columns):
+        frame = _bulk_csv_frame(body, columns, bulk_rows)
+        if frame is not None:
+            return frame
     try:
         text = body.decode("utf-8")
         frame = pd.read_csv(io.StringIO(text), dtype=str)
@@ -231,15 +271,7 @@ def to_records(table: Mapping[str, Sequence[Any]], columns: Sequence[InputColumn
     MLflow, an omitted optional column is filled with missing values for the model to impute.
     """
     n_rows = len(next(iter(table.values()))) if table else 0
-    missing = [c.name for c in columns if c.required and c.name not in table]
-    if missing:
-        names = ", ".join(f"'{name}'" for name in missing)
-        raise ScoringError(
-            400,
-            INVALID_PARAMETER_VALUE,
-            f"Missing required input column(s) {names}: add them to every row. The model "
-            f"expects {expected_columns(columns)}.",
-        )
+    _check_required(table, columns)
     if n_rows == 0:
         raise ScoringError(
             400, BAD_REQUEST, f"The input has no rows: send at least one. {_FORMAT_HELP}"
@@ -270,6 +302,20 @@ def to_records(table: Mapping[str, Sequence[Any]], columns: Sequence[InputColumn
     return [{name: values[name][row] for name in values} for row in range(n_rows)]
 
 
+def _check_required(names: Iterable[str], columns: Sequence[InputColumn]) -> None:
+    """Raise the 400 naming every required input column that is not among ``names``."""
+    present = set(names)
+    missing = [c.name for c in columns if c.required and c.name not in present]
+    if missing:
+        listed = ", ".join(f"'{name}'" for name in missing)
+        raise ScoringError(
+            400,
+            INVALID_PARAMETER_VALUE,
+            f"Missing required input column(s) {listed}: add them to every row. The model "
+            f"expects {expected_columns(columns)}.",
+        )
+
+
 def format_predictions(predictions: Sequence[Prediction]) -> dict[str, list[Any]]:
     """``{"predictions": [...]}``: the labels of a classifier or the values of a regressor,
     as ``mlflow models serve`` answers for an sklearn model."""
@@ -279,6 +325,12 @@ def format_predictions(predictions: Sequence[Prediction]) -> dict[str, list[Any]
 
 
 def _table_from_split(data: Any) -> dict[str, list[Any]]:
+    names, rows = _split_parts(data)
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def _split_parts(data: Any) -> tuple[list[str], list[list[Any]]]:
+    """The column names and rows of a ``dataframe_split`` value, its shape checked."""
     if not isinstance(data, dict):
         raise ScoringError(
             400,
@@ -319,7 +371,7 @@ def _table_from_split(data: Any) -> dict[str, list[Any]]:
                 f"Invalid input. Row {index} of 'dataframe_split.data' has {len(row)} values "
                 f"but 'columns' names {len(names)}: send one value per column.",
             )
-    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+    return names, rows
 
 
 def _table_from_records(rows: Any, key: str) -> dict[str, list[Any]]:
@@ -366,6 +418,129 @@ def _from_frame(frame: pd.DataFrame, columns: Sequence[InputColumn]) -> list[Rec
     return to_records(table, columns)
 
 
+# --- bulk requests: column-wise, no per-row objects (no HTTP) -------------------------
+
+
+def predictions_json(outputs: np.ndarray) -> bytes:
+    """``{"predictions": [...]}`` from the model's output array, as ``format_predictions``
+    writes it for the same predictions."""
+    values = outputs.tolist()
+    if outputs.dtype == object:
+        values = [to_native(value) for value in values]
+    return orjson.dumps({"predictions": values})
+
+
+def _all_numeric(columns: Sequence[InputColumn]) -> bool:
+    return all(column.type in NUMERIC_TYPES for column in columns)
+
+
+def _bulk_json_frame(
+    key: str, data: Any, columns: Sequence[InputColumn], min_rows: int
+) -> pd.DataFrame | None:
+    """The frame of a JSON request of at least ``min_rows`` rows, or None for the record way.
+
+    ``dataframe_split``, records (``dataframe_records``, or ``instances``/``inputs`` as a list
+    of records) and columns (``instances``/``inputs`` as ``{column: [values]}``).
+    """
+    names: list[str]
+    if key == DF_SPLIT:
+        names, rows = _split_parts(data)
+        if len(rows) < min_rows:
+            return None
+        _check_required(names, columns)
+        found = numeric_matrix(rows)
+        if found is None:  # perhaps only because of extra (ignored) columns of text
+            names, rows = _model_columns_only(names, rows, columns)
+            found = numeric_matrix(rows)
+    elif isinstance(data, list):
+        if len(data) < min_rows or not all(type(row) is dict for row in data):
+            return None
+        names = [column.name for column in columns if column.name in data[0]]
+        if len(names) < len(columns):  # an input left out of the first record, or of all
+            sent = set().union(*data)
+            names = [column.name for column in columns if column.name in sent]
+        _check_required(names, columns)
+        # Each record must hold each of those (extra keys are ignored, as on the record way).
+        values = record_values(data, names)
+        found = None if values is None else numeric_matrix(values)
+    elif isinstance(data, dict) and key in (INSTANCES, INPUTS):
+        if not all(isinstance(value, list) for value in data.values()):
+            return None  # scalars are broadcast on the record way
+        lengths = {len(value) for value in data.values()}
+        if len(lengths) != 1 or lengths.pop() < min_rows:
+            return None
+        _check_required(data, columns)
+        names = [column.name for column in columns if column.name in data]
+        found = numeric_matrix([data[name] for name in names])
+        found = None if found is None else (found[0].T, None)
+    else:
+        return None
+    if found is None:
+        return None
+    matrix = found[0]
+    position = {name: index for index, name in enumerate(names)}  # the last of duplicates
+    arrays = [
+        None if column.name not in position else matrix[:, position[column.name]]
+        for column in columns
+    ]
+    return _checked_frame(columns, arrays, matrix.shape[0])
+
+
+def _model_columns_only(
+    names: list[str], rows: list[list[Any]], columns: Sequence[InputColumn]
+) -> tuple[list[str], list[list[Any]]]:
+    """The names and values of the model's inputs only, from ``dataframe_split`` rows."""
+    position = {name: index for index, name in enumerate(names)}  # the last of duplicates
+    keep = sorted(position[c.name] for c in columns if c.name in position)
+    if len(keep) == len(names):
+        return names, rows
+    try:
+        values = np.array(rows, dtype=object)[:, keep].tolist()
+    except (ValueError, IndexError):
+        return names, rows
+    return [names[index] for index in keep], values
+
+
+def _bulk_csv_frame(
+    body: bytes, columns: Sequence[InputColumn], min_rows: int
+) -> pd.DataFrame | None:
+    """The frame of a CSV body of at least ``min_rows`` rows, or None for the record way."""
+    if body.count(b"\n") < min_rows:
+        return None
+    try:
+        # round_trip: Python's own float parser, so values equal float(text) exactly.
+        frame = pd.read_csv(io.BytesIO(body), float_precision="round_trip")
+    except Exception:
+        return None
+    if len(frame) < min_rows:
+        return None
+    names = [str(name) for name in frame.columns]
+    _check_required(names, columns)
+    position = {name: index for index, name in enumerate(names)}
+    arrays: list[np.ndarray | None] = []
+    for column in columns:
+        if column.name not in position:
+            arrays.append(None)
+            continue
+        series = frame.iloc[:, position[column.name]]
+        if series.dtype.kind not in "if":
+            return None  # text, booleans or anything else: checked value by value
+        arrays.append(series.to_numpy())
+    return _checked_frame(columns, arrays, len(frame))
+
+
+def _checked_frame(
+    columns: Sequence[InputColumn], arrays: Sequence[np.ndarray | None], n_rows: int
+) -> pd.DataFrame | None:
+    """The model's frame if every present column passes :func:`coerce_value`'s rules."""
+    if all(array is None for array in arrays):
+        return None  # no input sent at all: the record way says what is wrong
+    for column, array in zip(columns, arrays, strict=True):
+        if array is not None and not numeric_values_fit(column, array):
+            return None
+    return numeric_frame(columns, arrays, n_rows)
+
+
 # --- routes ----------------------------------------------------------------------------
 
 
@@ -373,9 +548,18 @@ def _from_frame(frame: pd.DataFrame, columns: Sequence[InputColumn]) -> list[Rec
 async def invocations(request: Request, predictor: PredictorDep) -> Response:
     """Predict rows sent in any of MLflow's formats; answers ``{"predictions": [...]}``."""
     body = await read_body(request)
-    records = parse_request(request.headers.get("content-type"), body, predictor.loaded.columns)
+    active = predictor.active
+    parsed = parse_request(
+        request.headers.get("content-type"),
+        body,
+        predictor.loaded.columns,
+        bulk_rows=active.bulk_rows,
+    )
     try:
-        predictions = await predictor.predict(records)
+        if isinstance(parsed, pd.DataFrame):
+            content = predictions_json((await active.predict_frame(parsed, proba=False)).outputs)
+        else:
+            content = orjson.dumps(format_predictions(await predictor.predict(parsed)))
     except Exception as exc:
         logger.exception(
             "Model %s v%s failed on /invocations", predictor.loaded.name, predictor.loaded.version
@@ -387,8 +571,10 @@ async def invocations(request: Request, predictor: PredictorDep) -> Response:
             f"the values fit the model's inputs ({expected_columns(predictor.loaded.columns)}) "
             "or contact the operator.",
         ) from exc
-    return JSONResponse(
-        format_predictions(predictions), headers={"X-Model-Version": predictor.loaded.version}
+    return Response(
+        content,
+        media_type=CONTENT_TYPE_JSON,
+        headers={"X-Model-Version": predictor.loaded.version},
     )
 
 

@@ -253,6 +253,19 @@ def forest_model(store: TinyStore) -> TinyModel:
     return _log(store, features, y, estimator)
 
 
+@pytest.fixture(scope="session")
+def sparse_iris(store: TinyStore) -> TinyModel:
+    """An iris forest whose 'sepal width (cm)' had gaps in training, so it is an optional
+    double: every input numeric. Registered as 'sparse-iris', version 1 in Production."""
+    features, y = _iris()
+    features = features.copy()
+    features.loc[[2, 30, 77, 120], "sepal width (cm)"] = np.nan
+    estimator = _pipeline(features, RandomForestClassifier(n_estimators=7, random_state=0))
+    model = _log(store, features, y, estimator)
+    store.register("sparse-iris", model, production=True)
+    return model
+
+
 def log_broken_model(store: TinyStore) -> TinyModel:
     """A freshly logged iris model whose skops file is then deleted from the artifact store."""
     features, y = _iris()

@@ -236,3 +236,74 @@ def test_a_caller_that_goes_away_does_not_disturb_the_others() -> None:
 def test_max_batch_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
         Batcher(Model(), max_batch_size=0)
+
+
+# --- a request's own call (run_alone) ------------------------------------------------------
+
+
+def test_a_call_of_its_own_runs_on_the_model_thread_in_turn_and_is_never_merged() -> None:
+    async def scenario() -> None:
+        model = Model(gated=True)
+        batcher = make(model, max_wait_seconds=0)
+        order: list[str] = []
+        threads: set[str] = set()
+
+        def own_call() -> str:
+            order.append(f"call after {len(model.calls)} batches")
+            threads.add(threading.current_thread().name)
+            return "frame answer"
+
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await started(batcher, model)
+        threads.add(await asyncio.to_thread(lambda: "probe"))  # not the model thread
+        before = asyncio.ensure_future(batcher.submit(rows(2)))
+        call = asyncio.ensure_future(batcher.run_alone(own_call, rows=10_000))
+        after = asyncio.ensure_future(batcher.submit(rows(3)))
+        await queued(batcher, 3)
+        model.release.set()
+        assert await call == "frame answer"
+        assert (await first, await before, await after) == ([2], [4], [6])
+        assert model.calls == [[1], [2], [3]]  # 2 and 3 were not merged across the call
+        assert order == ["call after 2 batches"]
+        assert any(name.startswith("predict-fake") for name in threads)
+        assert batcher.stats.largest_batch_rows == 10_000
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_a_failing_call_of_its_own_is_a_prediction_failed_error_for_that_request_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        batcher = make(Model())
+
+        def broken() -> None:
+            raise RuntimeError("boom in the frame")
+
+        with pytest.raises(PredictionFailedError):
+            await batcher.run_alone(broken, rows=5)
+        assert await batcher.submit(rows(4)) == [8]
+        await batcher.close()
+        # A stopped batcher (an older model after a swap) still answers, in a thread.
+        assert await batcher.run_alone(lambda: 42, rows=1) == 42
+
+    run(scenario())
+    assert "boom in the frame" in caplog.text
+
+
+def test_a_queued_call_of_its_own_ends_the_wait_for_company_of_the_batch_before_it() -> None:
+    async def scenario() -> None:
+        model = Model(gated=True)
+        batcher = make(model, max_wait_seconds=HOUR)
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await started(batcher, model)
+        waiting = asyncio.ensure_future(batcher.submit(rows(2)))
+        call = asyncio.ensure_future(batcher.run_alone(lambda: "done", rows=500))
+        await queued(batcher, 2)
+        model.release.set()
+        # With an hour of max wait, only skipping the wait can answer within the timeout.
+        assert (await first, await waiting, await call) == ([2], [4], "done")
+        await batcher.close()
+
+    run(scenario())

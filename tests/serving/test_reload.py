@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -166,3 +167,13 @@ def test_an_unreachable_registry_keeps_the_model_serving_and_is_reported(
     assert "Could not reach the MLflow registry" in body["last_reload_error"]["message"]
     assert client.post("/predict", json=SETOSA).status_code == 200
     assert metric(client, "serving_model_reload_failing") == 1
+
+
+def test_a_swapped_in_model_and_everything_alive_then_are_kept_out_of_full_gc_passes(
+    make_client: MakeClient,
+) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    client = make_client()
+    assert client.get("/health/ready").status_code == 200
+    assert gc.get_freeze_count() > 0

@@ -20,6 +20,10 @@ def test_settings_have_documented_defaults() -> None:
     assert settings.poll_seconds == 10.0
     assert settings.log_level == "INFO"
     assert settings.model_ref == ModelRef(name="iris", kind="stage", value="Production")
+    assert settings.workers == 1
+    assert settings.request_timeout_seconds == 30.0
+    assert settings.api_key is None
+    assert settings.graceful_timeout_seconds == 20
 
 
 def test_tracking_uri_defaults_to_mlflow_tracking_uri_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,6 +52,19 @@ def test_settings_are_read_from_serving_prefixed_environment(
     assert settings.model_ref == ModelRef(name="wine", kind="stage", value="Staging")
     assert (settings.port, settings.max_body_bytes, settings.poll_seconds) == (9123, 2048, 0.5)
     assert settings.log_level == "DEBUG"
+
+
+def test_worker_timeout_and_key_settings_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVING_WORKERS", "3")
+    monkeypatch.setenv("SERVING_REQUEST_TIMEOUT_SECONDS", "0")
+    monkeypatch.setenv("SERVING_GRACEFUL_TIMEOUT_SECONDS", "5")
+    monkeypatch.setenv("SERVING_API_KEY", " k3y\n")
+    settings = Settings()
+    assert (settings.workers, settings.request_timeout_seconds) == (3, 0.0)
+    assert settings.graceful_timeout_seconds == 5
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k3y"
 
 
 @pytest.mark.parametrize(
@@ -84,7 +101,16 @@ def test_settings_reject_unknown_stage_listing_the_known_ones() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("port", 0), ("port", 70000), ("max_body_bytes", 0), ("poll_seconds", 0), ("log_level", "x")],
+    [
+        ("port", 0),
+        ("port", 70000),
+        ("max_body_bytes", 0),
+        ("poll_seconds", 0),
+        ("log_level", "x"),
+        ("workers", 0),
+        ("request_timeout_seconds", -1),
+        ("graceful_timeout_seconds", 0),
+    ],
 )
 def test_settings_reject_out_of_range_values_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):

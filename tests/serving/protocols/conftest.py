@@ -198,3 +198,28 @@ def make_client(store: TinyStore) -> Iterator[Callable[..., TestClient]]:
     yield _make
     for client in reversed(clients):
         client.__exit__(None, None, None)
+
+
+def _gappy() -> tuple[pd.DataFrame, np.ndarray]:
+    """iris plus 'petals' (long); 'sepal width (cm)' has gaps, so it is an optional double."""
+    features, _ = _iris()
+    features = features.copy()
+    features["petals"] = np.random.default_rng(3).integers(3, 7, len(features)).astype("int64")
+    features.loc[[2, 30, 77, 120], "sepal width (cm)"] = np.nan
+    return features, load_iris().target.astype("int64")
+
+
+@pytest.fixture(scope="session")
+def gappy(store: TinyStore) -> TinyModel:
+    """A forest on numeric inputs only, with an optional double, a required long and integer
+    labels, registered as 'gappy' version 1."""
+    features, y = _gappy()
+    model = _log(
+        store,
+        features,
+        y,
+        _pipeline(features, RandomForestClassifier(n_estimators=7, random_state=0)),
+    )
+    store.models["gappy"] = model
+    store.register("gappy", model)
+    return model
