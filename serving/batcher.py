@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from serving.errors import PredictionFailedError
+from serving.errors import PredictionFailedError, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class Batcher(Generic[T]):
                 if entry.call is not None:
                     return [self._call_alone(entry.call, entry.rows)]
                 return [self._predict_alone(entry.records)]
-            except PredictionFailedError as exc:
+            except ServingError as exc:
                 return [exc]
         records = [record for entry in entries for record in entry.records]
         try:
@@ -269,7 +269,7 @@ class Batcher(Generic[T]):
             for entry in entries:
                 try:
                     results.append(self._predict_alone(entry.records))
-                except PredictionFailedError as exc:
+                except ServingError as exc:
                     results.append(exc)
             return results
         results = []
@@ -282,6 +282,8 @@ class Batcher(Generic[T]):
     def _predict_alone(self, records: list[Record]) -> list[T]:
         try:
             return self._checked(records)
+        except ServingError:
+            raise  # the request's own fault (e.g. values the model overflows on): pass it on
         except Exception as exc:
             logger.exception(
                 "Model %s failed to predict a request of %d rows", self.name, len(records)
@@ -291,6 +293,8 @@ class Batcher(Generic[T]):
     def _call_alone(self, call: Callable[[], R], rows: int) -> R:
         try:
             return call()
+        except ServingError:
+            raise
         except Exception as exc:
             logger.exception("Model %s failed to predict a request of %d rows", self.name, rows)
             raise PredictionFailedError.for_request() from exc

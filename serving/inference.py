@@ -28,8 +28,8 @@ Record = dict[str, Any]
 _PYTHON_TYPES: dict[str, Any] = {
     "double": Annotated[float, Field(strict=True, allow_inf_nan=False)],
     "float": Annotated[float, Field(strict=True, allow_inf_nan=False)],
-    "long": Annotated[int, Field(strict=True)],
-    "integer": Annotated[int, Field(strict=True)],
+    "long": Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)],
+    "integer": Annotated[int, Field(strict=True, ge=-(2**31), le=2**31 - 1)],
     "string": Annotated[str, Field(strict=True)],
     "boolean": Annotated[bool, Field(strict=True)],
 }
@@ -308,6 +308,28 @@ def predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> F
     (what ``ForestClassifier.predict`` computes), so one call gives both. Probabilities are
     computed only when ``proba`` is true, or when they are how a forest's labels are found.
     """
+    try:
+        return _predict_frame(loaded, frame, proba=proba)
+    except ValueError as exc:
+        if "infinity" not in str(exc) and "too large" not in str(exc):
+            raise
+        raise InvalidRequestError(
+            "The model's preprocessing overflowed on these values"
+            + _extreme_fields(frame)
+            + ": send values in the range the model was trained on (GET /model lists the inputs)."
+        ) from exc
+
+
+def _extreme_fields(frame: pd.DataFrame) -> str:
+    numeric = frame.select_dtypes("number")
+    if numeric.empty:
+        return ""
+    magnitude = numeric.abs().max()
+    extreme = [str(name) for name, value in magnitude.items() if value >= 1e15]
+    return f" (extreme values in {', '.join(repr(n) for n in extreme)})" if extreme else ""
+
+
+def _predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> FramePredictions:
     estimator = loaded.estimator
     if loaded.task == "regression":
         return FramePredictions(np.asarray(estimator.predict(frame), dtype=float), None)
@@ -461,6 +483,12 @@ def _describe(error: ErrorDetails, columns: Sequence[InputColumn]) -> ErrorDetai
             f"'{name}' is required and cannot be null: send {_JSON_KINDS[column.type]} "
             f"({column.type})."
         )
+    elif column is not None and (
+        kind in ("greater_than_equal", "less_than_equal")
+        or _json_kind(value) == _JSON_KINDS[column.type]
+    ):
+        # The right kind of value, refused anyway: beyond what the column's type can hold.
+        message = f"'{name}' is out of range for {column.type}: send a smaller value."
     elif column is not None:
         message = (
             f"'{name}' must be {_JSON_KINDS[column.type]} ({column.type}), got {_json_kind(value)}."

@@ -146,6 +146,9 @@ def coerce_value(column: InputColumn, value: Any) -> Any:
         number = _as_number(value, kind)
         if isinstance(number, float) and not number.is_integer():
             raise ValueCoercionError(f"expected an integer ({kind}), got {value!r}")
+        bits = 63 if kind == "long" else 31
+        if not -(2**bits) <= int(number) < 2**bits:
+            raise ValueCoercionError(f"{value!r} is out of range for {kind}")
         return int(number)
     if kind == "boolean":
         if isinstance(value, bool):

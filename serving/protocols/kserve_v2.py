@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.errors import InvalidRequestError
 from serving.inference import ClassPrediction, Prediction
 from serving.model_store import InputColumn, LoadedModel
 from serving.protocols._common import (
@@ -449,6 +450,8 @@ async def infer(
     records, outputs = parse_infer_request(payload, loaded)
     try:
         predictions = await predictor.predict(records)
+    except InvalidRequestError as exc:
+        raise InferError(400, exc.message) from exc
     except Exception as exc:
         logger.exception("Model %s v%s failed on v2 infer", loaded.name, loaded.version)
         raise InferError(

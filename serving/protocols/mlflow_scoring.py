@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from mlflow.version import VERSION as MLFLOW_VERSION
 
+from serving.errors import InvalidRequestError
 from serving.inference import (
     ClassPrediction,
     Prediction,
@@ -560,6 +561,8 @@ async def invocations(request: Request, predictor: PredictorDep) -> Response:
             content = predictions_json((await active.predict_frame(parsed, proba=False)).outputs)
         else:
             content = orjson.dumps(format_predictions(await predictor.predict(parsed)))
+    except InvalidRequestError as exc:
+        raise ScoringError(400, BAD_REQUEST, exc.message) from exc
     except Exception as exc:
         logger.exception(
             "Model %s v%s failed on /invocations", predictor.loaded.name, predictor.loaded.version
