@@ -46,7 +46,9 @@ run: $(STAMP) ## train, register and promote on CONFIG, then serve the Productio
 	$(MAKE) --no-print-directory serve
 
 pipeline: $(STAMP) ## run the whole chain (mlflow run .) on CONFIG
-	$(BIN)/mlflow run . --env-manager local -P config=$(CONFIG)
+	@# Naming the config's experiment makes the run `mlflow run` creates the candidate's run.
+	$(BIN)/mlflow run . --env-manager local -P config=$(CONFIG) \
+		--experiment-name "$$($(BIN)/python -m pipeline experiment-name --config $(CONFIG))"
 
 serve: $(STAMP) ## serve models:/<name>/Production of CONFIG over REST on HOST:PORT
 	SERVING_MODEL_NAME=$${SERVING_MODEL_NAME:-$$($(BIN)/python -m pipeline model-name --config $(CONFIG))} \

@@ -126,6 +126,11 @@ def _cmd_model_name(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment_name(args: argparse.Namespace) -> int:
+    print(load_config(args.config).experiment)
+    return 0
+
+
 def _config(args: argparse.Namespace) -> PipelineConfig:
     config = load_config(args.config)
     return config.with_overrides(
@@ -229,4 +234,5 @@ def _parser() -> argparse.ArgumentParser:
         "--base-url", default="http://127.0.0.1:5000", help="where `make ui` serves the UI"
     )
     step("model-name", _cmd_model_name, "print the registered model name of a config")
+    step("experiment-name", _cmd_experiment_name, "print the experiment name of a config")
     return parser

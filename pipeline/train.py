@@ -64,6 +64,9 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
         experiment_id=None if run_id else experiment.experiment_id,
         run_name=None if run_id else run_name,
     ) as active:
+        if run_id:
+            # A run created by `mlflow run` has a generated name; give it the readable one.
+            mlflow.set_tag("mlflow.runName", run_name)
         mlflow.set_tags(_lineage_tags(config, dataset, estimator_name))
         mlflow.log_params(_params(config, model, dataset, data_split))
         with warnings.catch_warnings():

@@ -183,3 +183,25 @@ def test_every_other_shipped_config_runs_through_mlflow_run(tmp_path: Path, conf
     assert any(name.startswith("model.") for name in run.data.params)
     # Each shipped config's first model clears its own threshold and becomes Production.
     assert client.get_model_version(config, "1").tags["gate.decision"] == "promoted"
+
+
+def test_mlflow_run_in_the_configs_experiment_makes_its_run_the_candidate(tmp_path: Path) -> None:
+    project = _copy_project(tmp_path)
+    args = [str(Path(sys.executable).parent / "mlflow"), "run", ".", "--env-manager", "local"]
+    result = subprocess.run(
+        [*args, "--experiment-name", "iris", "-P", "config=configs/iris.yaml"],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=_env(project)["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("iris")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.info.run_name.startswith("iris-LogisticRegression-")
+    assert "test_f1_macro" in run.data.metrics
+    assert client.get_model_version("iris", "1").run_id == run.info.run_id
