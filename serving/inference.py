@@ -129,8 +129,8 @@ def parse_request(models: RequestModels, payload: Any) -> tuple[list[Record], bo
     """
     if not isinstance(payload, dict):
         raise InvalidRequestError(
-            f"The body must be a JSON object, not {_json_kind(payload)}. {_INPUT_FORM}",
-            [ErrorDetail(field="body", message=f"expected an object, got {_json_kind(payload)}")],
+            f"The body must be a JSON object, not {json_kind(payload)}. {_INPUT_FORM}",
+            [ErrorDetail(field="body", message=f"expected an object, got {json_kind(payload)}")],
         )
     names = {column.name for column in models.columns}
     is_batch = "records" in payload and "records" not in names
@@ -485,26 +485,27 @@ def _describe(error: ErrorDetails, columns: Sequence[InputColumn]) -> ErrorDetai
         )
     elif column is not None and (
         kind in ("greater_than_equal", "less_than_equal")
-        or _json_kind(value) == _JSON_KINDS[column.type]
+        or json_kind(value) == _JSON_KINDS[column.type]
     ):
         # The right kind of value, refused anyway: beyond what the column's type can hold.
         message = f"'{name}' is out of range for {column.type}: send a smaller value."
     elif column is not None:
         message = (
-            f"'{name}' must be {_JSON_KINDS[column.type]} ({column.type}), got {_json_kind(value)}."
+            f"'{name}' must be {_JSON_KINDS[column.type]} ({column.type}), got {json_kind(value)}."
         )
     elif name == "records" and kind == "too_short":
         message = "'records' is empty: send at least one record."
     elif name == "records":
-        message = f"'records' must be a list of records (JSON objects), got {_json_kind(value)}."
+        message = f"'records' must be a list of records (JSON objects), got {json_kind(value)}."
     elif kind in ("model_type", "dict_type"):
-        message = f"each record must be a JSON object of feature values, got {_json_kind(value)}."
+        message = f"each record must be a JSON object of feature values, got {json_kind(value)}."
     else:
         message = str(error["msg"])
     return ErrorDetail(field=path, message=message)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """How a JSON value reads in a message: 'a string', 'an array' ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -13,6 +13,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from serving.inference import json_kind
 from serving.model_store import InputColumn
 from serving.protocols.deps import ModelUnavailableError
 
@@ -97,23 +98,6 @@ async def read_body(request: Request) -> bytes:
         if limit is not None and len(body) > limit:
             raise too_large
     return bytes(body)
-
-
-def json_kind(value: Any) -> str:
-    """How a JSON value reads in a message: 'a string', 'an array' ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def is_missing(value: Any) -> bool:
