@@ -15,6 +15,11 @@ from pipeline.cli import main
 from pipeline.config import load_config
 
 
+def _printed_run_id(capsys: pytest.CaptureFixture[str]) -> str:
+    """The run id that `train` printed as `run_id=<id>`."""
+    return capsys.readouterr().out.split("run_id=")[1].split()[0]
+
+
 def _store_is_empty() -> bool:
     client = MlflowClient()
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -80,7 +85,7 @@ def test_empty_overrides_fall_back_to_the_config(
     assert (
         main(["train", "--config", path, "--seed", "", "--test-size", "", "--cv-folds", "2"]) == 0
     )
-    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    run_id = _printed_run_id(capsys)
     params = MlflowClient().get_run(run_id).data.params
     assert params["split.seed"] == "42"
     assert params["cv.folds"] == "2"
@@ -94,7 +99,7 @@ def test_the_steps_run_one_by_one_give_the_same_decision_as_main(
 ) -> None:
     path = str(write_config(iris_config()))
     assert main(["train", "--config", path]) == 0
-    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    run_id = _printed_run_id(capsys)
     assert main(["evaluate", "--config", path, "--run-id", run_id]) == 0
     assert "test_f1_macro=" in capsys.readouterr().out
     assert main(["register", "--config", path, "--run-id", run_id]) == 0
@@ -114,7 +119,7 @@ def test_registering_an_unevaluated_run_is_refused(
 ) -> None:
     path = str(write_config(iris_config()))
     main(["train", "--config", path])
-    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    run_id = _printed_run_id(capsys)
     assert main(["register", "--config", path, "--run-id", run_id]) == 1
     assert "has no held-out metrics; evaluate it first" in caplog.text
     assert not MlflowClient().search_registered_models()
@@ -135,7 +140,7 @@ def test_evaluate_scores_a_run_on_the_split_it_was_trained_with(
 ) -> None:
     path = write_config(iris_config())
     assert main(["train", "--config", str(path), "--seed", "7", "--test-size", "0.5"]) == 0
-    run_id = capsys.readouterr().out.split("run_id=")[1].split()[0]
+    run_id = _printed_run_id(capsys)
     assert main(["evaluate", "--config", str(path), "--run-id", run_id]) == 0
     config = load_config(path).with_overrides(**{"split.seed": 7, "split.test_size": 0.5})
     held_out = features.split(config, ingest.run(config))

@@ -253,6 +253,31 @@ def forest_model(store: TinyStore) -> TinyModel:
     return _log(store, features, y, estimator)
 
 
+def _gappy() -> tuple[pd.DataFrame, np.ndarray]:
+    """iris plus 'petals' (long); 'sepal width (cm)' has gaps, so it is an optional double."""
+    features, _ = _iris()
+    features = features.copy()
+    features["petals"] = np.random.default_rng(3).integers(3, 7, len(features)).astype("int64")
+    features.loc[[2, 30, 77, 120], "sepal width (cm)"] = np.nan
+    return features, load_iris().target.astype("int64")
+
+
+@pytest.fixture(scope="session")
+def gappy(store: TinyStore) -> TinyModel:
+    """A forest on numeric inputs only, with an optional double, a required long and integer
+    labels, registered as 'gappy' version 1."""
+    features, y = _gappy()
+    model = _log(
+        store,
+        features,
+        y,
+        _pipeline(features, RandomForestClassifier(n_estimators=7, random_state=0)),
+    )
+    store.models["gappy"] = model
+    store.register("gappy", model)
+    return model
+
+
 @pytest.fixture(scope="session")
 def sparse_iris(store: TinyStore) -> TinyModel:
     """An iris forest whose 'sepal width (cm)' had gaps in training, so it is an optional

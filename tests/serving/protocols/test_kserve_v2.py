@@ -154,7 +154,7 @@ def test_other_version_is_a_404_naming_the_loaded_one(iris: TestClient) -> None:
 
 
 def test_no_model_loaded_is_a_503(make_client: MakeClient, store: TinyStore) -> None:
-    client = make_client(settings=store.settings("absent"))
+    client = make_client(settings=store.settings(model_uri="models:/absent/1"))
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 503
     assert_error(client.post(INFER, json={}), 503, "absent")

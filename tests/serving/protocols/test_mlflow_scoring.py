@@ -243,7 +243,7 @@ def test_model_failure_is_a_500_without_traceback(
 
 
 def test_no_model_loaded_is_a_503_in_mlflow_body(make_client: MakeClient, store: TinyStore) -> None:
-    client = make_client(settings=store.settings("absent"))
+    client = make_client(settings=store.settings(model_uri="models:/absent/1"))
     response = post(client, {"inputs": {}})
     assert_error(response, 503, "TEMPORARILY_UNAVAILABLE", "absent")
     assert client.get("/ping").status_code == 503
