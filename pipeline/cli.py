@@ -12,7 +12,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import flow, ingest, promote, registry, train
+from pipeline import flow, ingest, promote, registry, reproduce, train
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
 from pipeline.tracking import configure_tracking, runs_table_url
@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     # Plots are written to files; never try to open a window.
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # MLflow's own download bars would interleave with our log lines on every artifact read.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         configure_tracking()
         return int(args.handler(args))
@@ -75,13 +77,43 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 def _cmd_main(args: argparse.Namespace) -> int:
     config = _config(args)
-    result = flow.run_all(config, run_id=_adopt_launcher_run(config))
+    result = flow.run_all(config, run_id=_adopt_launcher_run(config), force=args.force)
     decision = result.decision
+    if result.cached_from:
+        print(
+            f"cache hit: run {result.cached_from} has the same config, data and code; "
+            "training and evaluation skipped (--force re-runs them)"
+        )
     print(
-        f"run_id={result.training.run_id}\n"
+        f"run_id={result.run_id}\n"
         f"registered {decision.name} version {decision.version}\n"
         f"gate: {decision.decision}: {decision.reason}"
     )
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    result = reproduce.run(args.name, args.version)
+    print(
+        f"reproduced {result.name} v{result.version} (run {result.original_run_id}) in run "
+        f"{result.run_id}; data hash {result.data_hash[:12]} matches"
+    )
+    for change in result.code_changes:
+        print(f"note: {change}")
+    rows = [("metric", "recorded", "reproduced", "match")] + [
+        (
+            check.name,
+            f"{check.recorded:.6g}",
+            "-" if check.reproduced is None else f"{check.reproduced:.6g}",
+            "yes" if check.matches else "NO",
+        )
+        for check in result.metrics
+    ]
+    _print_table(rows)
+    if not result.matches:
+        print("the reproduced held-out metrics differ from the recorded ones")
+        return 1
+    print("all held-out metrics match exactly")
     return 0
 
 
@@ -99,15 +131,22 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     events = registry.history(MlflowClient(), args.name)
+    if not events:
+        print(f"{args.name}: Production has never changed")
+        return 0
     rows = [("time", "action", "from", "to", "actor", "reason")] + [
         (e.time, e.action, e.from_version or "-", e.to_version, e.actor, e.reason) for e in events
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[5]
-        )
+    _print_table(rows)
     return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns; the last column is free text and is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        padded = (cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        print("  ".join([*padded, row[-1]]))
 
 
 def _cmd_ui_url(args: argparse.Namespace) -> int:
@@ -188,6 +227,16 @@ def _optional(kind: type[int] | type[float]) -> Callable[[str], int | float | No
     return parse
 
 
+def _flag(text: str) -> bool:
+    # MLproject passes every parameter as text, so `--force false` must mean no.
+    value = text.strip().lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -219,7 +268,16 @@ def _parser() -> argparse.ArgumentParser:
     step("gate", _cmd_gate, "promote a version if it beats the champion").add_argument(
         "--version", required=True
     )
-    overrides(step("main", _cmd_main, "the whole chain: validate, train ... gate"))
+    main_cmd = step("main", _cmd_main, "the whole chain: validate, train ... gate")
+    overrides(main_cmd)
+    main_cmd.add_argument(
+        "--force",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag,
+        help="train even when a run with the same config, data and code exists",
+    )
     promote_cmd = step("promote", _cmd_promote, "put a version in Production by hand", False)
     promote_cmd.add_argument("--name", required=True, help="registered model name")
     promote_cmd.add_argument("--version", required=True)
@@ -230,6 +288,11 @@ def _parser() -> argparse.ArgumentParser:
     step("history", _cmd_history, "list the changes of Production", False).add_argument(
         "--name", required=True, help="registered model name"
     )
+    reproduce_cmd = step(
+        "reproduce", _cmd_reproduce, "re-train a version from its record; compare metrics", False
+    )
+    reproduce_cmd.add_argument("--name", required=True, help="registered model name")
+    reproduce_cmd.add_argument("--version", required=True)
     step("ui-url", _cmd_ui_url, "print the MLflow UI link to the experiment's runs").add_argument(
         "--base-url", default="http://127.0.0.1:5000", help="where `make ui` serves the UI"
     )

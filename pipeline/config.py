@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
-from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
+from sklearn.metrics import get_scorer_names
 
 from pipeline.errors import ConfigError
 
@@ -103,6 +105,14 @@ class SplitConfig(_Strict):
     cv_folds: int = Field(default=5, ge=2, le=20)
 
 
+class BootstrapConfig(_Strict):
+    """Paired bootstrap of the challenger-minus-champion gain on the shared held-out rows."""
+
+    resamples: int = Field(default=1000, ge=100, le=100_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
 class GateConfig(_Strict):
     """When a candidate may replace the champion in Production."""
 
@@ -113,6 +123,72 @@ class GateConfig(_Strict):
     min_improvement: float = Field(
         default=0.0, ge=0.0, description="gain over the champion required to replace it"
     )
+    require_significant_gain: bool = Field(
+        default=False,
+        description="also require the lower confidence bound of the gain to be above 0",
+    )
+    bootstrap: BootstrapConfig = BootstrapConfig()
+
+
+class SearchRange(_Strict):
+    """A numeric range sampled by random search: uniform, or log-uniform with `log: true`."""
+
+    low: float
+    high: float
+    log: bool = False
+    type: Literal["int", "float"] = "float"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+# The sklearn scorer that matches each gate metric, so a search optimises what the gate judges.
+GATE_METRIC_SCORERS = {
+    "test_accuracy": "accuracy",
+    "test_f1_macro": "f1_macro",
+    "test_roc_auc": "roc_auc_ovr",
+    "test_log_loss": "neg_log_loss",
+    "test_rmse": "neg_root_mean_squared_error",
+    "test_mae": "neg_mean_absolute_error",
+    "test_r2": "r2",
+}
+
+
+class SearchConfig(_Strict):
+    """Hyperparameter search over estimator parameters; each trial is a nested MLflow run."""
+
+    strategy: Literal["grid", "random"]
+    space: dict[str, list[Any] | SearchRange] = Field(min_length=1)
+    trials: int | None = Field(
+        default=None, ge=1, le=10_000, description="random: trials to sample; grid: a cap"
+    )
+    cv_folds: int | None = Field(default=None, ge=2, le=20, description="default: split.cv_folds")
+    scoring: str | None = Field(
+        default=None, description="sklearn scorer name; default: the one matching gate.metric"
+    )
+    n_jobs: int = Field(default=1, ge=-1, description="parallel trials; -1 = all cores")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="default: split.seed")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs must be -1 (all cores) or at least 1")
+        for name, values in self.space.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"space.{name} is an empty list; give at least one value")
+            if self.strategy == "grid" and isinstance(values, SearchRange):
+                raise ValueError(
+                    f"space.{name} is a range, which grid search cannot enumerate; "
+                    "list the values, or use strategy: random"
+                )
+        if self.strategy == "random" and self.trials is None:
+            raise ValueError("random search needs 'trials' (how many settings to sample)")
+        return self
 
 
 class DriftConfig(_Strict):
@@ -172,9 +248,11 @@ class PipelineConfig(_Strict):
     estimator: EstimatorConfig
     split: SplitConfig = SplitConfig()
     gate: GateConfig
+    search: SearchConfig | None = None
     monitoring: MonitoringConfig = MonitoringConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _name: str = PrivateAttr(default="config")
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -210,7 +288,25 @@ class PipelineConfig(_Strict):
                 f"{'classifier' if self.task == 'classification' else 'regressor'}; "
                 f"pick an estimator for task '{self.task}'"
             )
+        if self.search is not None:
+            _check_search(self.search, estimator, self.task)
         return self
+
+    @property
+    def base_dir(self) -> Path:
+        """The config file's directory: relative data paths resolve against it."""
+        return self._base_dir
+
+    @property
+    def name(self) -> str:
+        """The config file's stem (``iris`` for configs/iris.yaml): names runs in the UI."""
+        return self._name
+
+    @property
+    def search_scoring(self) -> str:
+        if self.search is not None and self.search.scoring is not None:
+            return self.search.scoring
+        return GATE_METRIC_SCORERS[self.gate.metric]
 
     @property
     def data_path(self) -> Path | None:
@@ -246,7 +342,47 @@ class PipelineConfig(_Strict):
                 continue
             section, key = dotted.split(".", 1)
             raw[section][key] = value
-        return _validate(raw, self._base_dir, source=f"overrides {overrides}")
+        return _validate(raw, self._base_dir, source=f"overrides {overrides}", name=self._name)
+
+
+def _check_search(search: SearchConfig, estimator: BaseEstimator, task: Task) -> None:
+    valid = estimator.get_params()
+    unknown = sorted(set(search.space) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"search.space {unknown} are not parameters of {type(estimator).__name__}; "
+            f"valid parameters: {', '.join(sorted(valid))}"
+        )
+    for name, values in search.space.items():
+        for value in values if isinstance(values, list) else [values.low, values.high]:
+            if isinstance(values, SearchRange) and values.type == "int":
+                value = int(value)
+            candidate = clone(estimator).set_params(**{name: value})
+            validate = getattr(candidate, "_validate_params", None)
+            if callable(validate):
+                try:
+                    validate()
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"search.space.{name}: value {value!r}: {exc}") from exc
+    if search.scoring is not None:
+        if search.scoring not in get_scorer_names():
+            raise ValueError(
+                f"search.scoring '{search.scoring}' is not a scikit-learn scorer; "
+                "e.g. accuracy, f1_macro, roc_auc_ovr, neg_root_mean_squared_error, r2"
+            )
+        scorer_task = "regression" if search.scoring in _REGRESSION_SCORERS else "classification"
+        if scorer_task != task:
+            raise ValueError(
+                f"search.scoring '{search.scoring}' is a {scorer_task} scorer but task is '{task}'"
+            )
+
+
+_REGRESSION_SCORERS = frozenset(
+    name
+    for name in get_scorer_names()
+    if name.startswith(("neg_mean", "neg_root", "neg_median", "neg_max", "r2", "explained"))
+    or name in {"max_error", "d2_absolute_error_score"}
+)
 
 
 def _import_estimator(class_path: str) -> type[BaseEstimator]:
@@ -314,7 +450,7 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _validate(raw: Any, base_dir: Path, source: str) -> PipelineConfig:
+def _validate(raw: Any, base_dir: Path, source: str, name: str = "config") -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     try:
@@ -326,12 +462,20 @@ def _validate(raw: Any, base_dir: Path, source: str) -> PipelineConfig:
         message = _format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"{source}: {message}") from exc
     config._base_dir = base_dir
+    config._name = name
     if config.data_path is not None and not config.data_path.is_file():
         raise ConfigError(
             f"{source}: data.path '{config.data.path}' not found "
             f"(looked for {config.data_path}; paths are relative to the config file)"
         )
     return config
+
+
+def config_from_mapping(
+    raw: Mapping[str, Any], *, base_dir: str | Path | None, source: str, name: str = "config"
+) -> PipelineConfig:
+    """Validate a config recorded elsewhere (a run's resolved config) as if loaded from YAML."""
+    return _validate(dict(raw), Path(base_dir) if base_dir else Path.cwd(), source, name=name)
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -343,4 +487,4 @@ def load_config(path: str | Path) -> PipelineConfig:
         raw = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
-    return _validate(raw, config_path.resolve().parent, source=str(path))
+    return _validate(raw, config_path.resolve().parent, source=str(path), name=config_path.stem)

@@ -1,4 +1,8 @@
-"""Explicit changes of Production: promote a chosen version, or roll back to the previous one."""
+"""Explicit changes of Production: promote a chosen version, or roll back to the previous one.
+
+Both read the registry, decide and write under the Production lock, so a gate or another
+person acting at the same moment cannot slip a change between the check and the move.
+"""
 
 from __future__ import annotations
 
@@ -16,39 +20,44 @@ def promote(name: str, version: str, reason: str | None = None) -> registry.Prom
     """Put `version` in Production without the gate (a person decided), and record it."""
     client = MlflowClient()
     registry.get_version(client, name, version)
-    current = registry.production_version(client, name)
-    if current is not None and str(current.version) == str(version):
-        raise RegistryError(f"version {version} of '{name}' is already in Production")
-    return registry.set_production(
-        client, name, version, action="promote", reason=reason or "promoted by hand"
-    )
+    with registry.production_lock(client, name):
+        current = registry.production_version(client, name)
+        if current is not None and str(current.version) == str(version):
+            raise RegistryError(f"version {version} of '{name}' is already in Production")
+        return registry.set_production(
+            client, name, version, action="promote", reason=reason or "promoted by hand"
+        )
 
 
 def rollback(name: str, reason: str | None = None) -> registry.PromotionEvent:
     """Return Production to the version that held it before the current one."""
     client = MlflowClient()
-    current = registry.production_version(client, name)
-    if current is None:
+    if registry.production_version(client, name) is None:
+        # Checked before locking too: an unknown model must not get a lock model created.
         raise RegistryError(f"'{name}' has no Production version; nothing to roll back")
-    reigns = _production_stack(registry.history(client, name))
-    if not reigns or reigns[-1] != str(current.version):
-        raise RegistryError(
-            f"Production of '{name}' (version {current.version}) was set outside this pipeline; "
-            "choose the version yourself with `python -m pipeline promote`"
+    with registry.production_lock(client, name):
+        current = registry.production_version(client, name)
+        if current is None:
+            raise RegistryError(f"'{name}' has no Production version; nothing to roll back")
+        reigns = _production_stack(registry.history(client, name))
+        if not reigns or reigns[-1] != str(current.version):
+            raise RegistryError(
+                f"Production of '{name}' (version {current.version}) was set outside this "
+                "pipeline; choose the version yourself with `python -m pipeline promote`"
+            )
+        if len(reigns) < 2:
+            raise RegistryError(
+                f"'{name}' has no earlier Production version than {current.version} to roll back to"
+            )
+        target = reigns[-2]
+        registry.get_version(client, name, target)
+        return registry.set_production(
+            client,
+            name,
+            target,
+            action="rollback",
+            reason=reason or f"rolled back from version {current.version}",
         )
-    if len(reigns) < 2:
-        raise RegistryError(
-            f"'{name}' has no earlier Production version than {current.version} to roll back to"
-        )
-    target = reigns[-2]
-    registry.get_version(client, name, target)
-    return registry.set_production(
-        client,
-        name,
-        target,
-        action="rollback",
-        reason=reason or f"rolled back from version {current.version}",
-    )
 
 
 def _production_stack(events_newest_first: list[registry.PromotionEvent]) -> list[str]:

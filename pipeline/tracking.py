@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +47,30 @@ def git_state(path: Path | None = None) -> tuple[str, str]:
     except (OSError, subprocess.CalledProcessError):
         return "unknown", "unknown"
     return commit, str(bool(status)).lower()
+
+
+LIBRARIES = ("mlflow", "scikit-learn", "skops", "numpy", "scipy", "pandas", "pyarrow")
+
+
+def library_versions() -> dict[str, str]:
+    """The versions that decide what a trained model computes, for lineage and caching."""
+    versions = {"python": platform.python_version()}
+    versions.update({name: importlib.metadata.version(name) for name in LIBRARIES})
+    return versions
+
+
+def code_hash() -> str:
+    """Hash of the pipeline's own source: changes whenever the code that trains changes.
+
+    Unlike the git commit it also covers uncommitted edits, so a dirty tree never reuses a
+    cached result computed by other code.
+    """
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def current_actor() -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import logging
 import tempfile
 import warnings
@@ -19,13 +21,14 @@ from mlflow.models import infer_signature
 from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
-from pipeline import features
+from pipeline import features, search
 from pipeline.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, PipelineConfig
 from pipeline.ingest import Dataset
-from pipeline.tracking import git_state, publish_runs_table_view
+from pipeline.tracking import code_hash, git_state, library_versions, publish_runs_table_view
 
 logger = logging.getLogger(__name__)
 
+RESOLVED_CONFIG = "config/resolved_config.yaml"
 TRAINING_ROWS_DIR = "split"
 TRAINING_ROWS_FILE = "training_rows.npz"
 
@@ -47,18 +50,20 @@ class TrainResult:
     model: Pipeline
     split: features.Split
     cv_metrics: Mapping[str, float]
+    search: search.SearchResult | None = None
 
 
 def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> TrainResult:
     """Fit on the training split and log params, CV metrics, lineage, data and the model.
 
-    `run_id` resumes an existing run (the one `mlflow run` created) instead of starting one.
+    With a `search` section, the trials run first as nested runs and the best setting is the
+    one fitted here. `run_id` resumes an existing run (the one `mlflow run` created).
     """
     data_split = features.split(config, dataset)
     model = features.build_model(config, dataset)
     experiment = mlflow.set_experiment(config.experiment)
     estimator_name = type(model.named_steps["model"]).__name__
-    run_name = f"{config.registered_model}-{estimator_name}-{dataset.data_hash[:8]}"
+    run_name = f"{config.name}-{estimator_name}-{dataset.data_hash[:8]}"
     with mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment.experiment_id,
@@ -67,7 +72,19 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
         if run_id:
             # A run created by `mlflow run` has a generated name; give it the readable one.
             mlflow.set_tag("mlflow.runName", run_name)
-        mlflow.set_tags(_lineage_tags(config, dataset, estimator_name))
+        mlflow.set_tags(_lineage_tags(config, dataset, data_split, estimator_name))
+        searched = None
+        if config.search is not None:
+            searched = search.run(
+                config,
+                model,
+                data_split,
+                parent_run_id=active.info.run_id,
+                experiment_id=active.info.experiment_id,
+                cv_scoring=_CV_SCORING[config.task],
+            )
+            model.set_params(**{f"model__{k}": v for k, v in searched.best_params.items()})
+            mlflow.log_params(_search_params(searched))
         mlflow.log_params(_params(config, model, dataset, data_split))
         with warnings.catch_warnings():
             # MLflow registers the local source type twice and warns that it is ambiguous, and
@@ -80,8 +97,15 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
                 name=config.registered_model,
             )
             mlflow.log_input(data_input, context="training")
-        mlflow.log_dict(config.model_dump(mode="json"), "config/resolved_config.yaml")
-        cv_metrics = _cross_validate(config, model, data_split)
+        mlflow.log_dict(config.model_dump(mode="json"), RESOLVED_CONFIG)
+        # The best trial was cross-validated on the same folds already; do not pay twice.
+        cv_metrics = (
+            dict(searched.best.cv_metrics)
+            if searched is not None
+            and config.search is not None
+            and (config.search.cv_folds or config.split.cv_folds) == config.split.cv_folds
+            else _cross_validate(config, model, data_split)
+        )
         mlflow.log_metrics(dict(cv_metrics))
         publish_runs_table_view(
             active.info.experiment_id,
@@ -104,21 +128,73 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
             model=model,
             split=data_split,
             cv_metrics=cv_metrics,
+            search=searched,
         )
 
 
-def _lineage_tags(config: PipelineConfig, dataset: Dataset, estimator: str) -> dict[str, str]:
+def cache_key(config: PipelineConfig, dataset: Dataset) -> str:
+    """Same key, same trained model: config, full data content, pipeline code and libraries."""
+    parts = {
+        "config": config.config_hash(),
+        "data": dataset.data_hash,
+        "code": code_hash(),
+        "libraries": library_versions(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _lineage_tags(
+    config: PipelineConfig, dataset: Dataset, data_split: features.Split, estimator: str
+) -> dict[str, str]:
     commit, dirty = git_state()
-    return {
+    tags = {
         "data.hash": dataset.data_hash,
         "data.rows": str(dataset.rows),
         "data.source": dataset.source,
+        "data.columns": json.dumps(
+            {
+                "numeric": list(dataset.numeric_features),
+                "categorical": list(dataset.categorical_features),
+            }
+        ),
         "git.commit": commit,
         "git.dirty": dirty,
         "config.hash": config.config_hash(),
+        "config.name": config.name,
+        # Where a relative data.path resolves from, so `reproduce` finds the same file.
+        "config.dir": str(config.base_dir),
+        "code.hash": code_hash(),
+        "lineage.libraries": json.dumps(library_versions(), sort_keys=True),
+        "cache.key": cache_key(config, dataset),
         "task": config.task,
         "estimator": estimator,
         "registered_model": config.registered_model,
+    }
+    if config.task == "classification":
+        counts = dataset.y.astype(str).value_counts().sort_index()
+        tags["data.class_balance"] = json.dumps({str(k): int(v) for k, v in counts.items()})
+    else:
+        target = dataset.y.astype(float)
+        tags["data.target_summary"] = json.dumps(
+            {
+                "mean": float(target.mean()),
+                "std": float(target.std()),
+                "min": float(target.min()),
+                "max": float(target.max()),
+            }
+        )
+    return tags
+
+
+def _search_params(searched: search.SearchResult) -> dict[str, Any]:
+    failed = sum(1 for trial in searched.trials if trial.error is not None)
+    return {
+        "search.strategy": searched.strategy,
+        "search.scoring": searched.scoring,
+        "search.trials": len(searched.trials),
+        "search.failed_trials": failed,
+        "search.best_trial": searched.best.number,
+        "search.best_score": f"{searched.best.score_mean:.6g}",
     }
 
 
@@ -147,7 +223,9 @@ def _params(
 
 
 def _headline_params(config: PipelineConfig) -> list[str]:
-    return ["estimator", *(f"model.{name}" for name in config.estimator.params), "split.seed"]
+    searched = list(config.search.space) if config.search is not None else []
+    names = dict.fromkeys([*config.estimator.params, *searched])
+    return ["estimator", *(f"model.{name}" for name in names), "split.seed"]
 
 
 def _test_metrics(config: PipelineConfig) -> tuple[str, ...]:

@@ -30,8 +30,8 @@ def run_config(
     write_config: Callable[..., Path],
     iris_config: Callable[..., dict[str, Any]],
 ) -> RunConfig:
-    def run(**sections: Any) -> flow.PipelineResult:
-        return flow.run_all(load_config(write_config(iris_config(**sections))))
+    def run(force: bool = False, **sections: Any) -> flow.PipelineResult:
+        return flow.run_all(load_config(write_config(iris_config(**sections))), force=force)
 
     return run
 
@@ -53,7 +53,7 @@ def test_the_first_model_is_promoted_when_it_meets_the_threshold(run_config: Run
     assert tags["gate.decision"] == "promoted"
     assert tags["run_id"] == result.training.run_id
     assert tags["data.hash"] == result.data_hash
-    assert float(tags["test_f1_macro"]) == pytest.approx(result.evaluation.metrics["test_f1_macro"])
+    assert float(tags["test_f1_macro"]) == pytest.approx(result.metrics["test_f1_macro"])
 
 
 def test_the_held_out_metrics_are_logged_on_the_candidate_run(run_config: RunConfig) -> None:
@@ -84,7 +84,7 @@ def test_a_worse_candidate_is_rejected_with_the_reason_in_words(run_config: RunC
     assert tags["gate.decision"] == "rejected"
     assert tags["gate.champion_version"] == "1"
     assert " < champion v1 " in tags["gate.reason"]
-    assert "+ 0.0000 (on " in tags["gate.reason"]
+    assert "+ 0.0000; gain -" in tags["gate.reason"]
     assert worse.decision.reason == tags["gate.reason"]
     assert _stage("iris-test", "1") == "Production"
     assert str(client.get_model_version_by_alias("iris-test", "champion").version) == "1"
@@ -108,7 +108,7 @@ def test_a_better_candidate_replaces_the_champion_and_archives_it(run_config: Ru
 
 def test_an_equal_candidate_does_not_replace_the_champion(run_config: RunConfig) -> None:
     run_config()
-    again = run_config()
+    again = run_config(force=True)
     assert not again.decision.promoted
     assert "equals champion v1" in again.decision.reason
 
@@ -118,7 +118,7 @@ def test_a_gain_below_the_minimum_improvement_is_rejected(run_config: RunConfig)
     run_config(estimator=WEAK, gate=gate)
     result = run_config(gate=gate)
     assert not result.decision.promoted
-    assert "+ 0.5000 (on " in result.decision.reason
+    assert "+ 0.5000; gain +" in result.decision.reason
 
 
 def test_regression_gates_on_an_error_metric_where_lower_is_better(
@@ -142,7 +142,7 @@ def test_regression_gates_on_an_error_metric_where_lower_is_better(
         load_config(write_config(config({"class_path": "sklearn.dummy.DummyRegressor"})))
     )
     assert first.decision.promoted
-    assert set(first.evaluation.metrics) == {"test_rmse", "test_mae", "test_r2"}
+    assert set(first.metrics) == {"test_rmse", "test_mae", "test_r2"}
     assert not worse.decision.promoted
     assert worse.decision.reason.startswith("test_rmse ")
     assert " > champion v1 " in worse.decision.reason

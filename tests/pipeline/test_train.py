@@ -42,7 +42,15 @@ def test_a_training_run_records_params_cv_metrics_and_lineage_tags(
     assert len(run.data.tags["config.hash"]) == 64
     assert run.data.tags["git.dirty"] in {"true", "false", "unknown"}
     assert run.data.tags["git.commit"]
-    assert run.info.run_name.startswith("iris-test-LogisticRegression-")
+    assert run.data.tags["config.name"] == "config0"
+    assert run.info.run_name == f"config0-LogisticRegression-{dataset.data_hash[:8]}"
+    assert set(json.loads(run.data.tags["lineage.libraries"])) >= {"mlflow", "scikit-learn"}
+    assert json.loads(run.data.tags["data.class_balance"]) == {
+        "setosa": 50,
+        "versicolor": 50,
+        "virginica": 50,
+    }
+    assert len(run.data.tags["code.hash"]) == 64
 
 
 def test_a_training_run_logs_the_dataset_and_the_resolved_config(
