@@ -22,7 +22,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export SERVING_HOST ?= $(HOST)
 export SERVING_PORT ?= $(PORT)
 
-.PHONY: help venv run pipeline serve ui test lint format clean bench-serving
+.PHONY: help venv run pipeline serve ui test lint format clean bench-serving bench-monitor \
+	bench-score tracking-server monitor retrain
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,7 +31,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,spark,team]"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project with its dev tools
@@ -64,14 +65,29 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/mypy
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix pipeline serving tests
-	$(BIN)/ruff format pipeline serving tests
+	$(BIN)/ruff check --fix pipeline serving tests bench
+	$(BIN)/ruff format pipeline serving tests bench
 
 test: $(STAMP) lint ## lint, then the whole test suite
 	$(BIN)/pytest
 
 bench-serving: $(STAMP) ## benchmark our server against `mlflow models serve` (a few minutes)
 	$(BIN)/python bench/serving.py $(BENCH_ARGS)
+
+bench-monitor: $(STAMP) ## streaming drift over a 10M-row prediction log (about 3 min the first time)
+	$(BIN)/python bench/monitor.py $(BENCH_ARGS)
+
+bench-score: $(STAMP) ## batch scoring: pandas vs Spark rows/s on 1M rows, pandas peak memory
+	$(BIN)/python bench/score.py $(BENCH_ARGS)
+
+monitor: $(STAMP) ## drift and performance of the Production model of CONFIG (exit 10: act)
+	$(BIN)/python -m pipeline monitor --config $(CONFIG)
+
+retrain: $(STAMP) ## monitor, and on drift retrain with the labelled production rows and gate
+	$(BIN)/python -m pipeline retrain --config $(CONFIG)
+
+tracking-server: $(STAMP) ## a team tracking server: mlflow server on PostgreSQL, proxied artifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false deploy/tracking-server.sh
 
 clean: ## remove the local store, artifacts and caches (keeps .venv)
 	rm -rf mlflow.db mlruns/[0-9]* mlruns/models .pytest_cache .mypy_cache .ruff_cache

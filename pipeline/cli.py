@@ -7,14 +7,27 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import flow, ingest, promote, registry, reproduce, train
+from pipeline import (
+    feedback,
+    flow,
+    ingest,
+    monitor,
+    promote,
+    registry,
+    reproduce,
+    retrain,
+    score,
+    train,
+)
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking import configure_tracking, runs_table_url
 
 logger = logging.getLogger("pipeline")
@@ -149,6 +162,73 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join([*padded, row[-1]]))
 
 
+NEEDS_ACTION_EXIT = 10
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    result = monitor.run(
+        config,
+        version=args.version or None,
+        since=args.since,
+        until=args.until,
+        run_id=_launcher_run(),
+    )
+    print(result.summary())
+    # A distinct status, not an error: schedulers branch on it (`monitor || retrain`).
+    return NEEDS_ACTION_EXIT if result.needs_action else 0
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    result = feedback.run(load_config(args.config), args.file)
+    print(f"{result.model_name}: {result.rows} labels written to {result.path}")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    result = retrain.run(load_config(args.config), force=args.force, since=args.since)
+    if result.pipeline is None:
+        print(f"retrain: not retrained: {result.reason}")
+        # Drift without labels still needs someone to act: say so in the status too.
+        return 0 if result.status == "not_needed" else NEEDS_ACTION_EXIT
+    decision = result.pipeline.decision
+    print(
+        f"retrain: {result.reason}; trained on the configured data plus "
+        f"{result.labelled_rows} labelled production rows ({result.data_path})\n"
+        f"run_id={result.pipeline.run_id}\n"
+        f"registered {decision.name} version {decision.version}\n"
+        f"gate: {decision.decision}: {decision.reason}"
+    )
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    if not (args.model_uri or args.name):
+        raise ConfigError("give --name (its Production version is used) or --model-uri")
+    result = score.run(
+        score.ScoreRequest(
+            input_path=Path(args.input),
+            output_path=Path(args.output),
+            # An explicit URI wins over the name, which MLproject always passes.
+            model_uri=args.model_uri or None,
+            name=None if args.model_uri else args.name,
+            engine=args.engine,
+            chunk_rows=args.chunk_rows,
+        )
+    )
+    version = f" v{result.model_version}" if result.model_version else ""
+    print(
+        f"scored {result.rows} rows with {result.model_uri}{version} ({result.engine}) in "
+        f"{result.seconds:.1f} s -> {result.output_path}"
+    )
+    return 0
+
+
+def _launcher_run() -> str | None:
+    """The run `mlflow run` created, so an entry point's run is not left empty beside ours."""
+    return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
 def _cmd_ui_url(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     experiment = MlflowClient().get_experiment_by_name(config.experiment)
@@ -227,6 +307,28 @@ def _optional(kind: type[int] | type[float]) -> Callable[[str], int | float | No
     return parse
 
 
+def _moment(text: str) -> datetime | None:
+    if text.strip() == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-11-26T08:00:00+00:00, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _flag(text: str) -> bool:
     # MLproject passes every parameter as text, so `--force false` must mean no.
     value = text.strip().lower()
@@ -250,6 +352,10 @@ def _parser() -> argparse.ArgumentParser:
         if config:
             sub.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config path")
         return sub
+
+    def window_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--since", type=_moment, default=None, help="ISO time, inclusive")
+        sub.add_argument("--until", type=_moment, default=None, help="ISO time, exclusive")
 
     def overrides(sub: argparse.ArgumentParser) -> None:
         # Empty means "use the config": MLproject passes every declared parameter.
@@ -293,6 +399,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     reproduce_cmd.add_argument("--name", required=True, help="registered model name")
     reproduce_cmd.add_argument("--version", required=True)
+    monitor_cmd = step(
+        "monitor", _cmd_monitor, "drift and performance of a served version; exit 10 if found"
+    )
+    monitor_cmd.add_argument("--version", default=None, help="default: the Production version")
+    window_args(monitor_cmd)
+    feedback_cmd = step("feedback", _cmd_feedback, "append late labels to the prediction log")
+    feedback_cmd.add_argument(
+        "--file", required=True, help="CSV or Parquet with request_id, row (optional), label"
+    )
+    retrain_cmd = step(
+        "retrain", _cmd_retrain, "monitor, and on drift retrain with production labels and gate"
+    )
+    retrain_cmd.add_argument(
+        "--force", nargs="?", const=True, default=False, type=_flag, help="retrain without drift"
+    )
+    retrain_cmd.add_argument(
+        "--since", type=_moment, default=None, help="ISO time: monitor and learn from here on"
+    )
+    score_cmd = step("score", _cmd_score, "batch-score a CSV or Parquet file", False)
+    score_cmd.add_argument("--input", required=True, help="CSV or Parquet file to score")
+    score_cmd.add_argument("--output", required=True, help="Parquet file to write")
+    score_cmd.add_argument("--model-uri", default="", help="any MLflow model URI")
+    score_cmd.add_argument("--name", default="", help="registered model: its Production version")
+    score_cmd.add_argument("--engine", choices=["pandas", "spark"], default="pandas")
+    score_cmd.add_argument(
+        "--chunk-rows", type=_positive_int, default=score.DEFAULT_CHUNK_ROWS, help="pandas engine"
+    )
     step("ui-url", _cmd_ui_url, "print the MLflow UI link to the experiment's runs").add_argument(
         "--base-url", default="http://127.0.0.1:5000", help="where `make ui` serves the UI"
     )

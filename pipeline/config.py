@@ -334,6 +334,12 @@ class PipelineConfig(_Strict):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def with_data_file(self, path: Path, *, name: str) -> PipelineConfig:
+        """A re-validated copy that trains on the file at `path` instead of the configured data."""
+        raw = self.model_dump(mode="python")
+        raw["data"].update(path=str(path.resolve()), dataset=None)
+        return _validate(raw, self._base_dir, source=f"data file {path}", name=name)
+
     def with_overrides(self, **overrides: Any) -> PipelineConfig:
         """A re-validated copy with `section.key` overrides applied (None values are skipped)."""
         raw = self.model_dump(mode="python")

@@ -2,14 +2,22 @@
 
 Logging `test_*` metrics on the training run (not a separate evaluation run) is what lets the
 MLflow experiment table compare candidates side by side in one row each.
+
+The run also gets the reference profile monitoring compares production traffic with
+(`monitoring/reference_profile.json`): the training rows' feature distributions, the model's
+predictions on them, and its held-out metrics over `monitoring.performance.reference_chunks`
+chunks, named without the `test_` prefix (`accuracy`, `rmse`, ...) as monitoring names the
+metrics of a production window.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,8 +28,11 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.config import PipelineConfig
 from pipeline.features import Split
+from pipeline.profile import PerformanceReference, ReferenceProfile, build_reference_profile
 
 logger = logging.getLogger(__name__)
+
+REFERENCE_PROFILE_PATH = "monitoring/reference_profile.json"
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ def run(
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)
     plots = _log_plots(client, config, run_id, model, data_split)
+    profile = reference_profile(config, model, data_split)
+    client.log_dict(run_id, profile.to_dict(), REFERENCE_PROFILE_PATH)
     logger.info(
         "Held-out metrics for run %s: %s",
         run_id,
@@ -76,6 +89,121 @@ def score(
                     skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes)
                 )
     return result
+
+
+def prediction_metrics(
+    task: str,
+    y: Sequence[Any] | np.ndarray,
+    predicted: Sequence[Any] | np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, float]:
+    """The task's metrics from predictions already made, named without the `test_` prefix.
+
+    The same sklearn functions and rules as `score`, for predictions read back from the
+    prediction log (monitoring) or made once for many chunks (the reference profile). A metric
+    that cannot be computed on these rows (r2 of one row, probabilities for a label outside
+    `classes`) is left out rather than guessed.
+    """
+    y = np.asarray(y)
+    predicted = np.asarray(predicted)
+    if len(y) == 0:
+        return {}
+    if task == "regression":
+        result = {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
+            "mae": float(skm.mean_absolute_error(y, predicted)),
+        }
+        if len(y) >= 2:
+            result["r2"] = float(skm.r2_score(y, predicted))
+        return result
+    result = {
+        "accuracy": float(skm.accuracy_score(y, predicted)),
+        "f1_macro": float(skm.f1_score(y, predicted, average="macro")),
+    }
+    if proba is None or classes is None:
+        return result
+    labels = list(classes)
+    if not set(pd.unique(y)) <= set(labels):
+        return result
+    result["log_loss"] = float(skm.log_loss(y, proba, labels=labels))
+    present = len(pd.unique(y))
+    if present >= 2:
+        if len(labels) == 2:
+            positive = (y == labels[1]).astype(int)
+            result["roc_auc"] = float(skm.roc_auc_score(positive, proba[:, 1]))
+        elif present == len(labels):
+            result["roc_auc"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels))
+    return result
+
+
+def reference_profile(
+    config: PipelineConfig, model: Pipeline, data_split: Split
+) -> ReferenceProfile:
+    """What monitoring compares production with: training rows, predictions, held-out chunks."""
+    numeric, categorical = _feature_kinds(model, data_split.X_train)
+    return build_reference_profile(
+        data_split.X_train,
+        _as_logged(config.task, model.predict(data_split.X_train)),
+        numeric=numeric,
+        categorical=categorical,
+        task=config.task,
+        performance=_performance_reference(config, model, data_split),
+        n_bins=config.monitoring.drift.psi_bins,
+    )
+
+
+def _feature_kinds(model: Pipeline, X: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Numeric and categorical features as the fitted preprocessing treats them."""
+    kinds: dict[str, list[str]] = {"numeric": [], "categorical": []}
+    for name, _, columns in model.named_steps["preprocess"].transformers_:
+        if name in kinds:
+            kinds[name].extend(str(c) for c in columns)
+    if not kinds["numeric"] and not kinds["categorical"]:
+        for column in X.columns:
+            numeric = pd.api.types.is_numeric_dtype(X[column])
+            kinds["numeric" if numeric else "categorical"].append(str(column))
+    return kinds["numeric"], kinds["categorical"]
+
+
+def _as_logged(task: str, predicted: np.ndarray) -> np.ndarray:
+    # The server logs a class label as its str(), so the reference must spell it the same way.
+    if task == "regression":
+        return np.asarray(predicted, dtype=float)
+    return np.asarray([str(label) for label in predicted], dtype=object)
+
+
+def _performance_reference(
+    config: PipelineConfig, model: Pipeline, data_split: Split
+) -> PerformanceReference | None:
+    X, y = data_split.X_test, np.asarray(data_split.y_test)
+    chunks = min(config.monitoring.performance.reference_chunks, len(y))
+    if chunks < 2:
+        return None
+    predicted = model.predict(X)
+    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    classes = list(model.classes_) if proba is not None else None
+    with warnings.catch_warnings():
+        # A small chunk may lack a class: sklearn warns, the value still stands.
+        warnings.simplefilter("ignore")
+        per_chunk = [
+            prediction_metrics(
+                config.task,
+                y[index],
+                predicted[index],
+                proba=None if proba is None else proba[index],
+                classes=classes,
+            )
+            for index in np.array_split(np.arange(len(y)), chunks)
+        ]
+    names = dict.fromkeys(name for metrics in per_chunk for name in metrics)
+    return PerformanceReference(
+        # NaN where a chunk could not give the metric (e.g. roc_auc without every class).
+        metric_chunks={
+            name: tuple(metrics.get(name, math.nan) for metrics in per_chunk) for name in names
+        },
+        chunk_rows=round(len(y) / chunks),
+    )
 
 
 def _log_plots(

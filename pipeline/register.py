@@ -50,6 +50,9 @@ def run(
     version = client.create_model_version(
         name,
         source=model_uri,
+        # A tracking server needs the logged model's id beside a models:/m-... source (as
+        # mlflow.register_model passes it); the embedded store resolves it either way.
+        model_id=_logged_model_id(model_uri),
         run_id=run_id,
         tags=tags,
         description=(
@@ -61,6 +64,12 @@ def run(
     return RegisteredVersion(
         name=name, version=str(version.version), run_id=run_id, model_uri=model_uri
     )
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """The id in `models:/m-<id>`, MLflow 3's URI of a logged model; None for other URIs."""
+    model_id = model_uri.removeprefix("models:/")
+    return model_id if model_uri.startswith("models:/m-") and "/" not in model_id else None
 
 
 def _ensure_registered_model(client: MlflowClient, config: PipelineConfig) -> None:

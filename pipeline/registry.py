@@ -326,6 +326,7 @@ def _acquire(
     deadline = time.monotonic() + timeout_seconds
     delay = _RETRY_FIRST_SECONDS
     observer = _Observer(stale_after_seconds)
+    waiting = False
     while True:
         try:
             if _try_create(client, model, owner, description):
@@ -337,6 +338,14 @@ def _acquire(
                 f"cannot take the Production lock of '{name}' (registered model '{model}'): "
                 f"{exc.message}"
             ) from exc
+        if holder and not waiting:
+            waiting = True
+            logger.info(
+                "Waiting for the Production lock of '%s', held by %s since %s",
+                name,
+                holder.get(_OWNER_TAG, "?"),
+                holder.get(_ACQUIRED_TAG, "?"),
+            )
         if holder and observer.is_stale(model, holder):
             _break_stale(client, model, holder, observer)
             continue

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import f1_score
 
-from pipeline import features, flow, model_io, registry
+from pipeline import features, flow, ingest, model_io, registry
 from pipeline.config import load_config
 from pipeline.errors import PipelineError, RegistryError
 
@@ -146,6 +146,82 @@ def test_regression_gates_on_an_error_metric_where_lower_is_better(
     assert not worse.decision.promoted
     assert worse.decision.reason.startswith("test_rmse ")
     assert " > champion v1 " in worse.decision.reason
+    # A gain is oriented so that positive is better, whatever the metric's direction.
+    assert worse.decision.gain is not None and worse.decision.gain < 0
+    assert worse.decision.gain == pytest.approx(
+        first.metrics["test_rmse"] - worse.metrics["test_rmse"]
+    )
+    assert worse.decision.ci_upper is not None and worse.decision.ci_upper < 0
+
+
+FOREST = "sklearn.ensemble.RandomForestClassifier"
+SIGNIFICANT = {
+    "metric": "test_f1_macro",
+    "threshold": None,
+    "require_significant_gain": True,
+    "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0},
+}
+
+
+def test_a_challenger_whose_gain_is_within_noise_is_rejected_when_significance_is_required(
+    run_config: RunConfig,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> None:
+    def forest(seed: int) -> dict[str, Any]:
+        return {"class_path": FOREST, "params": {"n_estimators": 5, "random_state": seed}}
+
+    champion = run_config(estimator=forest(0), gate=SIGNIFICANT)
+    # The same model with another seed: find one that scores higher on the held-out rows by
+    # luck alone, which is what the interval must see through.
+    split = champion.training.split
+    for seed in range(1, 40):
+        config = load_config(write_config(iris_config(estimator=forest(seed), gate=SIGNIFICANT)))
+        model = features.build_model(config, ingest.run(config))
+        model.fit(split.X_train, split.y_train)
+        lucky = f1_score(split.y_test, model.predict(split.X_test), average="macro")
+        if lucky > champion.metrics["test_f1_macro"]:
+            break
+    else:
+        pytest.fail("no seed beat the champion by luck; widen the search")
+    challenger = run_config(estimator=forest(seed), gate=SIGNIFICANT)
+    decision = challenger.decision
+    assert not decision.promoted
+    assert decision.gain is not None and decision.gain > 0
+    assert decision.ci_lower is not None and decision.ci_lower <= 0 < decision.ci_upper
+    assert "beats champion v1" in decision.reason
+    assert "but the gain is within noise; gain +" in decision.reason
+    assert "95% CI [" in decision.reason
+    tags = MlflowClient().get_model_version("iris-test", "2").tags
+    assert float(tags["gate.ci_lower"]) == pytest.approx(decision.ci_lower, rel=1e-5)
+    assert tags["gate.resamples"] == "1000"
+    assert "lower 95% confidence bound of the gain must be above 0" in tags["gate.rule"]
+    assert _stage("iris-test", "1") == "Production"
+
+
+def test_a_clearly_better_challenger_is_promoted_with_a_lower_bound_above_zero(
+    run_config: RunConfig,
+) -> None:
+    run_config(estimator=DUMMY, gate=SIGNIFICANT)
+    better = run_config(gate=SIGNIFICANT)
+    decision = better.decision
+    assert decision.promoted
+    assert decision.ci_lower is not None and decision.ci_lower > 0
+    assert decision.ci_level == 0.95 and decision.resamples == 1000
+    assert _stage("iris-test", "2") == "Production"
+
+
+def test_the_interval_is_the_same_when_the_same_gate_runs_again(
+    run_config: RunConfig,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> None:
+    run_config(estimator=WEAK, gate=SIGNIFICANT)
+    first = run_config(gate={**SIGNIFICANT, "threshold": 0.99}).decision
+    again = flow.gate_version(
+        load_config(write_config(iris_config(gate={**SIGNIFICANT, "threshold": 0.99}))), "2"
+    )
+    assert (again.ci_lower, again.ci_upper) == (first.ci_lower, first.ci_upper)
 
 
 def test_a_champion_trained_on_another_split_is_scored_only_on_rows_it_never_saw(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +29,7 @@ def three_versions(
     """Versions 1 (Production), 2 and 3 (rejected) of `iris-test`."""
     flow.run_all(load_config(write_config(iris_config())))
     for _ in range(2):
-        flow.run_all(load_config(write_config(iris_config(estimator=WEAK))))
+        flow.run_all(load_config(write_config(iris_config(estimator=WEAK))), force=True)
     return "iris-test"
 
 
@@ -77,3 +80,33 @@ def test_promoting_the_production_version_again_is_refused(three_versions: str) 
 def test_rollback_without_a_production_version_is_refused(mlflow_store: str) -> None:
     with pytest.raises(RegistryError, match="no Production version"):
         promote.rollback("never-trained")
+
+
+def test_promote_checks_production_under_the_lock_so_a_change_while_it_waits_is_seen(
+    three_versions: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = MlflowClient()
+    outcome: list[object] = []
+
+    def promote_two() -> None:
+        try:
+            outcome.append(promote.promote(three_versions, "2"))
+        except RegistryError as exc:
+            outcome.append(exc)
+
+    with caplog.at_level(logging.INFO, logger="pipeline.registry"):
+        with registry.production_lock(client, three_versions):
+            waiter = threading.Thread(target=promote_two)
+            waiter.start()
+            deadline = time.monotonic() + 60
+            while "Waiting for the Production lock of 'iris-test'" not in caplog.text:
+                assert time.monotonic() < deadline, "promote never waited for the lock"
+                time.sleep(0.05)
+            # Someone else changes Production while promote waits for the lock.
+            registry.set_production(client, three_versions, "2", action="promote", reason="other")
+        waiter.join(timeout=60)
+    (result,) = outcome
+    assert isinstance(result, RegistryError)
+    assert str(result) == "version 2 of 'iris-test' is already in Production"
+    assert next(e.reason for e in registry.history(client, three_versions)) == "other"
+    assert len(registry.history(client, three_versions)) == 2

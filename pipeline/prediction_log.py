@@ -1,0 +1,417 @@
+"""Read the prediction log the server writes, join late labels to it, and write label parts.
+
+Layout (the contract with `serving`, which writes the predictions):
+`<log_dir>/<model>/predictions/part-<UTC time>-<pid>-<seq>.parquet` with `request_id`, `row`,
+`timestamp`, `model_name`, `model_version`, one `feature.<name>` column per model input,
+`prediction` and, for classifiers with probabilities, `proba.<class>`; labels that arrive later
+are `<log_dir>/<model>/feedback/part-*.parquet` with `request_id`, `row`, `label`, `timestamp`.
+Every part is written to `<name>.tmp` and renamed, so a reader never sees half a file.
+
+Reading streams: parts whose Parquet statistics show no row in the window (or of the version)
+are skipped without being read, the time and version filters are pushed down to pyarrow, and
+rows come out in chunks of at most `chunk_rows`, so memory is bounded by the chunk size and
+not by the size of the log. Labels are the exception: the feedback parts are read whole (one
+small row per label) to be joined on (request_id, row), the latest label winning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.errors import DataValidationError
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_DIR = "predictions"
+FEEDBACK_DIR = "feedback"
+FEATURE_PREFIX = "feature."
+PROBA_PREFIX = "proba."
+KEY_COLUMNS = ("request_id", "row")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+# Names a chunk uses for its own columns, so no feature may take them.
+RESERVED_COLUMNS = frozenset({"prediction", "timestamp", "label", "request_id", "row"})
+
+_part_sequence = itertools.count()
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def part_name(now: datetime | None = None) -> str:
+    """A part file name that sorts by time and is unique across processes."""
+    moment = utc(now or datetime.now(UTC))
+    return f"part-{moment:%Y%m%dT%H%M%S%f}-{os.getpid()}-{next(_part_sequence)}.parquet"
+
+
+def describe_window(since: datetime | None, until: datetime | None) -> str:
+    start = utc(since).isoformat() if since else "the first logged prediction"
+    end = utc(until).isoformat() if until else "now"
+    return f"between {start} and {end}"
+
+
+@dataclass(frozen=True)
+class LogPart:
+    """One part file, summarised from its Parquet footer without reading its rows."""
+
+    path: Path
+    rows: int
+    schema: pa.Schema
+    first: datetime | None
+    last: datetime | None
+    min_version: str | None
+    max_version: str | None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.schema.names)
+
+    def may_overlap(self, since: datetime | None, until: datetime | None) -> bool:
+        if self.first is None or self.last is None:
+            return True  # no statistics: only reading it can tell
+        if since is not None and self.last < since:
+            return False
+        return not (until is not None and self.first >= until)
+
+    def may_hold(self, version: str | None) -> bool:
+        if version is None or self.min_version is None or self.max_version is None:
+            return True
+        return self.min_version <= version <= self.max_version
+
+
+@dataclass(frozen=True)
+class PredictionLog:
+    """The prediction log and the labels of one registered model."""
+
+    log_dir: Path
+    model_name: str
+
+    @property
+    def directory(self) -> Path:
+        return self.log_dir / self.model_name
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.directory / PREDICTIONS_DIR
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.directory / FEEDBACK_DIR
+
+    def parts(
+        self,
+        *,
+        version: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LogPart]:
+        """Prediction parts that may hold rows of `version` in [since, until), oldest first."""
+        since, until = _aware(since), _aware(until)
+        parts = [_summarise(path) for path in _part_files(self.predictions_dir)]
+        return [p for p in parts if p.may_overlap(since, until) and p.may_hold(version)]
+
+    def versions(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, int]:
+        """Rows per model version in [since, until): what is there when a version is not."""
+        counts: Counter[str] = Counter()
+        window = _window_filter(_aware(since), _aware(until), None)
+        for part in self.parts(since=since, until=until):
+            if "model_version" not in part.columns:
+                continue
+            scanner = ds.dataset(part.path, format="parquet").scanner(
+                columns=["model_version"], filter=window
+            )
+            for batch in scanner.to_batches():
+                counts.update(batch.column(0).to_pylist())
+        return {str(v): counts[v] for v in sorted(counts, key=_version_order)}
+
+    def read(
+        self,
+        features: Sequence[str],
+        *,
+        chunk_rows: int,
+        version: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        probabilities: bool = False,
+        labels: bool = False,
+    ) -> Iterator[pd.DataFrame]:
+        """Stream the predictions of `version` in [since, until) as DataFrames.
+
+        A chunk has one column per feature (the `feature.` prefix stripped), `prediction` and
+        `timestamp`; with `probabilities` also the `proba.<class>` columns, with `labels` also
+        `label` (missing where no label arrived). At most `chunk_rows` rows per chunk. Parts
+        holding rows of the window that lack a feature raise `DataValidationError` before
+        the first chunk, naming the columns.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        reserved = sorted(RESERVED_COLUMNS.intersection(features))
+        if reserved:
+            raise DataValidationError(
+                f"feature names {reserved} clash with the prediction log's own columns; "
+                "rename those features"
+            )
+        since, until = _aware(since), _aware(until)
+        parts = self.parts(version=version, since=since, until=until)
+        row_filter = _window_filter(since, until, version)
+        required = [f"{FEATURE_PREFIX}{name}" for name in features] + ["prediction", "timestamp"]
+        self._check_columns(parts, required, row_filter, version, since, until)
+        proba = sorted(
+            {c for p in parts for c in p.columns if c.startswith(PROBA_PREFIX)}
+            if probabilities
+            else set()
+        )
+        keys = list(KEY_COLUMNS) if labels else []
+        schema = _target_schema(parts, [*required, *proba, *keys])
+        feedback = self.feedback() if labels else None
+        batches = (
+            _conform(batch, schema, part)
+            for part in parts
+            for batch in _scan(part, [c for c in schema.names if c in part.columns], row_filter)
+        )
+        for table in _rechunk(batches, chunk_rows):
+            frame = table.to_pandas()
+            frame.columns = [_strip_prefix(c) for c in frame.columns]
+            if feedback is not None:
+                frame = frame.merge(feedback, on=list(KEY_COLUMNS), how="left", sort=False)
+                frame = frame.drop(columns=list(KEY_COLUMNS))
+            yield frame
+
+    def feedback(self) -> pd.DataFrame:
+        """Every label received, one per (request_id, row): the latest one wins."""
+        frames = []
+        for order, path in enumerate(_part_files(self.feedback_dir)):
+            try:
+                table = pq.read_table(path, columns=[*KEY_COLUMNS, "label", "timestamp"])
+            except (pa.ArrowInvalid, KeyError, OSError) as exc:
+                raise DataValidationError(
+                    f"feedback part '{path}' cannot be read ({exc}); it needs the columns "
+                    "request_id, row, label and timestamp: move it out of the directory"
+                ) from exc
+            frames.append(table.to_pandas().assign(_order=order))
+        if not frames:
+            return pd.DataFrame(
+                {"request_id": pd.Series(dtype="str"), "row": pd.Series(dtype="int64")}
+            ).assign(label=pd.Series(dtype="object"))
+        labels = pd.concat(frames, ignore_index=True)
+        # Equal timestamps (one file, or clocks that tie): the later part wins.
+        labels = labels.sort_values(["timestamp", "_order"], kind="stable")
+        labels = labels.drop_duplicates(list(KEY_COLUMNS), keep="last")
+        return labels[[*KEY_COLUMNS, "label"]].reset_index(drop=True)
+
+    def write_feedback(self, labels: pd.DataFrame, received: datetime | None = None) -> Path:
+        """Write validated labels (request_id, row, label) as one feedback part."""
+        moment = utc(received or datetime.now(UTC))
+        label_type = pa.float64() if pd.api.types.is_numeric_dtype(labels["label"]) else pa.string()
+        schema = pa.schema(
+            [
+                ("request_id", pa.string()),
+                ("row", pa.int64()),
+                ("label", label_type),
+                ("timestamp", TIMESTAMP),
+            ]
+        )
+        table = pa.table(
+            {
+                "request_id": labels["request_id"].astype(str).tolist(),
+                "row": labels["row"].astype("int64").to_numpy(),
+                "label": labels["label"].tolist(),
+                "timestamp": pa.array([moment] * len(labels), type=TIMESTAMP),
+            },
+            schema=schema,
+        )
+        self.feedback_dir.mkdir(parents=True, exist_ok=True)
+        path = self.feedback_dir / part_name(moment)
+        temporary = path.with_name(f"{path.name}.tmp")
+        pq.write_table(table, temporary)
+        temporary.replace(path)
+        logger.info("Wrote %d labels to %s", len(labels), path)
+        return path
+
+    def _check_columns(
+        self,
+        parts: Sequence[LogPart],
+        required: Sequence[str],
+        row_filter: pc.Expression | None,
+        version: str | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> None:
+        for part in parts:
+            missing = [c for c in required if c not in part.columns]
+            # A part of another version may lack our columns: only rows in scope count.
+            if missing and _count(part, row_filter) > 0:
+                of = f"{self.model_name} v{version}" if version else self.model_name
+                raise DataValidationError(
+                    f"the prediction log of {of} {describe_window(since, until)} lacks the "
+                    f"column(s) {', '.join(missing)} in {part.path} (it has "
+                    f"{', '.join(part.columns)}); the model needs every feature it was "
+                    "trained on: log predictions with the server of this model version"
+                )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return utc(moment) if moment is not None else None
+
+
+def _version_order(version: object) -> tuple[bool, int, str]:
+    text = str(version)
+    return (not text.isdigit(), int(text) if text.isdigit() else 0, text)
+
+
+def _part_files(directory: Path) -> list[Path]:
+    # Sorted by name = by the time the part was started; .tmp files are being written.
+    return sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+
+
+def _summarise(path: Path) -> LogPart:
+    try:
+        metadata = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataValidationError(
+            f"prediction log part '{path}' is not a readable Parquet file ({exc}); "
+            "move it out of the log directory"
+        ) from exc
+    schema = metadata.schema.to_arrow_schema()
+    columns = tuple(schema.names)
+    first, last = _column_range(metadata, columns, "timestamp")
+    min_version, max_version = _column_range(metadata, columns, "model_version")
+    return LogPart(
+        path=path,
+        rows=metadata.num_rows,
+        schema=schema,
+        first=_aware(first) if isinstance(first, datetime) else None,
+        last=_aware(last) if isinstance(last, datetime) else None,
+        min_version=str(min_version) if min_version is not None else None,
+        max_version=str(max_version) if max_version is not None else None,
+    )
+
+
+def _column_range(
+    metadata: pq.FileMetaData, columns: tuple[str, ...], name: str
+) -> tuple[object | None, object | None]:
+    """(min, max) of a column over all row groups, or (None, None) when unknown."""
+    if name not in columns or metadata.num_row_groups == 0:
+        return None, None
+    index = columns.index(name)
+    lows, highs = [], []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return None, None
+        lows.append(stats.min)
+        highs.append(stats.max)
+    return min(lows), max(highs)
+
+
+def _window_filter(
+    since: datetime | None, until: datetime | None, version: str | None
+) -> pc.Expression | None:
+    conditions = []
+    if since is not None:
+        conditions.append(pc.field("timestamp") >= pa.scalar(since, type=TIMESTAMP))
+    if until is not None:
+        conditions.append(pc.field("timestamp") < pa.scalar(until, type=TIMESTAMP))
+    if version is not None:
+        conditions.append(pc.field("model_version") == pa.scalar(version, type=pa.string()))
+    if not conditions:
+        return None
+    combined = conditions[0]
+    for condition in conditions[1:]:
+        combined = combined & condition
+    return combined
+
+
+def _count(part: LogPart, row_filter: pc.Expression | None) -> int:
+    if row_filter is None:
+        return part.rows
+    if "timestamp" not in part.columns or "model_version" not in part.columns:
+        return part.rows  # cannot tell which rows are in scope: treat all as in scope
+    return int(ds.dataset(part.path, format="parquet").count_rows(filter=row_filter))
+
+
+def _scan(
+    part: LogPart, columns: Sequence[str], row_filter: pc.Expression | None
+) -> Iterator[pa.RecordBatch]:
+    dataset = ds.dataset(part.path, format="parquet")
+    yield from dataset.to_batches(
+        columns=list(columns), filter=row_filter, batch_readahead=1, fragment_readahead=1
+    )
+
+
+def _target_schema(parts: Sequence[LogPart], columns: Sequence[str]) -> pa.Schema:
+    """One type per column: the first part's, so chunks from every part concatenate."""
+    types: dict[str, pa.DataType] = {}
+    for part in parts:
+        for name in columns:
+            if name in part.columns and name not in types:
+                field_type = part.schema.field(name).type
+                if field_type != pa.null():
+                    types[name] = field_type
+    types.update({"timestamp": TIMESTAMP, "row": pa.int64()})
+    return pa.schema([(name, types.get(name, _default_type(name))) for name in columns])
+
+
+def _default_type(column: str) -> pa.DataType:
+    # Only for a column no part has (every part may lack an optional one): the contract's type.
+    if column.startswith(PROBA_PREFIX):
+        return pa.float64()
+    return pa.string()
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, part: LogPart) -> pa.RecordBatch:
+    arrays = []
+    for field in schema:
+        if field.name not in batch.schema.names:
+            arrays.append(pa.nulls(batch.num_rows, type=field.type))
+            continue
+        column = batch.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise DataValidationError(
+                    f"column '{field.name}' is {column.type} in {part.path} but {field.type} "
+                    f"in earlier parts of the prediction log, and cannot be converted ({exc})"
+                ) from exc
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly `chunk_rows` rows (the last one fewer) from batches of any size."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows)
+            rest = table.slice(chunk_rows)
+            pending = rest.to_batches()
+            pending_rows = rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending)
+
+
+def _strip_prefix(column: str) -> str:
+    return column.removeprefix(FEATURE_PREFIX)
