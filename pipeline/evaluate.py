@@ -66,29 +66,15 @@ def score(
 ) -> dict[str, float]:
     """The task's held-out metrics; the gate uses this too, so both sides score alike."""
     predicted = model.predict(X)
-    if config.task == "regression":
-        return {
-            "test_rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
-            "test_mae": float(skm.mean_absolute_error(y, predicted)),
-            "test_r2": float(skm.r2_score(y, predicted)),
-        }
-    result = {
-        "test_accuracy": float(skm.accuracy_score(y, predicted)),
-        "test_f1_macro": float(skm.f1_score(y, predicted, average="macro")),
-    }
-    if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(X)
-        classes = list(model.classes_)
-        result["test_log_loss"] = float(skm.log_loss(y, proba, labels=classes))
-        if y.nunique() >= 2:
-            if len(classes) == 2:
-                positive = (np.asarray(y) == classes[1]).astype(int)
-                result["test_roc_auc"] = float(skm.roc_auc_score(positive, proba[:, 1]))
-            elif y.nunique() == len(classes):
-                result["test_roc_auc"] = float(
-                    skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes)
-                )
-    return result
+    with_proba = config.task == "classification" and hasattr(model, "predict_proba")
+    metrics = prediction_metrics(
+        config.task,
+        y,
+        predicted,
+        proba=model.predict_proba(X) if with_proba else None,
+        classes=list(model.classes_) if with_proba else None,
+    )
+    return {f"test_{name}": value for name, value in metrics.items()}
 
 
 def prediction_metrics(
@@ -225,6 +211,8 @@ def _log_plots(
                 pr = skm.PrecisionRecallDisplay.from_estimator(model, X, y, pos_label=positive)
                 pr.ax_.set_title(f"Precision-recall curve (positive class: {positive})")
                 figures["plots/precision_recall_curve.png"] = pr.figure_
+            elif hasattr(model, "predict_proba"):
+                figures.update(_one_vs_rest_curves(model, X, y))
         else:
             residuals = skm.PredictionErrorDisplay.from_estimator(
                 model, X, y, kind="residual_vs_predicted"
@@ -238,6 +226,29 @@ def _log_plots(
         client.log_figure(run_id, figure, path)
         plt.close(figure)
     return tuple(figures)
+
+
+def _one_vs_rest_curves(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, plt.Figure]:
+    """ROC and precision-recall per class against the rest, one line per class on one plot."""
+    proba = model.predict_proba(X)
+    roc_figure, roc_axes = plt.subplots(figsize=(6, 5))
+    pr_figure, pr_axes = plt.subplots(figsize=(6, 5))
+    for index, label in enumerate(model.classes_):
+        is_class = np.asarray(y) == label
+        if is_class.all() or not is_class.any():
+            continue  # a class absent from the held-out rows has no curve
+        skm.RocCurveDisplay.from_predictions(
+            is_class, proba[:, index], name=str(label), ax=roc_axes
+        )
+        skm.PrecisionRecallDisplay.from_predictions(
+            is_class, proba[:, index], name=str(label), ax=pr_axes
+        )
+    roc_axes.set_title("ROC curves, each class against the rest (held-out)")
+    pr_axes.set_title("Precision-recall curves, each class against the rest (held-out)")
+    return {
+        "plots/roc_curve.png": roc_figure,
+        "plots/precision_recall_curve.png": pr_figure,
+    }
 
 
 def _feature_importance(model: Pipeline) -> pd.Series | None:

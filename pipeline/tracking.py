@@ -31,8 +31,9 @@ def configure_tracking() -> str:
 
 
 def git_state(path: Path | None = None) -> tuple[str, str]:
-    """(commit, dirty) of the working tree, or ("unknown", "unknown") outside a git checkout."""
-    cwd = path or Path.cwd()
+    """(commit, dirty) of the checkout holding the pipeline's code, or "unknown" outside one."""
+    # The code that trains, not the directory a command was started from, is what lineage means.
+    cwd = path or Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True

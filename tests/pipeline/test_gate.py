@@ -62,7 +62,13 @@ def test_the_held_out_metrics_are_logged_on_the_candidate_run(run_config: RunCon
     for name in ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_log_loss"):
         assert name in metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.training.run_id, "plots")}
-    assert {"plots/confusion_matrix.png", "plots/feature_importance.png"} <= artifacts
+    # Multiclass: one-vs-rest ROC and precision-recall curves, one line per class.
+    assert {
+        "plots/confusion_matrix.png",
+        "plots/feature_importance.png",
+        "plots/roc_curve.png",
+        "plots/precision_recall_curve.png",
+    } <= artifacts
 
 
 def test_a_first_model_below_the_threshold_is_registered_but_not_promoted(
