@@ -425,13 +425,13 @@ def _release(client: MlflowClient, held: HeldLock, *, lost: bool) -> None:
             return
         _delete_quietly(client, held.lock_name)
         logger.debug("Released the Production lock of '%s'", held.name)
-    except MlflowException as exc:
+    except (MlflowException, RegistryError) as exc:
         # Never mask the caller's own outcome; a lock left behind goes stale and is broken.
         logger.warning(
             "Could not release the Production lock of '%s': %s; it will be broken after it "
             "goes stale",
             held.name,
-            exc.message,
+            exc,
         )
 
 
