@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ SPARK_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "2",
     "spark.sql.session.timeZone": "UTC",
 }
+_SPARK_TYPES = {"double": "double", "long": "bigint", "string": "string"}
 # MLflow's sklearn loader refuses skops files unless this is true; see _spark_predictions.
 _ALLOW_DESERIALIZATION = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
 
@@ -325,8 +327,11 @@ def _csv_header(path: Path) -> list[str]:
 
 def _load(uri: str, version: str | None, tmp: Path) -> _Model:
     """Download once, check, load: both engines use this one verified copy of the model."""
+    # The version resolved a moment ago, not whatever holds the stage or alias by now: a
+    # promotion in between must not make the run report one version and score another.
+    pinned = f"models:/{_registered_name(uri)}/{version}" if version is not None else uri
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(tmp)))
     except Exception as exc:
         raise RegistryError(f"cannot download model '{uri}': {exc}") from exc
     if not (local / "MLmodel").is_file():
@@ -345,6 +350,12 @@ def _load(uri: str, version: str | None, tmp: Path) -> _Model:
         classes=classes,
         has_proba=classes is not None and hasattr(pipeline, "predict_proba"),
     )
+
+
+def _registered_name(uri: str) -> str:
+    """'iris' from models:/iris/Production or models:/iris@champion."""
+    reference = uri.removeprefix("models:/")
+    return reference.partition("@")[0] if "@" in reference else reference.rsplit("/", 1)[0]
 
 
 def _features(meta: Model, uri: str) -> tuple[_Feature, ...]:
@@ -634,9 +645,14 @@ def _model_input(values: pa.Array, kind: str) -> np.ndarray:
 
 def _predict(model: _Model, frame: pd.DataFrame) -> list[pa.Array]:
     try:
-        labels = np.asarray(model.pipeline.predict(frame))
+        # What Pipeline.predict and Pipeline.predict_proba each do (transform, then the final
+        # step), with the transform done once: the same values as two pipeline calls.
+        steps = len(model.pipeline.steps)
+        transformed = model.pipeline[:-1].transform(frame) if steps > 1 else frame
+        estimator = model.pipeline[-1]
+        labels = np.asarray(estimator.predict(transformed))
         probabilities = (
-            np.asarray(model.pipeline.predict_proba(frame), dtype=np.float64)
+            np.asarray(estimator.predict_proba(transformed), dtype=np.float64)
             if model.has_proba
             else None
         )
@@ -662,18 +678,25 @@ def _score_spark(
     request: ScoreRequest,
     tmp: Path,
 ) -> int:
+    spark = _spark_session(request.progress)  # first: a clear error if pyspark is missing
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
-    spark = _spark_session(request.progress)
+    # Arrow batches of chunk_rows rows: the same model calls as the pandas engine's chunks
+    # within a partition.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(request.chunk_rows))
-    frame = _spark_read(spark, source)
-    typed = _spark_typed(frame, source, model)
     parts = partial.with_name(f"{partial.name}.spark")
     try:
-        scored = _spark_predictions(spark, frame, typed, source, model, tmp)
-        scored.write.parquet(str(parts))
-        return _merge_parts(parts, partial, schema, request.chunk_rows)
+        with warnings.catch_warnings():
+            # pyspark 4.3 warns on every pandas UDF that pandas 3 is not fully supported;
+            # what this engine uses (Arrow iterator UDFs) is covered by its equality test.
+            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas")
+            frame = _spark_read(spark, source)
+            features = _spark_features(frame, source, model)
+            scored = _spark_predictions(spark, frame, features, source, model, tmp)
+            scored.write.parquet(str(parts))
+        checks = [check for check, _ in features.checks]
+        return _merge_parts(parts, partial, schema, request.chunk_rows, checks, source)
     except (PySparkException, Py4JJavaError) as exc:
         raise PipelineError(f"Spark could not score '{source.path}': {_first_line(exc)}") from exc
     finally:
@@ -758,67 +781,89 @@ def _spark_read(spark: SparkSession, source: _Input) -> DataFrame:
     )
 
 
-def _spark_typed(frame: DataFrame, source: _Input, model: _Model) -> dict[str, Column]:
-    """Feature columns as the signature's types, after one pass that checks every value."""
+@dataclass(frozen=True)
+class _SparkCheck:
+    feature: _Feature
+    problem: str
+    column: str
+    """Hidden output column: null where the value is fine, else the offending text."""
+
+
+@dataclass(frozen=True)
+class _SparkFeatures:
+    output: dict[str, Column]
+    """Feature columns as written: the signature's types, null where a value is bad."""
+    checks: list[tuple[_SparkCheck, Column]]
+
+
+def _spark_features(frame: DataFrame, source: _Input, model: _Model) -> _SparkFeatures:
+    """Typed feature columns and their checks, computed in the scoring job itself.
+
+    A separate validation pass would parse the whole input a second time; instead every bad
+    value is flagged in a hidden column and `_merge_parts` refuses to publish the result.
+    """
     from pyspark.sql import functions as sf
 
-    spark_types = {"double": "double", "long": "bigint", "string": "string"}
-    typed: dict[str, Column] = {}
-    checks: list[tuple[_Feature, str, Column]] = []
+    output: dict[str, Column] = {}
+    checks: list[tuple[_SparkCheck, Column]] = []
+
+    def check(feature: _Feature, problem: str, bad: Column) -> None:
+        name = f"__check_{len(checks)}_{uuid.uuid4().hex[:8]}"
+        example = sf.coalesce(_col(feature.name).cast("string"), sf.lit(""))
+        checks.append((_SparkCheck(feature, problem, name), sf.when(bad, example)))
+
     for feature in model.features:
         if feature.name not in frame.columns:
-            typed[feature.name] = sf.lit(None).cast(spark_types[feature.kind])
             continue
         raw = _col(feature.name)
         if source.fmt == "csv" and feature.kind != "string":
             pattern = NUMBER_PATTERN if feature.kind == "double" else INTEGER_PATTERN
-            value = sf.when(raw.rlike(pattern), raw.try_cast(spark_types[feature.kind]))
-            malformed = raw.isNotNull() & (~raw.rlike(pattern) | value.isNull())
-            checks.append((feature, _not_a(feature.kind), malformed))
+            value = sf.when(raw.rlike(pattern), raw.try_cast(_SPARK_TYPES[feature.kind]))
+            check(feature, _not_a(feature.kind), raw.isNotNull() & value.isNull())
         else:
-            value = raw.cast(spark_types[feature.kind])
+            value = raw.cast(_SPARK_TYPES[feature.kind])
         if feature.kind == "double":
-            infinite = sf.abs(value) == sf.lit(float("inf"))
-            checks.append((feature, "infinite", infinite))
+            check(feature, "infinite", _is_infinite(value))
         if feature.kind == "long":
-            checks.append((feature, "missing", value.isNull()))
-        typed[feature.name] = value
-    if checks:
-        aggregates = []
-        for index, (feature, _, bad) in enumerate(checks):
-            aggregates += [
-                sf.sum(sf.when(bad, 1).otherwise(0)).alias(f"n{index}"),
-                sf.first(sf.when(bad, _col(feature.name).cast("string")), ignorenulls=True).alias(
-                    f"e{index}"
-                ),
-            ]
-        found = frame.agg(*aggregates).first()
-        assert found is not None  # a global aggregate has exactly one row
-        for index, (feature, problem, _) in enumerate(checks):
-            count = found[f"n{index}"] or 0
-            if count:
-                raise DataValidationError(
-                    _bad_values_message(
-                        feature,
-                        source,
-                        problem,
-                        f"{count} {problem} value(s)",
-                        found[f"e{index}"],
-                        None,
-                    )
-                )
-    return typed
+            check(feature, "missing", value.isNull())
+        output[feature.name] = value
+    return _SparkFeatures(output=output, checks=checks)
+
+
+def _is_infinite(value: Column) -> Column:
+    from pyspark.sql import functions as sf
+
+    return sf.abs(value) == sf.lit(float("inf"))
+
+
+def _spark_model_input(feature: _Feature, present: bool) -> Column:
+    """What the model is given for one feature of the typed frame.
+
+    Bad values are replaced so the UDF cannot fail on them; the checks then refuse the whole
+    result, so such predictions are never published.
+    """
+    from pyspark.sql import functions as sf
+
+    if not present:
+        return sf.lit(None).cast(_SPARK_TYPES[feature.kind])
+    value = _col(feature.name)
+    if feature.kind == "double":
+        return sf.when(~_is_infinite(value), value)
+    if feature.kind == "long":
+        # MLflow refuses a bigint column with gaps before the model sees it.
+        return sf.coalesce(value, sf.lit(0).cast("bigint"))
+    return value
 
 
 def _spark_predictions(
     spark: SparkSession,
     frame: DataFrame,
-    typed: dict[str, Column],
+    features: _SparkFeatures,
     source: _Input,
     model: _Model,
     tmp: Path,
 ) -> DataFrame:
-    """The scored frame: input columns (features typed), prediction, probabilities.
+    """The scored frame: input columns (features typed), prediction, probabilities, checks.
 
     MLflow's sklearn loader refuses skops files unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is
     true, because it trusts the type list written in the artifact's own MLmodel. The flag is
@@ -829,21 +874,33 @@ def _spark_predictions(
     from pyspark.sql import functions as sf
 
     _check_pyfunc_loader(model)
-    features = sf.struct(*[typed[f.name].alias(f.name) for f in model.features])
+    # Typed columns and checks in one projection, the model's calls on top of it: written as
+    # one expression, Spark would parse and check every value again for each UDF's input.
+    typed = frame.select(
+        *[features.output.get(name, _col(name)).alias(name) for name in source.schema.names],
+        *[expression.alias(check.column) for check, expression in features.checks],
+    )
+    present = set(source.schema.names)
+    inputs = sf.struct(
+        *[_spark_model_input(f, f.name in present).alias(f.name) for f in model.features]
+    )
+    kept = [_col(name) for name in source.schema.names]
+    hidden = [_col(check.column) for check, _ in features.checks]
     udf = _spark_udf(spark, model.local_dir, "double" if model.classes is None else "string")
-    columns = [typed.get(name, _col(name)).alias(name) for name in source.schema.names]
-    columns.append(udf(features).alias(PREDICTION))
     if not model.has_proba:
-        return frame.select(*columns)
+        return typed.select(*kept, udf(inputs).alias(PREDICTION), *hidden)
     proba_udf = _spark_udf(spark, _with_predict_fn(model.local_dir, tmp), "array<double>")
-    hidden = f"__proba_{uuid.uuid4().hex}"
-    scored = frame.select(*columns, proba_udf(features).alias(hidden))
+    proba = f"__proba_{uuid.uuid4().hex}"
+    scored = typed.select(
+        *kept, udf(inputs).alias(PREDICTION), proba_udf(inputs).alias(proba), *hidden
+    )
     return scored.select(
         *[_col(name) for name in (*source.schema.names, PREDICTION)],
         *[
-            sf.col(hidden).getItem(i).alias(f"{PROBA_PREFIX}{label}")
+            sf.col(proba).getItem(i).alias(f"{PROBA_PREFIX}{label}")
             for i, label in enumerate(model.classes or ())
         ],
+        *hidden,
     )
 
 
@@ -885,17 +942,54 @@ def _with_predict_fn(model_dir: Path, tmp: Path) -> Path:
     return copy
 
 
-def _merge_parts(parts: Path, partial: Path, schema: pa.Schema, chunk_rows: int) -> int:
+def _merge_parts(
+    parts: Path,
+    partial: Path,
+    schema: pa.Schema,
+    chunk_rows: int,
+    checks: Sequence[_SparkCheck],
+    source: _Input,
+) -> int:
     """Spark's part files, in partition order, as one Parquet file with the output schema."""
+    files = sorted(parts.glob("part-*.parquet"))
+    _raise_failed_checks(files, checks, source)
     rows = 0
     with pq.ParquetWriter(partial, schema) as writer:
-        for part in sorted(parts.glob("part-*.parquet")):
+        for part in files:
             with pq.ParquetFile(part) as handle:
-                for batch in handle.iter_batches(batch_size=chunk_rows):
-                    table = pa.Table.from_batches([batch]).cast(schema)
-                    writer.write_table(table)
+                for batch in handle.iter_batches(batch_size=chunk_rows, columns=schema.names):
+                    writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                     rows += batch.num_rows
     return rows
+
+
+def _raise_failed_checks(
+    files: Sequence[Path], checks: Sequence[_SparkCheck], source: _Input
+) -> None:
+    if not checks:
+        return
+    counts = [0] * len(checks)
+    examples: list[str | None] = [None] * len(checks)
+    for part in files:
+        flags = pq.read_table(part, columns=[check.column for check in checks])
+        for index, check in enumerate(checks):
+            column = flags.column(check.column)
+            found = len(column) - column.null_count
+            if found and examples[index] is None:
+                examples[index] = pc.drop_null(column)[0].as_py()
+            counts[index] += found
+    for check, count, example in zip(checks, counts, examples, strict=True):
+        if count:
+            raise DataValidationError(
+                _bad_values_message(
+                    check.feature,
+                    source,
+                    check.problem,
+                    f"{count} {check.problem} value(s)",
+                    None if check.problem == "missing" else example,
+                    None,
+                )
+            )
 
 
 def _col(name: str) -> Column:

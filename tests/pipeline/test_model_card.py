@@ -209,11 +209,16 @@ def test_the_html_card_embeds_every_plot_of_the_run_as_a_png_data_uri(
     client: MlflowClient, iris: Logged
 ) -> None:
     plots = [a.path for a in client.list_artifacts(iris.run_id, "plots")]
-    assert {"plots/confusion_matrix.png", "plots/feature_importance.png"} <= set(plots)
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', iris.html)
+    order = (
+        "plots/confusion_matrix.png",
+        "plots/roc_curve.png",
+        "plots/precision_recall_curve.png",
+        "plots/feature_importance.png",
+    )
+    assert set(plots) == set(order)
     assert [base64.b64decode(data) for data in embedded] == [
-        _artifact_bytes(client, iris.run_id, path)
-        for path in ("plots/confusion_matrix.png", "plots/feature_importance.png")
+        _artifact_bytes(client, iris.run_id, path) for path in order
     ]
 
 
@@ -221,7 +226,12 @@ def test_the_markdown_card_links_each_plot_by_a_path_that_resolves_to_the_run_ar
     client: MlflowClient, iris: Logged
 ) -> None:
     links = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", iris.markdown)
-    assert [title for title, _ in links] == ["Confusion matrix", "Feature importance"]
+    assert [title for title, _ in links] == [
+        "Confusion matrix",
+        "ROC curve",
+        "Precision-recall curve",
+        "Feature importance",
+    ]
     card_dir = posixpath.dirname(iris.paths.markdown)
     resolved = {posixpath.normpath(posixpath.join(card_dir, link)) for _, link in links}
     assert resolved == {a.path for a in client.list_artifacts(iris.run_id, "plots")}

@@ -266,10 +266,20 @@ def test_the_spark_engine_writes_exactly_what_the_pandas_engine_writes(store: St
     if shutil.which("java") is None:
         pytest.skip("the spark engine needs Java")
     pandas_result = _score(store, store.csv, "pandas.parquet")
+    bad = store.frame.head(300).astype({"petal_length_cm": object})
+    bad.loc[[17, 250], "petal_length_cm"] = ["1.4cm", "2,5"]
+    bad.to_csv(store.root / "bad_spark.csv", index=False)
     try:
         spark_result = _score(store, store.csv, "spark.parquet", engine="spark")
+        with pytest.raises(DataValidationError) as raised:
+            _score(store, store.root / "bad_spark.csv", "bad_spark.parquet", engine="spark")
     finally:
         score.stop_spark()
+    assert str(raised.value).startswith(
+        f"column 'petal_length_cm' of '{store.root / 'bad_spark.csv'}' has 2 non-numeric "
+        "value(s) (e.g. '1.4cm'); fix them"
+    )
+    assert _leftovers(store.root, "bad_spark.parquet") == []
     assert spark_result.rows == pandas_result.rows == ROWS
     assert spark_result.columns == pandas_result.columns
     from_pandas = pq.read_table(store.root / "pandas.parquet")
