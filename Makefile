@@ -68,8 +68,11 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline serving tests bench
 	$(BIN)/ruff format pipeline serving tests bench
 
-test: $(STAMP) lint ## lint, then the whole test suite
-	$(BIN)/pytest
+# Many tests wait on real processes (servers, mlflow CLI, PostgreSQL); two workers overlap them.
+TEST_WORKERS ?= 2
+
+test: $(STAMP) lint ## lint, then the whole test suite (TEST_WORKERS=0 runs it in one process)
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 bench-serving: $(STAMP) ## benchmark our server against `mlflow models serve` (a few minutes)
 	$(BIN)/python bench/serving.py $(BENCH_ARGS)

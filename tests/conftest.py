@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,42 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@pytest.fixture(scope="session")
+def migrated_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's schema, created once per session.
+
+    Creating the schema runs MLflow's ~60 alembic migrations, which cost seconds per store;
+    copying this file gives every test the same fresh, empty store without them.
+    """
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    script = (
+        "import sys; from mlflow.tracking import MlflowClient; "
+        "client = MlflowClient(sys.argv[1]); client.search_experiments(); "
+        "client.search_registered_models()"
+    )
+    # A child process: initialising a store in this one would leave its URI and engines cached.
+    subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{path}"],
+        check=True,
+        capture_output=True,
+        cwd=path.parent,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=300,
+    )
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def mlflow_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_store_template: Path
+) -> Iterator[str]:
     """A fresh SQLite tracking store in tmp_path; artifacts land in tmp_path/mlruns.
 
     The working directory moves to tmp_path so MLflow's default `./mlruns` artifact root is
-    the temporary one, never the checkout's.
+    the temporary one, never the checkout's. (Only the `Default` experiment, which the pipeline
+    never uses, keeps the template's artifact location.)
     """
+    shutil.copyfile(migrated_store_template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     # mlflow.set_*_uri also export MLFLOW_*_URI to the environment, which child processes of
