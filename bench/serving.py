@@ -23,6 +23,11 @@ What it does (issue 3, item 7):
    answers and exceptions).
 4. Bulk: one ``--bulk-rows``-row request, sent ``--bulk-requests`` times in a row after a
    warm-up; reports rows/s.
+5. Prediction log (issue 5): our server runs with its prediction log on, as it is deployed
+   (``--prediction-log on``), off, or both ways on the same model and load
+   (``--prediction-log both``, alternating which goes first in each round), which reports the
+   throughput ratio log on / log off against the issue's limit (at most 10% slower), and
+   how many rows the log wrote, dropped or lost.
 
 Both servers are black boxes reached over HTTP on 127.0.0.1 only. The load generator is
 described in bench/README.md: by default raw asyncio streams (uvloop when available) writing
@@ -84,7 +89,10 @@ MODEL_TITLES = {
     "lr": "LogisticRegression",
 }
 
-SERVER_KINDS = ("ours", "mlflow")
+SERVER_KINDS = ("ours-nolog", "ours", "mlflow")
+"""``ours`` is our server with its prediction log on (its default), ``ours-nolog`` with it off."""
+OURS_KINDS = {"on": ["ours"], "off": ["ours-nolog"], "both": ["ours-nolog", "ours"]}
+LOG_COST_LIMIT = 0.10  # issue 5: the prediction log may cost at most 10% of throughput
 
 BUSY_OTHER_CORES = 0.25  # other processes' CPU during a window above which we warn
 
@@ -502,7 +510,10 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def our_server(store: Store, key: str, workdir: Path, max_body_bytes: int | None) -> ServerProcess:
+def our_server(
+    store: Store, key: str, workdir: Path, max_body_bytes: int | None, log_dir: Path | None
+) -> ServerProcess:
+    """Our server; its prediction log writes to ``log_dir``, or is off when that is None."""
     port = free_port()
     env = _base_env()
     # Serve the `serving` package of the checkout this script lives in.
@@ -520,8 +531,12 @@ def our_server(store: Store, key: str, workdir: Path, max_body_bytes: int | None
     )
     if max_body_bytes is not None:
         env["SERVING_MAX_BODY_BYTES"] = str(max_body_bytes)
+    if log_dir is None:
+        env["SERVING_PREDICTION_LOG_ENABLED"] = "false"
+    else:
+        env["SERVING_PREDICTION_LOG_DIR"] = str(log_dir)  # otherwise all defaults
     return ServerProcess(
-        label=f"ours ({key})",
+        label=f"ours ({key}, prediction log {'off' if log_dir is None else 'on'})",
         argv=[sys.executable, "-m", "serving"],
         env=env,
         port=port,
@@ -1411,6 +1426,40 @@ class ServerRun:
     bulk_labels: list[Any] | None = None
     stop: dict[str, Any] = field(default_factory=dict)
     log_problems: list[str] = field(default_factory=list)
+    prediction_log: PredictionLogFigures | None = None
+
+
+@dataclass
+class PredictionLogFigures:
+    """What our server's prediction log did in one run: rows in the Parquet parts on disk
+    after the server stopped, and its dropped/failed counters scraped just before."""
+
+    rows_on_disk: int = 0
+    parts: int = 0
+    dropped: float | None = None
+    failed: float | None = None
+    write_errors: float | None = None
+
+
+def scrape_log_counters(port: int) -> dict[str, float]:
+    """The prediction_log_* series of our server's /metrics, summed over labels."""
+    request = urllib.request.Request(f"http://{HOST}:{port}/metrics")
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("prediction_log_"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def count_logged_rows(log_dir: Path) -> tuple[int, int]:
+    """Rows and parts of the prediction parts under ``log_dir`` (pyarrow reads only footers)."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(log_dir.glob("*/predictions/part-*.parquet"))
+    return sum(pq.read_metadata(p).num_rows for p in parts), len(parts)
 
 
 def bench_server(
@@ -1422,18 +1471,22 @@ def bench_server(
     workdir: Path,
     round_index: int = 0,
 ) -> ServerRun:
-    protocol = args.ours_protocol if kind == "ours" else "invocations"
+    ours = kind.startswith("ours")
+    protocol = args.ours_protocol if ours else "invocations"
     payloads = build_payloads(protocol, data)
-    bulk_protocol = args.bulk_protocol if kind == "ours" else "invocations"
+    bulk_protocol = args.bulk_protocol if ours else "invocations"
     bulk_payloads = build_payloads(bulk_protocol, data)
     run = ServerRun(server=kind, model=key, round=round_index + 1)
     tag = f"{key}-{kind}" + (f"-round{round_index + 1}" if args.rounds > 1 else "")
-    if kind == "ours":
+    log_dir: Path | None = None
+    if ours:
         # The default body limit (1 MB) is far below a 10,000-row request: raise it so the
         # bulk phase can run. Single-row requests are unaffected.
         biggest = max(len(payloads.bulk), len(bulk_payloads.bulk))
         limit = max(1_000_000, 2 * biggest) if args.bulk_requests else None
-        server = our_server(store, key, workdir, limit)
+        if kind == "ours":
+            log_dir = workdir / f"prediction-log-{tag}"
+        server = our_server(store, key, workdir, limit, log_dir)
     else:
         server = mlflow_server(store, key, workdir)
     use_uvloop = not args.no_uvloop
@@ -1495,6 +1548,13 @@ def bench_server(
             )
         if server.proc is None or server.proc.poll() is not None:
             raise ServerFailedError(f"{server.label} exited during the benchmark")
+        if log_dir is not None:
+            counters = scrape_log_counters(server.port)
+            run.prediction_log = PredictionLogFigures(
+                dropped=counters.get("prediction_log_records_dropped_total"),
+                failed=counters.get("prediction_log_records_failed_total"),
+                write_errors=counters.get("prediction_log_write_errors_total"),
+            )
     except ServerFailedError as exc:
         run.failure = str(exc)
         log(f"[{key}] FAILED: {exc}")
@@ -1502,6 +1562,15 @@ def bench_server(
         server.stop()
         run.stop = server.stop_info
         run.log_problems = server.log_problems()[:20]
+    if log_dir is not None and run.prediction_log is not None:
+        # After the stop: the server writes what it still holds at shutdown.
+        figures = run.prediction_log
+        figures.rows_on_disk, figures.parts = count_logged_rows(log_dir)
+        log(
+            f"[{key}] {kind}: prediction log wrote {figures.rows_on_disk:,} rows in "
+            f"{figures.parts} parts; dropped {fmt_num(figures.dropped)}, lost to write errors "
+            f"{fmt_num(figures.failed)}"
+        )
     return run
 
 
@@ -1559,7 +1628,8 @@ def report(facts: dict[str, Any], runs: list[ServerRun], args: argparse.Namespac
         + ("/predict JSON records" if args.ours_protocol == "predict" else "/invocations")
         + " single rows and "
         + ("/predict JSON records" if args.bulk_protocol == "predict" else "/invocations")
-        + " in bulk, MLflow /invocations dataframe_split"
+        + " in bulk, MLflow /invocations dataframe_split; our prediction log "
+        + {"on": "on", "off": "off", "both": "off and on (ours-nolog, ours)"}[args.prediction_log]
     )
     busiest = max(
         (
@@ -1604,7 +1674,7 @@ def _model_report(
     """The single-row and bulk tables of one model; medians over rounds when there are several."""
     lines = ["", f"Model {key}: {MODEL_TITLES[key]}  (single-row requests)"]
     lines.append(
-        f"  {'server':10s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
+        f"  {'server':13s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
         f"{'requests':>9s} {'srv CPU':>8s} {'gen CPU':>8s} {'other':>6s}"
     )
     single: dict[str, dict[str, float | None]] = {}
@@ -1616,37 +1686,38 @@ def _model_report(
             s = run.single
             if not run.started or s is None:
                 state = "failed to start" if not run.started else "failed: " + str(run.failure)
-                lines.append(f"  {label:10s} {state[:120]}")
+                lines.append(f"  {label:13s} {state[:120]}")
                 continue
             lines.append(
-                f"  {label:10s} {s.req_per_s:9.1f} {fmt_ms(s.p50_ms):>8s} {fmt_ms(s.p99_ms):>8s} "
+                f"  {label:13s} {s.req_per_s:9.1f} {fmt_ms(s.p50_ms):>8s} {fmt_ms(s.p99_ms):>8s} "
                 f"{s.errors:7d} {s.completed:9d} {fmt_cores(s.server_cpu_cores):>8s} "
                 f"{fmt_cores(s.generator_cpu_cores):>8s} {fmt_cores(s.other_cpu_cores):>6s}"
             )
             if s.warmup_errors:
-                lines.append(f"            ! {s.warmup_errors} errors during warm-up")
+                lines.append(f"               ! {s.warmup_errors} errors during warm-up")
             if s.stalled:
                 lines.append(
-                    f"            ! {s.stalled} requests unanswered {DRAIN_GRACE:.0f}s "
+                    f"               ! {s.stalled} requests unanswered {DRAIN_GRACE:.0f}s "
                     "after the end"
                 )
             if s.error_kinds:
-                lines.append(f"            ! errors {s.error_kinds}; e.g. {s.error_sample!r}")
+                lines.append(f"               ! errors {s.error_kinds}; e.g. {s.error_sample!r}")
         if done:
             single[kind] = {
                 "req_per_s": _median([d.req_per_s for d in done]),
                 "p50_ms": _median([d.p50_ms for d in done]),
                 "p99_ms": _median([d.p99_ms for d in done]),
                 "errors": float(sum(d.errors + d.warmup_errors for d in done)),
+                "cpu_per_unit": _median([_cpu_per(d.server_cpu_cores, d.req_per_s) for d in done]),
             }
             if len(kind_runs) > 1:
                 m = single[kind]
                 lines.append(
-                    f"  {kind + ' med':10s} {m['req_per_s'] or 0:9.1f} {fmt_ms(m['p50_ms']):>8s} "
+                    f"  {kind + ' med':13s} {m['req_per_s'] or 0:9.1f} {fmt_ms(m['p50_ms']):>8s} "
                     f"{fmt_ms(m['p99_ms']):>8s} {int(m['errors'] or 0):7d}"
                 )
     target = TARGETS.get(key, {})
-    ours, theirs = single.get("ours"), single.get("mlflow")
+    ours, theirs = single.get("ours") or single.get("ours-nolog"), single.get("mlflow")
     if ours and theirs and ours["req_per_s"] and theirs["req_per_s"]:
         ratio = ours["req_per_s"] / theirs["req_per_s"]
         verdict = [
@@ -1662,15 +1733,17 @@ def _model_report(
             verdict.append("p99 below MLflow's: " + ("met" if p99_ok else "NOT met"))
         verdict.append("0 errors: " + ("met" if not ours["errors"] else "NOT met"))
         lines.append(f"  ours/MLflow req/s: {ratio:.1f}x   ({'; '.join(verdict)})")
+    lines.extend(_log_cost("req/s", single.get("ours"), single.get("ours-nolog")))
 
     if not any(r.bulk for kind_runs in servers.values() for r in kind_runs):
         return lines + _notes(servers)
     lines.append(f"  bulk: one {args.bulk_rows}-row request, repeated")
     lines.append(
-        f"  {'server':10s} {'rows/s':>10s} {'median ms':>10s} {'errors':>7s} {'body MB':>8s} "
+        f"  {'server':13s} {'rows/s':>10s} {'median ms':>10s} {'errors':>7s} {'body MB':>8s} "
         f"{'srv CPU':>8s} {'other':>6s}"
     )
     bulk: dict[str, float | None] = {}
+    bulk_cpu: dict[str, float | None] = {}
     for kind in SERVER_KINDS:
         kind_runs = servers.get(kind, [])
         done_bulk = [r.bulk for r in kind_runs if r.bulk is not None]
@@ -1680,17 +1753,20 @@ def _model_report(
                 continue
             label = _row_label(kind, index, len(kind_runs))
             lines.append(
-                f"  {label:10s} {fmt_num(b.rows_per_s):>10s} {fmt_ms(b.median_ms):>10s} "
+                f"  {label:13s} {fmt_num(b.rows_per_s):>10s} {fmt_ms(b.median_ms):>10s} "
                 f"{b.errors:7d} {b.body_bytes / 1e6:8.1f} {fmt_cores(b.server_cpu_cores):>8s} "
                 f"{fmt_cores(b.other_cpu_cores):>6s}"
             )
             if b.error_sample:
-                lines.append(f"            ! {b.error_sample}")
+                lines.append(f"               ! {b.error_sample}")
         if done_bulk:
             bulk[kind] = _median([b.rows_per_s for b in done_bulk])
+            bulk_cpu[kind] = _median(
+                [_cpu_per(b.server_cpu_cores, b.rows_per_s) for b in done_bulk]
+            )
             if len(kind_runs) > 1:
-                lines.append(f"  {kind + ' med':10s} {fmt_num(bulk[kind]):>10s}")
-    ours_rows, their_rows = bulk.get("ours"), bulk.get("mlflow")
+                lines.append(f"  {kind + ' med':13s} {fmt_num(bulk[kind]):>10s}")
+    ours_rows, their_rows = bulk.get("ours") or bulk.get("ours-nolog"), bulk.get("mlflow")
     if ours_rows and their_rows:
         ratio = ours_rows / their_rows
         goal = target.get("bulk_ratio", 2.0)
@@ -1698,8 +1774,19 @@ def _model_report(
             f"  ours/MLflow rows/s: {ratio:.1f}x   "
             f"(target >= {goal:g}x: {'met' if ratio >= goal else 'NOT met'})"
         )
+    lines.extend(
+        _log_cost(
+            "rows/s",
+            {"req_per_s": bulk.get("ours"), "cpu_per_unit": bulk_cpu.get("ours")}
+            if "ours" in bulk
+            else None,
+            {"req_per_s": bulk.get("ours-nolog"), "cpu_per_unit": bulk_cpu.get("ours-nolog")}
+            if "ours-nolog" in bulk
+            else None,
+        )
+    )
 
-    first_ours = next(iter(servers.get("ours", [])), None)
+    first_ours = next(iter(servers.get("ours", []) or servers.get("ours-nolog", [])), None)
     first_theirs = next(iter(servers.get("mlflow", [])), None)
     if first_ours and first_theirs:
         agree = []
@@ -1712,6 +1799,34 @@ def _model_report(
         if agree:
             lines.append("  answers: " + ", ".join(agree))
     return lines + _notes(servers)
+
+
+def _log_cost(
+    unit: str, on: dict[str, float | None] | None, off: dict[str, float | None] | None
+) -> list[str]:
+    """The prediction log's cost: throughput with the log on over throughput with it off."""
+    if not on or not off or not on.get("req_per_s") or not off.get("req_per_s"):
+        return []
+    ratio = (on["req_per_s"] or 0.0) / (off["req_per_s"] or 1.0)
+    verdict = "met" if ratio >= 1 - LOG_COST_LIMIT else "NOT met"
+    lines = [
+        f"  prediction log on/off {unit}: {ratio:.3f} ({(ratio - 1) * 100:+.1f}%; "
+        f"target: at most {LOG_COST_LIMIT:.0%} slower: {verdict})"
+    ]
+    cpu_on, cpu_off = on.get("cpu_per_unit"), off.get("cpu_per_unit")
+    if cpu_on and cpu_off:
+        # Server CPU per request (or row) moves less than throughput with other load around.
+        per = "request" if unit == "req/s" else "row"
+        lines.append(
+            f"  prediction log on/off server CPU per {per}: {cpu_on / cpu_off:.3f} "
+            f"({cpu_on * 1e6:.1f} vs {cpu_off * 1e6:.1f} us)"
+        )
+    return lines
+
+
+def _cpu_per(cores: float | None, rate: float | None) -> float | None:
+    """Server CPU seconds per request (or row): cores busy / completions per second."""
+    return None if not cores or not rate else cores / rate
 
 
 def _notes(servers: dict[str, list[ServerRun]]) -> list[str]:
@@ -1730,6 +1845,12 @@ def _notes(servers: dict[str, list[ServerRun]]) -> list[str]:
                 )
             if run.log_problems:
                 notes.append(f"{len(run.log_problems)} error line(s) in its log")
+            figures = run.prediction_log
+            if figures is not None:
+                notes.append(
+                    f"prediction log {figures.rows_on_disk:,} rows in {figures.parts} parts, "
+                    f"dropped {fmt_num(figures.dropped)}, lost {fmt_num(figures.failed)}"
+                )
             if notes:
                 lines.append(f"  {label}: " + ", ".join(notes))
             for problem in run.log_problems[:5]:
@@ -1791,6 +1912,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="invocations",
         help="what our server is sent in the bulk phase: the same /invocations dataframe_split "
         "bytes as MLflow (default: like for like), or /predict JSON records (3.4x larger body)",
+    )
+    parser.add_argument(
+        "--prediction-log",
+        choices=("on", "off", "both"),
+        default="on",
+        help="our server's prediction log: on (its default, row 'ours'), off (row "
+        "'ours-nolog'), or both on the same model and load, alternating which goes first in "
+        "each round, with the on/off throughput ratio (on)",
     )
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use asyncio's default loop in the generator"
@@ -1861,7 +1990,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.write_text(json.dumps({"machine": facts, "calibration": results}, indent=2))
         return 0
 
-    kinds = ["ours"] if args.ours_only else ["mlflow"] if args.mlflow_only else list(SERVER_KINDS)
+    ours_kinds = OURS_KINDS[args.prediction_log]
+    kinds = [*ours_kinds, "mlflow"]
+    if args.ours_only or args.mlflow_only:
+        kinds = ours_kinds if args.ours_only else ["mlflow"]
     runs: list[ServerRun] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
@@ -1871,7 +2003,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for round_index in range(args.rounds):
                 if args.rounds > 1:
                     log(f"[{key}] round {round_index + 1} of {args.rounds}")
-                for kind in kinds:
+                # Log off and on take turns at going first, so a drift in the machine's other
+                # load over a round does not always favour the same one.
+                order = list(kinds)
+                if round_index % 2 and len(ours_kinds) == 2:
+                    order[:2] = order[1::-1]
+                for kind in order:
                     runs.append(bench_server(kind, key, store, data, args, tmp, round_index))
     finally:
         _stop_all_servers()

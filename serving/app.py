@@ -2,7 +2,9 @@
 
 The model is loaded in the lifespan, never at import or in ``create_app``; if loading fails
 the server still starts, reports why on ``/health/ready`` and keeps retrying. Each worker
-process builds its own app, so each loads its own model and runs its own batcher.
+process builds its own app, so each loads its own model, runs its own batcher and writes its
+own prediction log parts (the process id is in their names). The log's writer starts with
+the lifespan and writes what it still holds when the app shuts down.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from prometheus_client import Gauge
 from pydantic.json_schema import models_json_schema
 
 from serving.errors import add_error_handlers
-from serving.limits import RequestTimeoutMiddleware, prediction_protocol
+from serving.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
 from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.prediction_log import PredictionLog
 from serving.protocols import kserve_v2, mlflow_scoring
+from serving.request_id import RequestIdMiddleware
 from serving.routes import router
 from serving.security import ApiKeyMiddleware
 from serving.settings import Settings
@@ -53,6 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
         )
         app.state.models = holder
+        if prediction_log is not None:
+            prediction_log.start()
         worker.clear()
         worker.labels(pid=str(os.getpid())).set(1)
         logger.info("Serving %s from %s", settings.model_ref, settings.tracking_uri)
@@ -71,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await holder.close()
+            if prediction_log is not None:  # every request has handed its records over by now
+                await asyncio.to_thread(prediction_log.close)
 
     app = FastAPI(
         title="Model serving",
@@ -79,8 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     metrics = ServingMetrics()
+    prediction_log = _prediction_log(settings)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.prediction_log = prediction_log
+    if prediction_log is not None:
+        metrics.watch_prediction_log(lambda: prediction_log.stats)
     worker = Gauge(
         "serving_worker_info",
         "1, labelled with the process id of the worker that answered this scrape.",
@@ -93,6 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost, so the id reaches every answer of a prediction route: 401 and 504 included.
+    app.add_middleware(RequestIdMiddleware, applies_to=_is_prediction_route)
     add_error_handlers(app)
     app.include_router(router)
     # The wire protocols other tools speak: MLflow's scoring server and KServe/Open Inference v2.
@@ -106,6 +120,22 @@ def app_from_env() -> FastAPI:
     """uvicorn factory (``serving.app:app_from_env``): the app for settings read from the
     ``SERVING_*`` environment, built in each worker process."""
     return create_app(Settings())
+
+
+def _prediction_log(settings: Settings) -> PredictionLog | None:
+    """The log the settings ask for (nothing is created on disk until it writes), or None."""
+    if not settings.prediction_log_enabled:
+        return None
+    return PredictionLog(
+        settings.prediction_log_dir.absolute(),
+        queue_size=settings.prediction_log_queue_size,
+        rotate_rows=settings.prediction_log_rotate_rows,
+        rotate_seconds=settings.prediction_log_rotate_seconds,
+    )
+
+
+def _is_prediction_route(path: str) -> bool:
+    return prediction_protocol(path) is not None
 
 
 def _reset_openapi(app: FastAPI) -> None:
@@ -144,11 +174,11 @@ def _install_openapi(app: FastAPI) -> None:
 
 
 def _require_bearer(schema: dict[str, Any]) -> None:
-    """Declare the API key on the prediction operations, so /docs can send it."""
+    """Declare the API key on the prediction and feedback operations, so /docs can send it."""
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
     for path, operations in schema["paths"].items():
-        if prediction_protocol(path) is not None:
+        if keyed_protocol(path) is not None:
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}]
                 operation.setdefault("responses", {})["401"] = {

@@ -1,13 +1,19 @@
-"""FastAPI dependencies: settings, the active model and the size-limited JSON body."""
+"""FastAPI dependencies: settings, the active model, the prediction log and the size-limited
+JSON body."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
+import pandas as pd
 from fastapi import Depends, Request
 
 from serving.errors import MalformedRequestError, ModelNotReadyError, PayloadTooLargeError
-from serving.inference import loads_json
+from serving.inference import FramePredictions, PredictionRow, loads_json
+from serving.model_store import LoadedModel
+from serving.prediction_log import PredictionLog
+from serving.request_id import request_id
 from serving.settings import Settings
 from serving.state import ActiveModel, ModelHolder
 
@@ -24,6 +30,25 @@ def get_holder(request: Request) -> ModelHolder:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+
+
+def get_prediction_log(request: Request) -> PredictionLog | None:
+    """The app's prediction log; None when it is off."""
+    log: PredictionLog | None = getattr(request.app.state, "prediction_log", None)
+    return log
+
+
+def log_predictions(
+    request: Request,
+    loaded: LoadedModel,
+    inputs: Sequence[Mapping[str, Any]] | pd.DataFrame,
+    outputs: Sequence[PredictionRow] | FramePredictions,
+) -> None:
+    """Hand this request's predictions to the prediction log (if on), under its request id.
+    Costs one queue append; never waits and never raises because of the log."""
+    log = get_prediction_log(request)
+    if log is not None:
+        log.log_predictions(request_id(request), loaded, inputs, outputs)
 
 
 def require_active(holder: ModelHolder) -> ActiveModel:

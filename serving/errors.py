@@ -82,6 +82,13 @@ class PredictionFailedError(ServingError):
         )
 
 
+class PredictionLogUnavailableError(ServingError):
+    """The prediction log cannot take these records: it is off, or its queue is full."""
+
+    status_code = 503
+    error_type = "prediction_log_unavailable"
+
+
 class ModelLoadError(ServingError):
     """The configured model could not be resolved, downloaded or safely loaded."""
 

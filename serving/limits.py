@@ -37,6 +37,14 @@ def prediction_protocol(path: str) -> Protocol | None:
     return None
 
 
+def keyed_protocol(path: str) -> Protocol | None:
+    """Which protocol a route that needs the API key speaks: the prediction routes and
+    ``/feedback`` (which writes to the prediction log); None for the open routes."""
+    if path == "/feedback":
+        return "predict"
+    return prediction_protocol(path)
+
+
 def protocol_error(protocol: Protocol, error_type: str, message: str) -> dict[str, Any]:
     """The error body ``protocol`` specifies, for ``error_type`` ("timeout", "unauthorized")."""
     if protocol == "mlflow":

@@ -11,17 +11,32 @@ Series (text exposition format on ``GET /metrics``):
 - ``serving_model_info{name, version}``: 1 for the version answering predictions.
 - ``serving_model_reloads_total{result="success"|"failure"}``: model loads and swaps.
 - ``serving_model_reload_failing``: 1 while the last load attempt failed (see /health/ready).
+
+With the prediction log on (see :mod:`serving.prediction_log`), ``kind`` being ``prediction``
+or ``feedback``:
+
+- ``prediction_log_records_written_total{kind}``: records in Parquet parts on disk.
+- ``prediction_log_records_dropped_total{kind}``: records not logged because the queue was full.
+- ``prediction_log_records_failed_total{kind}``: records lost because their part failed.
+- ``prediction_log_write_errors_total``: parts that could not be written (disk full, permission).
+- ``prediction_log_queue_records``: records waiting for the writer right now.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from serving.prediction_log import PredictionLogStats
 
 __all__ = ["CONTENT_TYPE", "MetricsMiddleware", "ServingMetrics"]
 
@@ -98,6 +113,10 @@ class ServingMetrics:
         """Read the queue depth from ``depth`` at every scrape."""
         self._queue_depth = depth
 
+    def watch_prediction_log(self, stats: Callable[[], PredictionLogStats]) -> None:
+        """Expose the prediction log's counters, read from ``stats`` at every scrape."""
+        self.registry.register(_PredictionLogCollector(stats))
+
     def model_loaded(self, name: str, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
@@ -123,6 +142,38 @@ class ServingMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PredictionLogCollector(Collector):
+    """The log counts in plain integers, each written by one thread (no lock on the request
+    path); this turns them into series when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], PredictionLogStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for name, help_text, values in (
+            ("written", "Records written to Parquet parts of the prediction log.", stats.written),
+            ("dropped", "Records not logged because the log queue was full.", stats.dropped),
+            ("failed", "Records lost because their part could not be written.", stats.failed),
+        ):
+            family = CounterMetricFamily(
+                f"prediction_log_records_{name}", help_text, labels=["kind"]
+            )
+            for kind, count in values.items():
+                family.add_metric([kind], count)
+            yield family
+        yield CounterMetricFamily(
+            "prediction_log_write_errors",
+            "Prediction log parts that could not be written (disk full, no permission).",
+            value=stats.write_errors,
+        )
+        yield GaugeMetricFamily(
+            "prediction_log_queue_records",
+            "Records waiting for the prediction log writer.",
+            value=stats.queued,
+        )
 
 
 class MetricsMiddleware:

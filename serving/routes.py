@@ -1,5 +1,6 @@
 """The REST routes. Thin: validation and inference live in :mod:`serving.inference`, batching
-in :mod:`serving.batcher`; every prediction goes through :meth:`ActiveModel.predict`."""
+in :mod:`serving.batcher`, labels in :mod:`serving.feedback`; every prediction goes through
+:meth:`ActiveModel.predict` (or ``predict_frame``) and into the prediction log."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.deps import ActiveModelDep, HolderDep, read_json, require_active
+from serving.deps import (
+    ActiveModelDep,
+    HolderDep,
+    get_prediction_log,
+    log_predictions,
+    read_json,
+    require_active,
+)
+from serving.errors import ErrorDetail, InvalidRequestError, PredictionLogUnavailableError
+from serving.feedback import parse_feedback
 from serving.inference import (
     PredictionRow,
     parse_numeric_batch,
@@ -22,7 +32,9 @@ from serving.inference import (
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model_store import LoadedModel
 from serving.schemas import (
+    FEEDBACK_REQUEST_BODY,
     ErrorPublic,
+    FeedbackPublic,
     InputColumnPublic,
     LivePublic,
     ModelPublic,
@@ -65,9 +77,11 @@ async def predict_records(request: Request) -> Response:
     frame = parse_numeric_batch(active.requests, payload, active.bulk_rows)
     if frame is not None:  # a bulk batch: checked column-wise, predicted as one frame
         predictions = await active.predict_frame(frame, proba=True)
+        log_predictions(request, active.loaded, frame, predictions)
         return prediction_response(active.loaded, prediction_rows(active.loaded, predictions), True)
     records, is_batch = parse_request(active.requests, payload)
     rows = await active.predict(records)
+    log_predictions(request, active.loaded, records, rows)
     return prediction_response(active.loaded, rows, is_batch)
 
 
@@ -87,6 +101,49 @@ def prediction_response(loaded: LoadedModel, rows: list[PredictionRow], is_batch
         media_type="application/json",
         headers={"X-Model-Version": loaded.version},
     )
+
+
+@router.post(
+    "/feedback",
+    status_code=202,
+    response_model=FeedbackPublic,
+    responses={
+        **{status: _ERRORS[status] for status in (400, 413, 422)},
+        503: {
+            "model": ErrorPublic,
+            "description": "No model is loaded yet, the prediction log is off, or its queue "
+            "is full (retry later).",
+        },
+    },
+    openapi_extra={"requestBody": FEEDBACK_REQUEST_BODY},
+    summary="True labels of logged predictions, by request id and row",
+)
+async def feedback(request: Request) -> FeedbackPublic:
+    """Queue labels for the prediction log: ``{"request_id", "row", "label"}``, or
+    ``{"labels": [...]}``; ``request_id`` is the ``X-Request-ID`` of the prediction's answer."""
+    settings: Settings = request.app.state.settings
+    log = get_prediction_log(request)
+    if log is None:
+        raise PredictionLogUnavailableError(
+            "The prediction log is off on this server, so labels cannot be recorded: start it "
+            "with SERVING_PREDICTION_LOG_ENABLED=true, or send the labels as a file with "
+            "`python -m pipeline feedback --file`."
+        )
+    active = require_active(request.app.state.models)
+    payload = await read_json(request, settings.max_body_bytes)
+    labels = parse_feedback(payload, active.loaded)
+    if len(labels) > log.queue_size:
+        raise InvalidRequestError(
+            f"{len(labels)} labels in one request are more than the prediction log queue holds "
+            f"({log.queue_size}): send them in smaller requests.",
+            [ErrorDetail(field="labels", message=f"at most {log.queue_size} labels per request")],
+        )
+    if not log.log_feedback(active.loaded.name, active.loaded.task, labels):
+        raise PredictionLogUnavailableError(
+            f"The prediction log queue is full ({log.queue_size} records): the labels were "
+            "not recorded. Retry in a few seconds."
+        )
+    return FeedbackPublic(accepted=len(labels), model_name=active.loaded.name)
 
 
 @router.get("/health/live", response_model=LivePublic, summary="The process is up")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from serving.inference import ClassPrediction, RegressionPrediction
+from serving.request_id import MAX_LENGTH, PATTERN
 
 
 class PredictResponseBase(BaseModel):
@@ -69,6 +70,59 @@ class ModelPublic(BaseModel):
     classes: list[str | int | float | bool] | None
     has_probabilities: bool
     metrics: dict[str, float] = Field(description="Held-out test metrics of the training run.")
+
+
+class FeedbackPublic(BaseModel):
+    accepted: int = Field(description="Labels queued for the prediction log.")
+    model_name: str = Field(description="Model whose log the labels were filed in.")
+
+
+_LABEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "FeedbackLabel",
+    "properties": {
+        "request_id": {
+            "type": "string",
+            "maxLength": MAX_LENGTH,
+            "pattern": PATTERN,
+            "description": "The X-Request-ID header of the prediction's answer.",
+        },
+        "row": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 0,
+            "description": "Index of the record within its request (0 for a single record).",
+        },
+        "label": {
+            "description": "The true label: one of the model's classes (GET /model lists "
+            "them), or a finite number for a regressor.",
+        },
+    },
+    "required": ["request_id", "label"],
+    "additionalProperties": False,
+}
+FEEDBACK_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    _LABEL_SCHEMA,
+                    {
+                        "type": "object",
+                        "title": "FeedbackBatch",
+                        "properties": {
+                            "labels": {"type": "array", "minItems": 1, "items": _LABEL_SCHEMA}
+                        },
+                        "required": ["labels"],
+                        "additionalProperties": False,
+                    },
+                ]
+            }
+        }
+    },
+}
+"""The body of POST /feedback, for OpenAPI (the route checks it in serving.feedback)."""
 
 
 class ErrorDetailPublic(BaseModel):

@@ -1,9 +1,10 @@
-"""Optional API key on the prediction routes, as a pure ASGI middleware.
+"""Optional API key on the prediction and feedback routes, as a pure ASGI middleware.
 
-When ``SERVING_API_KEY`` is set, ``/predict``, ``/invocations`` and ``/v2/models/.../infer``
-require ``Authorization: Bearer <key>``; anything else is a 401 with ``WWW-Authenticate: Bearer``
-and the route's protocol error body. The other routes (health, ``/metrics``, ``/model``, model
-metadata, ``/docs``) stay open. The key is compared in constant time and never logged.
+When ``SERVING_API_KEY`` is set, ``/predict``, ``/invocations``, ``/v2/models/.../infer`` and
+``/feedback`` require ``Authorization: Bearer <key>``; anything else is a 401 with
+``WWW-Authenticate: Bearer`` and the route's protocol error body. The other routes (health,
+``/metrics``, ``/model``, model metadata, ``/docs``) stay open. The key is compared in constant
+time and never logged.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.limits import prediction_protocol, send_protocol_error
+from serving.limits import keyed_protocol, send_protocol_error
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,15 @@ _WRONG = (
 
 
 class ApiKeyMiddleware:
-    """Refuse prediction requests without the right bearer key; let everything else through."""
+    """Refuse prediction and feedback requests without the right bearer key; let everything
+    else through."""
 
     def __init__(self, app: ASGIApp, api_key: SecretStr) -> None:
         self.app = app
         self._key = api_key.get_secret_value().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = prediction_protocol(scope["path"]) if scope["type"] == "http" else None
+        protocol = keyed_protocol(scope["path"]) if scope["type"] == "http" else None
         if protocol is not None:
             refusal = self._refusal(scope)
             if refusal is not None:

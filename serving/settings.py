@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -93,6 +94,34 @@ class Settings(BaseSettings):
         ge=1,
         description="On SIGTERM, how long to wait for requests in flight before cancelling them.",
     )
+    prediction_log_enabled: bool = Field(
+        default=True,
+        description="Record every prediction (and the labels sent to POST /feedback) in the "
+        "prediction log that monitoring reads. Off: nothing is written and /feedback is a 503.",
+    )
+    prediction_log_dir: Path = Field(
+        default=Path("prediction_log"),
+        description="Root of the prediction log, relative to the working directory unless "
+        "absolute; parts go to <dir>/<model name>/predictions/ and .../feedback/. The same "
+        "default as the pipeline's monitoring.log_dir.",
+    )
+    prediction_log_queue_size: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most records (predicted rows and labels) waiting for the log writer; "
+        "a request whose records do not fit is not logged (counted as dropped), never delayed.",
+    )
+    prediction_log_rotate_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows per Parquet part of the prediction log: a part is written when it "
+        "holds this many rows, or when its first row is prediction_log_rotate_seconds old.",
+    )
+    prediction_log_rotate_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest a logged record waits in memory before its part is written.",
+    )
     log_level: LogLevel = "INFO"
 
     @field_validator("model_stage")
@@ -113,6 +142,16 @@ class Settings(BaseSettings):
         # Never validated beyond this: a failing check would print the key in the error.
         if isinstance(value, str):
             return value.strip() or None  # a trailing newline from a secrets file is no key
+        return value
+
+    @field_validator("prediction_log_dir", mode="before")
+    @classmethod
+    def _dir_is_not_empty(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "is empty: give a directory, or set SERVING_PREDICTION_LOG_ENABLED=false "
+                "to turn the prediction log off"
+            )
         return value
 
     @field_validator("log_level", mode="before")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from serving.inference import ClassPrediction, Prediction, RegressionPrediction
+from serving.inference import ClassPrediction, Prediction, PredictionRow, RegressionPrediction
 from serving.model_store import LoadedModel
 from serving.state import ActiveModel
 
@@ -37,10 +37,18 @@ class Predictor:
     def loaded(self) -> LoadedModel:
         return self.active.loaded
 
-    async def predict(self, records: Sequence[Record]) -> list[Prediction]:
+    async def predict_rows(self, records: Sequence[Record]) -> list[PredictionRow]:
         """Predict ``records`` (dicts keyed by input column name) through the model's batcher,
-        so protocol requests are merged with /predict requests into the same model calls."""
-        rows = await self.active.predict(list(records))
+        so protocol requests are merged with /predict requests into the same model calls;
+        plain rows, as the prediction log takes them."""
+        return await self.active.predict(list(records))
+
+    async def predict(self, records: Sequence[Record]) -> list[Prediction]:
+        """:meth:`predict_rows`, as typed predictions."""
+        return self.typed(await self.predict_rows(records))
+
+    def typed(self, rows: Sequence[PredictionRow]) -> list[Prediction]:
+        """Plain rows as typed predictions."""
         if self.loaded.task == "regression":
             return [RegressionPrediction(**row) for row in rows]
         return [ClassPrediction(**row) for row in rows]

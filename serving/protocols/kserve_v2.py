@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.deps import log_predictions
 from serving.errors import InvalidRequestError
 from serving.inference import ClassPrediction, Prediction
 from serving.model_store import InputColumn, LoadedModel
@@ -31,6 +32,7 @@ from serving.protocols._common import (
     read_body,
 )
 from serving.protocols.deps import OptionalPredictorDep, PredictorDep, Record
+from serving.request_id import adopt_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -448,8 +450,10 @@ async def infer(
     except (ValueError, RecursionError) as exc:
         raise InferError(400, f"The body is not valid JSON ({exc}).") from exc
     records, outputs = parse_infer_request(payload, loaded)
+    # The body's id names the request in the log too, unless an X-Request-ID header did.
+    request_id = adopt_request_id(request, payload.get("id"))
     try:
-        predictions = await predictor.predict(records)
+        rows = await predictor.predict_rows(records)
     except InvalidRequestError as exc:
         raise InferError(400, exc.message) from exc
     except Exception as exc:
@@ -457,5 +461,9 @@ async def infer(
         raise InferError(
             500, "The model failed on this input; the error is logged on the server."
         ) from exc
-    body_out = infer_response(loaded, predictions, outputs, payload.get("id"))
+    log_predictions(request, loaded, records, rows)
+    given = payload.get("id")
+    body_out = infer_response(
+        loaded, predictor.typed(rows), outputs, given if given is not None else request_id
+    )
     return JSONResponse(body_out, headers={"X-Model-Version": loaded.version})

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from mlflow.version import VERSION as MLFLOW_VERSION
 
+from serving.deps import get_prediction_log, log_predictions
 from serving.errors import InvalidRequestError
 from serving.inference import (
     ClassPrediction,
@@ -556,11 +557,17 @@ async def invocations(request: Request, predictor: PredictorDep) -> Response:
         predictor.loaded.columns,
         bulk_rows=active.bulk_rows,
     )
+    # Probabilities are not part of the answer, but the prediction log records them.
+    proba = get_prediction_log(request) is not None and predictor.loaded.has_proba
     try:
         if isinstance(parsed, pd.DataFrame):
-            content = predictions_json((await active.predict_frame(parsed, proba=False)).outputs)
+            predictions = await active.predict_frame(parsed, proba=proba)
+            log_predictions(request, predictor.loaded, parsed, predictions)
+            content = predictions_json(predictions.outputs)
         else:
-            content = orjson.dumps(format_predictions(await predictor.predict(parsed)))
+            rows = await predictor.predict_rows(parsed)
+            log_predictions(request, predictor.loaded, parsed, rows)
+            content = orjson.dumps(format_predictions(predictor.typed(rows)))
     except InvalidRequestError as exc:
         raise ScoringError(400, BAD_REQUEST, exc.message) from exc
     except Exception as exc:

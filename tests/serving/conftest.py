@@ -320,10 +320,12 @@ def unique_name() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings must come from the test, not from the developer's shell."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings must come from the test, not from the developer's shell; and the prediction
+    log (on by default, relative to the working directory) must not land in the checkout."""
     import os
 
+    monkeypatch.chdir(tmp_path)
     for key in list(os.environ):
         if key.startswith("SERVING_"):
             monkeypatch.delenv(key)

@@ -18,6 +18,7 @@ from serving.inference import (
     build_request_models,
     parse_request,
     predict,
+    predict_frame,
     to_frame,
 )
 from serving.model_ref import ModelRef
@@ -185,6 +186,20 @@ def test_classifier_predictions_equal_sklearn_predict_and_predict_proba(
         assert list(prediction.probabilities) == list(loaded.classes)
         assert list(prediction.probabilities.values()) == pytest.approx(proba.tolist())
         assert prediction.confidence == pytest.approx(proba.max())
+
+
+def test_labels_and_probabilities_of_a_frame_equal_sklearn_with_one_preprocessing_pass(
+    store: TinyStore, load: Any
+) -> None:
+    loaded = load("models:/iris/Production")  # a Pipeline: ColumnTransformer + logistic
+    frame = store.models["iris"].features.iloc[::3].reset_index(drop=True)
+    predictions = predict_frame(loaded, frame, proba=True)
+    assert predictions.outputs.tolist() == loaded.estimator.predict(frame).tolist()
+    assert predictions.probabilities is not None
+    assert np.array_equal(predictions.probabilities, loaded.estimator.predict_proba(frame))
+    labels_only = predict_frame(loaded, frame, proba=False)
+    assert labels_only.probabilities is None
+    assert labels_only.outputs.tolist() == predictions.outputs.tolist()
 
 
 def test_classifier_without_predict_proba_returns_label_only(store: TinyStore, load: Any) -> None:

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 import serving.state
 from serving.app import create_app
-from serving.limits import RequestTimeoutMiddleware, prediction_protocol
+from serving.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -293,6 +293,12 @@ def test_timeout_middleware_lets_the_app_own_timeout_error_through() -> None:
 )
 def test_prediction_routes_are_recognised_by_path(path: str, protocol: str | None) -> None:
     assert prediction_protocol(path) == protocol
+    assert keyed_protocol(path) == protocol  # the API key guards every prediction route
+
+
+def test_feedback_needs_the_key_but_is_no_prediction_route() -> None:
+    assert keyed_protocol("/feedback") == "predict"
+    assert prediction_protocol("/feedback") is None  # no timeout, no request id
 
 
 # --- shutdown --------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_docs_declare_the_bearer_key_on_prediction_routes_only(secured: TestClie
     schema = secured.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     paths = schema["paths"]
-    for path in ("/predict", "/invocations", "/v2/models/{name}/infer"):
+    for path in ("/predict", "/invocations", "/v2/models/{name}/infer", "/feedback"):
         assert paths[path]["post"]["security"] == [{"bearer": []}], path
         assert "401" in paths[path]["post"]["responses"]
     assert "security" not in paths["/model"]["get"]
@@ -210,3 +210,21 @@ def test_docs_declare_no_key_when_none_is_set(make_client: MakeClient) -> None:
     schema = make_client().get("/openapi.json").json()
     assert "securitySchemes" not in schema.get("components", {})
     assert "security" not in schema["paths"]["/predict"]["post"]
+
+
+FEEDBACK = {"request_id": "r-1", "label": "setosa"}
+
+
+def test_feedback_needs_the_key_when_one_is_set(secured: TestClient) -> None:
+    refused = secured.post("/feedback", json=FEEDBACK)
+    assert_unauthorized(refused, ROUTES[0], "Bearer", "needs an API key")
+    wrong = secured.post("/feedback", json=FEEDBACK, headers={"Authorization": "Bearer no"})
+    assert_unauthorized(wrong, ROUTES[0], 'Bearer error="invalid_token"', "not valid")
+    accepted = secured.post("/feedback", json=FEEDBACK, headers={"Authorization": f"Bearer {KEY}"})
+    assert accepted.status_code == 202, accepted.text
+
+
+def test_a_refused_prediction_still_carries_its_request_id(secured: TestClient) -> None:
+    response = secured.post("/predict", json=SETOSA, headers={"X-Request-ID": "who-was-it"})
+    assert response.status_code == 401
+    assert response.headers["X-Request-ID"] == "who-was-it"

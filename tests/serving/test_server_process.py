@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 if TYPE_CHECKING:
@@ -259,3 +262,54 @@ def test_hot_reload_under_traffic_switches_versions_without_a_failed_request(
     assert float(failures.rsplit(" ", 1)[1]) >= 1
     assert f'serving_model_info{{name="{unique_name}",version="1"}} 1.0' in metrics
     assert "Traceback" not in log_path.read_text()
+
+
+_PART = re.compile(r"^part-\d{8}T\d{12}-(\d+)-\d{6}\.parquet$")
+
+
+def test_the_prediction_log_is_on_disk_after_a_graceful_shutdown(
+    store: TinyStore, tmp_path: Path
+) -> None:
+    rows = store.models["iris"].features.iloc[[0, 60, 140]]
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [rows.iloc[0].tolist()]}
+    # Parts are due only after an hour: whatever is on disk was written at shutdown.
+    settings = {"SERVING_MODEL_NAME": "iris", "SERVING_PREDICTION_LOG_ROTATE_SECONDS": "3600"}
+    with (
+        running_server(store, tmp_path, **settings) as (base_url, log_path),
+        httpx.Client(base_url=base_url, timeout=10.0) as client,
+    ):
+        answers = [
+            client.post("/predict", json=rows.iloc[0].to_dict()),
+            client.post("/predict", json={"records": rows.to_dict(orient="records")}),
+            client.post("/invocations", json={"dataframe_split": rows.to_dict(orient="split")}),
+            client.post("/v2/models/iris/infer", json={"inputs": [tensor]}),
+        ]
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        request_id = answers[0].headers["X-Request-ID"]
+        feedback = client.post("/feedback", json={"request_id": request_id, "label": "setosa"})
+        assert feedback.status_code == 202, feedback.text
+        assert not (tmp_path / "prediction_log").exists()  # nothing is due yet
+    # The default directory, relative to the server's working directory.
+    root = tmp_path / "prediction_log" / "iris"
+    predictions = sorted((root / "predictions").iterdir())
+    labels = sorted((root / "feedback").iterdir())
+    assert [_PART.match(p.name) is not None for p in predictions + labels] == [True] * 2
+    logged = pq.read_table(predictions[0]).to_pandas()
+    expected_ids = [a.headers["X-Request-ID"] for a in answers]
+    assert logged.groupby("request_id", sort=False).size().to_dict() == dict(
+        zip(expected_ids, [1, 3, 3, 1], strict=True)
+    )
+    assert logged["prediction"].tolist() == (
+        [answers[0].json()["prediction"]["label"]]
+        + [p["label"] for p in answers[1].json()["predictions"]]
+        + answers[2].json()["predictions"]
+        + answers[3].json()["outputs"][0]["data"]
+    )
+    joined = logged.merge(pq.read_table(labels[0]).to_pandas(), on=["request_id", "row"])
+    assert joined[["prediction", "label"]].to_dict(orient="records") == [
+        {"prediction": "setosa", "label": "setosa"}
+    ]
+    assert isinstance(logged["timestamp"].dtype, pd.DatetimeTZDtype)
+    output = log_path.read_text()
+    assert "Application shutdown complete." in output
+    assert "Traceback" not in output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -24,6 +26,38 @@ def test_settings_have_documented_defaults() -> None:
     assert settings.request_timeout_seconds == 30.0
     assert settings.api_key is None
     assert settings.graceful_timeout_seconds == 20
+    assert settings.prediction_log_enabled is True
+    assert settings.prediction_log_dir == Path("prediction_log")
+    assert settings.prediction_log_queue_size == 50_000
+    assert settings.prediction_log_rotate_rows == 100_000
+    assert settings.prediction_log_rotate_seconds == 60.0
+
+
+def test_prediction_log_settings_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVING_PREDICTION_LOG_ENABLED", "false")
+    monkeypatch.setenv("SERVING_PREDICTION_LOG_DIR", "/var/log/predictions")
+    monkeypatch.setenv("SERVING_PREDICTION_LOG_QUEUE_SIZE", "10")
+    monkeypatch.setenv("SERVING_PREDICTION_LOG_ROTATE_ROWS", "500")
+    monkeypatch.setenv("SERVING_PREDICTION_LOG_ROTATE_SECONDS", "2.5")
+    settings = Settings()
+    assert settings.prediction_log_enabled is False
+    assert settings.prediction_log_dir == Path("/var/log/predictions")
+    assert settings.prediction_log_queue_size == 10
+    assert (settings.prediction_log_rotate_rows, settings.prediction_log_rotate_seconds) == (
+        500,
+        2.5,
+    )
+
+
+def test_an_empty_prediction_log_dir_is_refused_saying_how_to_turn_the_log_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVING_PREDICTION_LOG_DIR", " ")
+    with pytest.raises(ValidationError, match="prediction_log_dir") as info:
+        Settings()
+    assert "SERVING_PREDICTION_LOG_ENABLED=false" in str(info.value)
 
 
 def test_tracking_uri_defaults_to_mlflow_tracking_uri_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +144,9 @@ def test_settings_reject_unknown_stage_listing_the_known_ones() -> None:
         ("workers", 0),
         ("request_timeout_seconds", -1),
         ("graceful_timeout_seconds", 0),
+        ("prediction_log_queue_size", 0),
+        ("prediction_log_rotate_rows", 0),
+        ("prediction_log_rotate_seconds", 0),
     ],
 )
 def test_settings_reject_out_of_range_values_naming_the_field(field: str, value: object) -> None:

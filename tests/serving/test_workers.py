@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
@@ -165,12 +167,14 @@ def test_two_workers_each_answer_predictions_from_their_own_process(
 ) -> None:
     with serving(store, tmp_path, "--workers", "2") as server:
         predicted: dict[int, float] = {}  # worker pid -> its own /predict count
+        request_ids: list[str] = []
 
         def predict_then_scrape(_: int) -> None:
             # A fresh connection per call, so that the kernel hands them to either worker.
             response = httpx.post(f"{server.base_url}/predict", json=SETOSA, timeout=10.0)
             assert response.status_code == 200, response.text
             assert response.json()["prediction"]["label"] == "setosa"
+            request_ids.append(response.headers["X-Request-ID"])
             metrics = httpx.get(f"{server.base_url}/metrics", timeout=10.0).text
             (pid,) = _WORKER.findall(metrics)
             counts = _PREDICTED.findall(metrics)
@@ -195,6 +199,11 @@ def test_two_workers_each_answer_predictions_from_their_own_process(
     assert log.count("Serving model 'iris' version 1") == 2, log  # one model per worker
     assert log.count("Application shutdown complete.") == 2, log
     assert "Traceback" not in log
+    # Each worker wrote its own prediction log parts (its pid in their names) at shutdown.
+    parts = sorted((tmp_path / "prediction_log" / "iris" / "predictions").glob("*.parquet"))
+    assert {int(part.name.split("-")[2]) for part in parts} == workers
+    logged = pd.concat([pq.read_table(part).to_pandas() for part in parts])
+    assert sorted(logged["request_id"]) == sorted(request_ids)
 
 
 def _raw_request(port: int, body: bytes) -> tuple[socket.socket, bytes]:

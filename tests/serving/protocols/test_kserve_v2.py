@@ -101,14 +101,15 @@ def test_infer_with_one_tensor_per_column_returns_labels_and_probabilities(
         )
 
 
-def test_infer_with_one_matrix_in_signature_order_generates_an_id(
+def test_infer_with_one_matrix_in_signature_order_answers_with_the_request_id(
     iris: TestClient, store: TinyStore, rows: Any
 ) -> None:
     matrix = {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": rows.to_numpy().tolist()}
     response = iris.post("/v2/models/iris/versions/1/infer", json={"inputs": [matrix]})
     body = response.json()
     assert body["outputs"][0]["data"] == store.models["iris"].estimator.predict(rows).tolist()
-    assert len(body["id"]) == 36
+    assert len(body["id"]) == 32
+    assert body["id"] == response.headers["X-Request-ID"]
 
 
 def test_infer_honours_requested_outputs(iris: TestClient, rows: Any) -> None:

@@ -227,7 +227,7 @@ def test_model_failure_is_a_500_without_traceback(
     client = make_client("iris")
 
     class Failing(Predictor):
-        async def predict(self, records: Any) -> Any:
+        async def predict_rows(self, records: Any) -> Any:
             raise RuntimeError("boom inside the model")
 
     def failing(request: Request) -> Predictor:
