@@ -92,5 +92,5 @@ retrain: $(STAMP) ## monitor, and on drift retrain with the labelled production 
 tracking-server: $(STAMP) ## a team tracking server: mlflow server on PostgreSQL, proxied artifacts
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false deploy/tracking-server.sh
 
-clean: ## remove the local store, artifacts and caches (keeps .venv)
-	rm -rf mlflow.db mlruns/[0-9]* mlruns/models .pytest_cache .mypy_cache .ruff_cache
+clean: ## remove the local store, artifacts, prediction log and caches (keeps .venv)
+	rm -rf mlflow.db mlruns/[0-9]* mlruns/models prediction_log .pytest_cache .mypy_cache .ruff_cache

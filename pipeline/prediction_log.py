@@ -5,7 +5,7 @@ Layout (the contract with `serving`, which writes the predictions):
 `timestamp`, `model_name`, `model_version`, one `feature.<name>` column per model input,
 `prediction` and, for classifiers with probabilities, `proba.<class>`; labels that arrive later
 are `<log_dir>/<model>/feedback/part-*.parquet` with `request_id`, `row`, `label`, `timestamp`.
-Every part is written to `<name>.tmp` and renamed, so a reader never sees half a file.
+Every part is written to a hidden `.<name>.tmp` and renamed, so a reader never sees half a file.
 
 Reading streams: parts whose Parquet statistics show no row in the window (or of the version)
 are skipped without being read, the time and version filters are pushed down to pyarrow, and
@@ -238,7 +238,8 @@ class PredictionLog:
         )
         self.feedback_dir.mkdir(parents=True, exist_ok=True)
         path = self.feedback_dir / part_name(moment)
-        temporary = path.with_name(f"{path.name}.tmp")
+        # Hidden while written: a reader of the whole directory (pd.read_parquet) skips it.
+        temporary = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, temporary)
         temporary.replace(path)
         logger.info("Wrote %d labels to %s", len(labels), path)
