@@ -10,11 +10,11 @@ without a restart.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -38,12 +38,6 @@ CONFIG = {
     "gate": {"metric": "test_f1_macro", "threshold": 0.8},
     "monitoring": {"performance": {"window": "1D"}},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -76,41 +70,17 @@ def _pipeline(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def server(workdir: Path) -> Iterator[str]:
+def server(workdir: Path, serve: Callable[..., AbstractContextManager[str]]) -> Iterator[str]:
     first = _pipeline(workdir, "main")
     assert first.returncode == 0, first.stderr[-3000:]
-    port = _free_port()
     env = {
         **_env(workdir),
         "SERVING_MODEL_NAME": "loop",
-        "SERVING_PORT": str(port),
         "SERVING_POLL_SECONDS": "1",
         "SERVING_PREDICTION_LOG_ROTATE_SECONDS": "0.5",
     }
-    log = (workdir / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving"], cwd=workdir, env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (workdir / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.5)
+    with serve(workdir, env) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def _shifted_traffic() -> tuple[list[dict[str, float]], list[str]]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -58,12 +57,6 @@ def _mlflow_run(project: Path, *params: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _copy_project(tmp_path_factory.mktemp("clone"))
@@ -78,33 +71,9 @@ def trained(project: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(trained: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {**_env(trained), "SERVING_PORT": str(port), "SERVING_HOST": "127.0.0.1"}
-    log = (trained / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving"], cwd=trained, env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (trained / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.5)
+def server(trained: Path, serve: Callable[..., AbstractContextManager[str]]) -> Iterator[str]:
+    with serve(trained, _env(trained)) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def _production_version(project: Path) -> str:
