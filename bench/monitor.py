@@ -169,7 +169,7 @@ def _generate(data_dir: Path, rows: int, file_rows: int, seed: int) -> None:
     """Write the log file by file, then the reference profile, then the completion marker."""
     import pyarrow.parquet as pq
 
-    from pipeline.profile import build_reference_profile
+    from pipeline.monitoring.profile import build_reference_profile
 
     shutil.rmtree(data_dir, ignore_errors=True)
     log_dir = _log_dir(data_dir)
@@ -262,8 +262,8 @@ def _worker(
     from scipy.spatial import distance
 
     from pipeline.config import DriftConfig, MonitoringConfig
-    from pipeline.drift import DriftAccumulator, detect_drift
-    from pipeline.profile import ReferenceProfile
+    from pipeline.monitoring.drift import DriftAccumulator, detect_drift
+    from pipeline.monitoring.profile import ReferenceProfile
 
     baseline = _rss_mb()
     chunk_rows = chunk_rows or MonitoringConfig().chunk_rows

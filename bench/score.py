@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace, tmp: Path) -> int:
     import mlflow
 
-    from pipeline import score
+    from pipeline.scoring import score
 
     print(f"machine: {os.cpu_count()} cores, load average {_loadavg()} (shared with others)")
     if args.model_uri:
@@ -187,7 +187,8 @@ def _child(source: Path, output: Path, model_uri: str, chunk_rows: int, uri: str
 
 def _measure_memory(source: str, output: str, model_uri: str, chunk_rows: str) -> int:
     """In a fresh process: score `source` and print peak RSS. chunk_rows 0: the naive way."""
-    from pipeline import model_io, score
+    from pipeline import model_io
+    from pipeline.scoring import score
 
     started = time.perf_counter()
     if int(chunk_rows) > 0:
@@ -236,8 +237,8 @@ def _peak_rss_mb() -> float:
 def _train(tmp: Path) -> str:
     import yaml
 
-    from pipeline import flow
     from pipeline.config import load_config
+    from pipeline.steps import flow
 
     config = yaml.safe_load((REPO_ROOT / "configs" / "iris.yaml").read_text())
     config.update(experiment="bench-score", registered_model="bench-score")

@@ -14,20 +14,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import (
-    feedback,
-    flow,
-    ingest,
-    monitor,
-    promote,
-    registry,
-    reproduce,
-    retrain,
-    score,
-    train,
-)
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.monitoring import feedback, monitor, retrain
+from pipeline.registry import commands, production
+from pipeline.scoring import score
+from pipeline.steps import flow, ingest, reproduce, train
 from pipeline.tracking import configure_tracking, runs_table_url
 
 logger = logging.getLogger("pipeline")
@@ -131,19 +123,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    event = promote.promote(args.name, args.version, args.reason)
+    event = commands.promote(args.name, args.version, args.reason)
     print(f"{args.name}: Production is now version {event.to_version} (was {event.from_version})")
     return 0
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    event = promote.rollback(args.name, args.reason)
+    event = commands.rollback(args.name, args.reason)
     print(f"{args.name}: rolled back to version {event.to_version} (was {event.from_version})")
     return 0
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    events = registry.history(MlflowClient(), args.name)
+    events = production.history(MlflowClient(), args.name)
     if not events:
         print(f"{args.name}: Production has never changed")
         return 0

@@ -22,15 +22,15 @@ from prometheus_client import Gauge
 from pydantic.json_schema import models_json_schema
 
 from serving.errors import add_error_handlers
-from serving.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
-from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.middleware.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
+from serving.middleware.metrics import MetricsMiddleware, ServingMetrics
+from serving.middleware.request_id import RequestIdMiddleware
+from serving.middleware.security import ApiKeyMiddleware
+from serving.model.state import ActiveModel, BatchingOptions, ModelHolder
 from serving.prediction_log import PredictionLog
 from serving.protocols import kserve_v2, mlflow_scoring
-from serving.request_id import RequestIdMiddleware
 from serving.routes import router
-from serving.security import ApiKeyMiddleware
 from serving.settings import Settings
-from serving.state import ActiveModel, BatchingOptions, ModelHolder
 
 logger = logging.getLogger(__name__)
 

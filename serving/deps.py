@@ -10,12 +10,12 @@ import pandas as pd
 from fastapi import Depends, Request
 
 from serving.errors import MalformedRequestError, ModelNotReadyError, PayloadTooLargeError
-from serving.inference import FramePredictions, PredictionRow, loads_json
-from serving.model_store import LoadedModel
+from serving.middleware.request_id import request_id
+from serving.model.inference import FramePredictions, PredictionRow, loads_json
+from serving.model.state import ActiveModel, ModelHolder
+from serving.model.store import LoadedModel
 from serving.prediction_log import PredictionLog
-from serving.request_id import request_id
 from serving.settings import Settings
-from serving.state import ActiveModel, ModelHolder
 
 
 def get_settings(request: Request) -> Settings:

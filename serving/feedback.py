@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.errors import ErrorDetail, InvalidRequestError
-from serving.inference import json_kind
-from serving.model_store import LoadedModel
+from serving.middleware.request_id import DESCRIPTION, is_valid_request_id
+from serving.model.inference import json_kind
+from serving.model.store import LoadedModel
 from serving.prediction_log import FeedbackLabel
-from serving.request_id import DESCRIPTION, is_valid_request_id
 
 FIELDS = ("request_id", "row", "label")
 _FORM = (

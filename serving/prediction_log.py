@@ -36,8 +36,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.inference import FramePredictions, PredictionRow, record_values
-from serving.model_store import LoadedModel, Task, to_native
+from serving.model.inference import FramePredictions, PredictionRow, record_values
+from serving.model.store import LoadedModel, Task, to_native
 
 logger = logging.getLogger(__name__)
 

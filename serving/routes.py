@@ -1,5 +1,5 @@
-"""The REST routes. Thin: validation and inference live in :mod:`serving.inference`, batching
-in :mod:`serving.batcher`, labels in :mod:`serving.feedback`; every prediction goes through
+"""The REST routes. Thin: validation and inference live in :mod:`serving.model.inference`, batching
+in :mod:`serving.model.batcher`, labels in :mod:`serving.feedback`; every prediction goes through
 :meth:`ActiveModel.predict` (or ``predict_frame``) and into the prediction log."""
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from serving.deps import (
 )
 from serving.errors import ErrorDetail, InvalidRequestError, PredictionLogUnavailableError
 from serving.feedback import parse_feedback
-from serving.inference import (
+from serving.middleware.metrics import CONTENT_TYPE, ServingMetrics
+from serving.model.inference import (
     PredictionRow,
     parse_numeric_batch,
     parse_request,
     prediction_rows,
 )
-from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.model_store import LoadedModel
+from serving.model.state import ModelHolder
+from serving.model.store import LoadedModel
 from serving.schemas import (
     FEEDBACK_REQUEST_BODY,
     ErrorPublic,
@@ -45,7 +46,6 @@ from serving.schemas import (
     ReloadErrorPublic,
 )
 from serving.settings import Settings
-from serving.state import ModelHolder
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorPublic, "description": description}

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from serving.inference import ClassPrediction, RegressionPrediction
-from serving.request_id import MAX_LENGTH, PATTERN
+from serving.middleware.request_id import MAX_LENGTH, PATTERN
+from serving.model.inference import ClassPrediction, RegressionPrediction
 
 
 class PredictResponseBase(BaseModel):

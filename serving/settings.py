@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.model_ref import ModelRef, canonical_stage
+from serving.model.ref import ModelRef, canonical_stage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 

@@ -13,8 +13,8 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from serving.inference import json_kind
-from serving.model_store import InputColumn
+from serving.model.inference import json_kind
+from serving.model.store import InputColumn
 from serving.protocols.deps import ModelUnavailableError
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from serving.inference import ClassPrediction, Prediction, PredictionRow, RegressionPrediction
-from serving.model_store import LoadedModel
-from serving.state import ActiveModel
+from serving.model.inference import ClassPrediction, Prediction, PredictionRow, RegressionPrediction
+from serving.model.state import ActiveModel
+from serving.model.store import LoadedModel
 
 Record = dict[str, Any]
 

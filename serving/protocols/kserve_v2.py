@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 
 from serving.deps import log_predictions
 from serving.errors import InvalidRequestError
-from serving.inference import ClassPrediction, Prediction
-from serving.model_store import InputColumn, LoadedModel
+from serving.middleware.request_id import adopt_request_id
+from serving.model.inference import ClassPrediction, Prediction
+from serving.model.store import InputColumn, LoadedModel
 from serving.protocols._common import (
     NUMERIC_TYPES,
     ProtocolError,
@@ -32,7 +33,6 @@ from serving.protocols._common import (
     read_body,
 )
 from serving.protocols.deps import OptionalPredictorDep, PredictorDep, Record
-from serving.request_id import adopt_request_id
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from mlflow.version import VERSION as MLFLOW_VERSION
 
 from serving.deps import get_prediction_log, log_predictions
 from serving.errors import InvalidRequestError
-from serving.inference import (
+from serving.model.inference import (
     ClassPrediction,
     Prediction,
     loads_json,
@@ -34,7 +34,7 @@ from serving.inference import (
     numeric_matrix,
     record_values,
 )
-from serving.model_store import InputColumn, to_native
+from serving.model.store import InputColumn, to_native
 from serving.protocols._common import (
     NUMERIC_TYPES,
     ProtocolError,

@@ -10,9 +10,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import evaluate, features, ingest, model_io
+from pipeline import model_io
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.steps import evaluate, features, ingest
 
 
 def _printed_run_id(capsys: pytest.CaptureFixture[str]) -> str:

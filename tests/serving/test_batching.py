@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 from fastapi import FastAPI
 
-import serving.state
+import serving.model.state
 from serving.app import create_app
+from serving.model.state import ModelHolder
 from serving.settings import Settings
-from serving.state import ModelHolder
 
 if TYPE_CHECKING:
     from conftest import TinyModel, TinyStore
@@ -44,12 +44,12 @@ class HoldFirstBatch:
     those queued behind it number ``expected``, so at most two batches take them all."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_on: float | None = None) -> None:
-        self.real = serving.state.predict_rows
+        self.real = serving.model.state.predict_rows
         self.ready: Callable[[], bool] = lambda: True
         self.armed = threading.Event()
         self.held = False
         self.fail_on = fail_on
-        monkeypatch.setattr(serving.state, "predict_rows", self)
+        monkeypatch.setattr(serving.model.state, "predict_rows", self)
 
     def arm(self, holder: ModelHolder, expected: int) -> None:
         assert holder.active is not None

@@ -19,10 +19,15 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+import serving.model.state
 import serving.routes
-import serving.state
-from serving.inference import build_request_models, parse_numeric_batch, parse_request, to_frame
-from serving.model_store import InputColumn
+from serving.model.inference import (
+    build_request_models,
+    parse_numeric_batch,
+    parse_request,
+    to_frame,
+)
+from serving.model.store import InputColumn
 
 if TYPE_CHECKING:
     from conftest import TinyModel, TinyStore
@@ -213,7 +218,7 @@ def test_model_failure_on_a_bulk_batch_is_a_500_without_traceback(
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom inside the model")
 
-    monkeypatch.setattr(serving.state, "predict_frame", failing)
+    monkeypatch.setattr(serving.model.state, "predict_frame", failing)
     response = iris[0].post("/predict", json={"records": records_of(store.models["iris"])})
     assert response.status_code == 500, response.text
     assert response.json()["error"]["type"] == "prediction_failed"

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.inference import predict_frame, predict_rows, to_frame
-from serving.model_ref import ModelRef
-from serving.model_store import LoadedModel, load_model
+from serving.model.inference import predict_frame, predict_rows, to_frame
+from serving.model.ref import ModelRef
+from serving.model.store import LoadedModel, load_model
 from serving.prediction_log import (
     TIMESTAMP,
     FeedbackLabel,

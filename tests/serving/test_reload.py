@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi.testclient import TestClient
 
-import serving.state
+import serving.model.state
 from serving.errors import ModelLoadError
-from serving.model_ref import ModelRef
-from serving.model_store import LoadedModel, load_model
-from serving.state import ModelHolder, prepare
+from serving.model.ref import ModelRef
+from serving.model.state import ModelHolder, prepare
+from serving.model.store import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from conftest import TinyModel, TinyStore
@@ -159,7 +159,7 @@ def test_an_unreachable_registry_keeps_the_model_serving_and_is_reported(
     def unreachable(*_args: Any) -> None:
         raise ModelLoadError("Could not reach the MLflow registry at sqlite:///gone.db: down.")
 
-    monkeypatch.setattr(serving.state, "resolve_version", unreachable)
+    monkeypatch.setattr(serving.model.state, "resolve_version", unreachable)
     wait_until(lambda: client.get("/health/ready").json()["last_reload_error"] is not None)
     body = client.get("/health/ready").json()
     assert body["model_version"] == "1"

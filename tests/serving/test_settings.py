@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serving.model_ref import ModelRef
+from serving.model.ref import ModelRef
 from serving.settings import Settings
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline import registry
+from pipeline.registry import production
 
 if TYPE_CHECKING:
     from conftest import Team
@@ -53,7 +53,7 @@ def _stages(client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def _assert_history_is_one_unbroken_chain(
-    events: list[registry.PromotionEvent], production: str
+    events: list[production.PromotionEvent], production: str
 ) -> None:
     oldest_first = list(reversed(events))
     assert oldest_first[0].from_version is None
@@ -74,7 +74,7 @@ def test_the_lock_admits_one_holder_at_a_time_so_no_increment_is_lost(team: Team
         nonlocal holders, most_holders
         client = team.client()
         for _ in range(rounds):
-            with registry.production_lock(client, name, timeout_seconds=120):
+            with production.production_lock(client, name, timeout_seconds=120):
                 with guard:
                     holders += 1
                     most_holders = max(most_holders, holders)
@@ -89,7 +89,7 @@ def test_the_lock_admits_one_holder_at_a_time_so_no_increment_is_lost(team: Team
     client = team.client()
     assert client.get_registered_model(name).tags["count"] == str(WORKERS * rounds)
     assert most_holders == 1
-    assert not client.search_registered_models(f"name = '{registry.lock_name(name)}'")
+    assert not client.search_registered_models(f"name = '{production.lock_name(name)}'")
 
 
 def test_simultaneous_promotions_leave_one_production_version_and_an_unbroken_history(
@@ -99,7 +99,7 @@ def test_simultaneous_promotions_leave_one_production_version_and_an_unbroken_hi
     versions = copies_of(name, WORKERS)
 
     def promote(index: int) -> None:
-        registry.set_production(
+        production.set_production(
             team.client(), name, versions[index], action="promote", reason=f"worker {index}"
         )
 
@@ -109,7 +109,7 @@ def test_simultaneous_promotions_leave_one_production_version_and_an_unbroken_hi
     production = [v for v, stage in stages.items() if stage == "Production"]
     assert len(production) == 1, stages
     assert str(client.get_model_version_by_alias(name, "champion").version) == production[0]
-    events = registry.history(client, name)
+    events = production.history(client, name)
     assert sorted(e.to_version for e in events) == sorted(versions)
     _assert_history_is_one_unbroken_chain(events, production[0])
 
@@ -142,11 +142,11 @@ def test_two_pipelines_finishing_together_leave_one_production_version_and_both_
     tags = {v: client.get_model_version(name, v).tags for v in stages}
     assert {t["gate.decision"] for t in tags.values()} <= {"promoted", "rejected"}
     promoted = sorted(v for v, t in tags.items() if t["gate.decision"] == "promoted")
-    events = registry.history(client, name)
+    events = production.history(client, name)
     assert sorted(e.to_version for e in events) == promoted
     _assert_history_is_one_unbroken_chain(events, production[0])
     # Each gate judged against the champion of the moment it promoted: only one was first.
     for event in events:
         assert tags[event.to_version]["gate.champion_version"] == (event.from_version or "none")
     assert sum(t["gate.reason"].startswith("first model") for t in tags.values()) == 1
-    assert not client.search_registered_models(f"name = '{registry.lock_name(name)}'")
+    assert not client.search_registered_models(f"name = '{production.lock_name(name)}'")

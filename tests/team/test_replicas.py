@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from pipeline import registry
+from pipeline.registry import production
 
 if TYPE_CHECKING:
     from conftest import Team, TrainedVersion
@@ -110,7 +110,7 @@ def test_two_replicas_converge_on_a_promotion_under_load_without_a_failed_reques
     name = "iris-replicas"
     old, new = copies_of(name, 2)
     client = team.client()
-    registry.set_production(client, name, old, action="promote", reason="replica test start")
+    production.set_production(client, name, old, action="promote", reason="replica test start")
     with (
         team.replicas(name, count=2, poll_seconds=POLL_SECONDS) as replicas,
         Load([r.url for r in replicas]) as load,
@@ -123,7 +123,7 @@ def test_two_replicas_converge_on_a_promotion_under_load_without_a_failed_reques
         # When the change is visible in the registry, not when the CLI process has exited.
         promoted_at = None
         while promotion.poll() is None or promoted_at is None:
-            current = registry.production_version(client, name)
+            current = production.production_version(client, name)
             if current is not None and str(current.version) == new:
                 promoted_at = time.monotonic()
                 break

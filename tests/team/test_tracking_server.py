@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline import registry
 from pipeline.errors import RegistryError
+from pipeline.registry import production
 
 if TYPE_CHECKING:
     from conftest import Team, TrackingServer, TrainedVersion
@@ -58,11 +58,11 @@ def test_artifacts_are_proxied_into_the_servers_destination(
 
 
 def test_history_over_http_lists_the_promotion(team: Team, trained: TrainedVersion) -> None:
-    (event,) = registry.history(team.client(), "iris-team")
+    (event,) = production.history(team.client(), "iris-team")
     assert (event.action, event.from_version, event.to_version) == ("gate", None, "1")
     assert event.reason.startswith("first model")
 
 
 def test_an_unknown_version_is_refused_by_name_over_http(team: Team) -> None:
     with pytest.raises(RegistryError, match="registered model 'no-such-model' has no version '1'"):
-        registry.get_version(team.client(), "no-such-model", "1")
+        production.get_version(team.client(), "no-such-model", "1")

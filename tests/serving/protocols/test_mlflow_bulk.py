@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-import serving.state
-from serving.inference import to_frame
-from serving.model_store import InputColumn
+import serving.model.state
+from serving.model.inference import to_frame
+from serving.model.store import InputColumn
 from serving.protocols import mlflow_scoring
 from serving.protocols._common import numeric_values_fit
 from serving.settings import Settings
@@ -300,7 +300,7 @@ def test_model_failure_on_a_bulk_request_is_a_500_without_traceback(
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom inside the model")
 
-    monkeypatch.setattr(serving.state, "predict_frame", failing)
+    monkeypatch.setattr(serving.model.state, "predict_frame", failing)
     response = iris[0].post(
         "/invocations", content=split(store.models["iris"].features), headers=JSON
     )

@@ -264,7 +264,7 @@ def test_version_returns_the_mlflow_version(iris: TestClient) -> None:
 
 
 def test_format_predictions_needs_no_http() -> None:
-    from serving.inference import ClassPrediction, RegressionPrediction
+    from serving.model.inference import ClassPrediction, RegressionPrediction
 
     labels = [ClassPrediction(label=1, confidence=None, probabilities=None)]
     assert mlflow_scoring.format_predictions(labels) == {"predictions": [1]}

@@ -1,0 +1,716 @@
+"""Model card: one HTML and one Markdown page per registered version, logged on its run.
+
+Everything on the card is read back from MLflow (the version's tags, the run's params,
+metrics, tags and artifacts), never recomputed, so the card shows exactly what the registry
+and the run recorded. Anything a run did not record is shown as "not recorded" rather than
+guessed, which keeps cards of versions made by older code truthful too.
+
+The HTML page is self-contained (inline CSS, plots as data URIs) because the MLflow UI shows
+an `.html` artifact in an iframe where relative links to other artifacts do not resolve. The
+Markdown page links the plots by their path relative to the card instead, for reading the
+artifacts as files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import posixpath
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError
+from pipeline.registry import production
+from pipeline.steps.train import RESOLVED_CONFIG
+
+logger = logging.getLogger(__name__)
+
+NOT_RECORDED = "not recorded"
+CARD_DIR = "model_card"
+CARD_TAG = "model_card"
+HTML_FILE = "model_card.html"
+MARKDOWN_FILE = "model_card.md"
+# Where evaluate.py logs its figures.
+PLOTS_DIR = "plots"
+# Run tags the card reads when present; JSON values.
+COLUMNS_TAG = "data.columns"  # {"numeric": [...], "categorical": [...]}
+CLASS_BALANCE_TAG = "data.class_balance"  # {label: rows}
+TARGET_SUMMARY_TAG = "data.target_summary"  # {"mean": .., "std": .., "min": .., "max": ..}
+LIBRARIES_TAG = "lineage.libraries"  # {distribution: version}
+# Params of a hyperparameter search on the parent (candidate) run, as train.py logs them.
+SEARCH_PARAM_PREFIX = "search."
+SEARCH_STRATEGY_PARAM = "search.strategy"
+SEARCH_TRIALS_PARAM = "search.trials"
+SEARCH_SCORING_PARAM = "search.scoring"
+SEARCH_BEST_SCORE_PARAM = "search.best_score"
+
+# Known plots in reading order; any other image under plots/ follows, by name.
+_PLOT_TITLES = {
+    "confusion_matrix.png": "Confusion matrix",
+    "roc_curve.png": "ROC curve",
+    "precision_recall_curve.png": "Precision-recall curve",
+    "residuals.png": "Residuals vs predicted",
+    "feature_importance.png": "Feature importance",
+}
+_TARGET_STATISTICS = ("mean", "std", "min", "max")
+_N = TypeVar("_N", int, float)
+
+
+@dataclass(frozen=True)
+class Plot:
+    title: str
+    artifact_path: str  # on the run, e.g. plots/confusion_matrix.png
+    png: bytes
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    strategy: str | None
+    trials: int | None
+    scoring: str | None
+    best_cv_score: float | None
+    nested_runs: int  # trial runs found under the candidate's run
+    other: Mapping[str, str]  # further search.* params, shown as recorded
+
+
+@dataclass(frozen=True)
+class DataSection:
+    source: str | None
+    data_hash: str | None
+    rows: int | None
+    numeric_columns: tuple[str, ...] | None
+    categorical_columns: tuple[str, ...] | None
+    numeric_count: int | None
+    categorical_count: int | None
+    class_balance: Mapping[str, int] | None  # classifiers
+    target_summary: Mapping[str, float] | None  # regressors: mean, std, min, max
+
+
+@dataclass(frozen=True)
+class GateSection:
+    decision: str  # "promoted" or "rejected"
+    reason: str
+    metric: str | None
+    challenger_value: float | None
+    champion_version: str | None
+    champion_value: float | None
+    difference: float | None  # the gain: positive when the challenger is better
+    ci_lower: float | None
+    ci_upper: float | None
+    ci_level: float | None
+    resamples: int | None
+    rule: str | None
+    comparison_rows: int | None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    data_hash: str | None
+    data_source: str | None
+    git_commit: str | None
+    git_dirty: str | None
+    config_hash: str | None
+    libraries: Mapping[str, str] | None
+    run_link: str  # MLflow UI address of the run (a path when the store is local)
+
+
+@dataclass(frozen=True)
+class ModelCardInput:
+    name: str
+    version: str
+    run_id: str
+    run_name: str | None
+    task: str | None
+    created: str  # when the version was registered, ISO 8601 UTC
+    description: str | None
+    estimator: str | None  # class path
+    estimator_params: Mapping[str, str]  # the best params when a search chose them
+    search: SearchSummary | None
+    data: DataSection
+    config_yaml: str | None
+    metrics: Mapping[str, float]  # held-out test_* metrics
+    cv_metrics: Mapping[str, float]
+    plots: tuple[Plot, ...]
+    gate: GateSection | None
+    lineage: Lineage
+
+    @property
+    def card_dir(self) -> str:
+        return f"{CARD_DIR}/v{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelCardPaths:
+    run_id: str
+    html: str  # artifact paths on the run
+    markdown: str
+
+
+def log_model_card(client: MlflowClient, name: str, version: str) -> ModelCardPaths:
+    """Render the card of `name` version `version`, log it on the version's run, tag the version.
+
+    Only the two card files and the version's `model_card` tag are written.
+    """
+    card = build_model_card_input(client, name, version)
+    paths = ModelCardPaths(
+        run_id=card.run_id,
+        html=f"{card.card_dir}/{HTML_FILE}",
+        markdown=f"{card.card_dir}/{MARKDOWN_FILE}",
+    )
+    client.log_text(card.run_id, render_html(card), paths.html)
+    client.log_text(card.run_id, render_markdown(card), paths.markdown)
+    client.set_model_version_tag(name, card.version, CARD_TAG, paths.html)
+    logger.info("Logged the model card of '%s' version %s at %s", name, card.version, paths.html)
+    return paths
+
+
+def build_model_card_input(client: MlflowClient, name: str, version: str) -> ModelCardInput:
+    """Gather everything the card shows from the registry and the version's run."""
+    model_version = production.get_version(client, name, version)
+    run_id = model_version.run_id
+    if not run_id:
+        raise PipelineError(
+            f"version {version} of '{name}' was registered without a run; a model card reads "
+            "the training run, so register versions with the pipeline (python -m pipeline main)"
+        )
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise PipelineError(
+            f"the run {run_id} of version {version} of '{name}' cannot be read ({exc.message}); "
+            "was it deleted? A model card needs the training run"
+        ) from exc
+    version_tags = dict(model_version.tags)
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    created = datetime.fromtimestamp(model_version.creation_timestamp / 1000, tz=UTC)
+    data = _data_section(params, tags)
+    return ModelCardInput(
+        name=name,
+        version=str(model_version.version),
+        run_id=run_id,
+        run_name=run.info.run_name or None,
+        task=tags.get("task") or version_tags.get("task"),
+        created=created.isoformat(timespec="seconds"),
+        description=model_version.description or None,
+        estimator=params.get("estimator") or version_tags.get("estimator"),
+        estimator_params={
+            key.removeprefix("model."): value
+            for key, value in sorted(params.items())
+            if key.startswith("model.")
+        },
+        search=_search_summary(client, run),
+        data=data,
+        config_yaml=_artifact_text(client, run_id, RESOLVED_CONFIG),
+        metrics={k: v for k, v in sorted(metrics.items()) if k.startswith("test_")},
+        cv_metrics={k: v for k, v in sorted(metrics.items()) if k.startswith("cv_")},
+        plots=_plots(client, run_id),
+        gate=_gate_section(version_tags),
+        lineage=Lineage(
+            data_hash=data.data_hash,
+            data_source=data.source,
+            git_commit=tags.get("git.commit"),
+            git_dirty=tags.get("git.dirty"),
+            config_hash=tags.get("config.hash") or version_tags.get("config.hash"),
+            libraries=_string_mapping(_json_tag(tags, LIBRARIES_TAG)),
+            run_link=_run_link(client, run),
+        ),
+    )
+
+
+# --- gathering -------------------------------------------------------------------------------
+
+
+def _data_section(params: Mapping[str, str], tags: Mapping[str, str]) -> DataSection:
+    columns = _json_tag(tags, COLUMNS_TAG)
+    numeric = categorical = None
+    if isinstance(columns, dict):
+        numeric = tuple(str(c) for c in columns.get("numeric", ()))
+        categorical = tuple(str(c) for c in columns.get("categorical", ()))
+    balance = _json_tag(tags, CLASS_BALANCE_TAG)
+    summary = _json_tag(tags, TARGET_SUMMARY_TAG)
+    return DataSection(
+        source=tags.get("data.source"),
+        data_hash=tags.get("data.hash"),
+        rows=_int(tags.get("data.rows")),
+        numeric_columns=numeric,
+        categorical_columns=categorical,
+        numeric_count=_int(params.get("features.numeric")),
+        categorical_count=_int(params.get("features.categorical")),
+        class_balance=_numbers(CLASS_BALANCE_TAG, balance, int),
+        target_summary=_numbers(
+            TARGET_SUMMARY_TAG,
+            {k: summary[k] for k in _TARGET_STATISTICS if k in summary}
+            if isinstance(summary, dict)
+            else None,
+            float,
+        ),
+    )
+
+
+def _numbers(key: str, value: Any, kind: Callable[[Any], _N]) -> Mapping[str, _N] | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return {str(k): kind(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        logger.warning("Tag %s holds a non-number; the card shows it as not recorded", key)
+        return None
+
+
+def _search_summary(client: MlflowClient, run: Run) -> SearchSummary | None:
+    params = run.data.params
+    searched = {k: v for k, v in params.items() if k.startswith(SEARCH_PARAM_PREFIX)}
+    nested = _count_nested_runs(client, run)
+    if not searched and not nested:
+        return None
+    known = {
+        SEARCH_STRATEGY_PARAM,
+        SEARCH_TRIALS_PARAM,
+        SEARCH_SCORING_PARAM,
+        SEARCH_BEST_SCORE_PARAM,
+    }
+    return SearchSummary(
+        strategy=searched.get(SEARCH_STRATEGY_PARAM),
+        trials=_int(searched.get(SEARCH_TRIALS_PARAM)),
+        scoring=searched.get(SEARCH_SCORING_PARAM),
+        best_cv_score=_float(searched, SEARCH_BEST_SCORE_PARAM),
+        nested_runs=nested,
+        other={k: v for k, v in sorted(searched.items()) if k not in known},
+    )
+
+
+def _count_nested_runs(client: MlflowClient, run: Run) -> int:
+    count, token = 0, None
+    while True:
+        page = client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        count += len(page)
+        token = page.token
+        if not token:
+            return count
+
+
+def _run_link(client: MlflowClient, run: Run) -> str:
+    path = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    uri = str(client.tracking_uri)
+    # Against a tracking server the UI lives at the same address; a local store has no URL.
+    return f"{uri.rstrip('/')}/{path}" if uri.startswith(("http://", "https://")) else path
+
+
+def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
+    listed = {a.path for a in client.list_artifacts(run_id, posixpath.dirname(path) or None)}
+    if path not in listed:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+
+
+def _plots(client: MlflowClient, run_id: str) -> tuple[Plot, ...]:
+    listed = [
+        a.path
+        for a in client.list_artifacts(run_id, PLOTS_DIR)
+        if not a.is_dir and a.path.endswith(".png")
+    ]
+    order = list(_PLOT_TITLES)
+
+    def rank(path: str) -> tuple[int, str]:
+        file = posixpath.basename(path)
+        return (order.index(file) if file in order else len(order), file)
+
+    if not listed:
+        return ()
+    plots = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # One download of the folder rather than one per file: each download is a round trip
+        # to the artifact store (and draws MLflow's progress bar).
+        local = Path(client.download_artifacts(run_id, PLOTS_DIR, tmp))
+        for path in sorted(listed, key=rank):
+            file = posixpath.basename(path)
+            title = _PLOT_TITLES.get(file) or file.removesuffix(".png").replace("_", " ").title()
+            png = (local / file).read_bytes()
+            plots.append(Plot(title=title, artifact_path=path, png=png))
+    return tuple(plots)
+
+
+def _gate_section(tags: Mapping[str, str]) -> GateSection | None:
+    decision = tags.get("gate.decision")
+    if decision is None:
+        return None
+    return GateSection(
+        decision=decision,
+        reason=tags.get("gate.reason", NOT_RECORDED),
+        metric=tags.get("gate.metric"),
+        challenger_value=_float(tags, "gate.candidate_value"),
+        champion_version=_none_if_unset(tags.get("gate.champion_version")),
+        champion_value=_float(tags, "gate.champion_value"),
+        difference=_float(tags, "gate.diff"),
+        ci_lower=_float(tags, "gate.ci_lower"),
+        ci_upper=_float(tags, "gate.ci_upper"),
+        ci_level=_float(tags, "gate.ci_level"),
+        resamples=_int(tags.get("gate.resamples")),
+        rule=_none_if_unset(tags.get("gate.rule")),
+        comparison_rows=_int(tags.get("gate.comparison_rows")),
+    )
+
+
+def _none_if_unset(value: str | None) -> str | None:
+    # The gate writes "none" where there was nothing to record (e.g. no champion yet).
+    return None if value is None or value.lower() == "none" else value
+
+
+def _float(tags: Mapping[str, str], key: str) -> float | None:
+    value = _none_if_unset(tags.get(key))
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        logger.warning("Tag %s=%r is not a number; the card shows it as not recorded", key, value)
+        return None
+
+
+def _int(value: str | None) -> int | None:
+    value = _none_if_unset(value)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def _json_tag(tags: Mapping[str, str], key: str) -> Any:
+    raw = tags.get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        logger.warning("Tag %s is not valid JSON; the card shows it as not recorded", key)
+        return None
+
+
+def _string_mapping(value: Any) -> Mapping[str, str] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in sorted(value.items())}
+
+
+# --- formatting shared by both renderings -----------------------------------------------------
+
+
+def _number(value: float | None) -> str:
+    return NOT_RECORDED if value is None else f"{value:.4f}"
+
+
+def _level(value: float | None) -> str:
+    return NOT_RECORDED if value is None else f"{value * 100:g}%"
+
+
+def _text(value: object | None) -> str:
+    return NOT_RECORDED if value is None or value == "" else str(value)
+
+
+def _title(card: ModelCardInput) -> str:
+    return f"Model card: {card.name} version {card.version}"
+
+
+def _summary_rows(card: ModelCardInput) -> list[tuple[str, str]]:
+    return [
+        ("Registered model", card.name),
+        ("Version", card.version),
+        ("Task", _text(card.task)),
+        ("Estimator", _text(card.estimator)),
+        ("Registered at", card.created),
+        ("Run", f"{card.run_name} ({card.run_id})" if card.run_name else card.run_id),
+        ("Description", _text(card.description)),
+    ]
+
+
+def _gate_rows(gate: GateSection) -> list[tuple[str, str]]:
+    rows = [
+        ("Decision", gate.decision),
+        ("Reason", gate.reason),
+        ("Rule", _text(gate.rule)),
+        ("Metric", _text(gate.metric)),
+        ("Challenger (this version)", _number(gate.challenger_value)),
+    ]
+    if gate.champion_version is None:
+        # Nothing to compare with: no champion value, gain or interval exists to record.
+        return [
+            *rows,
+            ("Champion", "none (first model)"),
+            ("Rows scored", _text(gate.comparison_rows)),
+        ]
+    interval = NOT_RECORDED
+    if gate.ci_lower is not None and gate.ci_upper is not None:
+        interval = f"[{_number(gate.ci_lower)}, {_number(gate.ci_upper)}]"
+    return [
+        *rows,
+        ("Champion", f"v{gate.champion_version}"),
+        ("Champion value", _number(gate.champion_value)),
+        ("Gain over the champion (positive: better)", _number(gate.difference)),
+        ("Confidence interval of the gain", interval),
+        ("Confidence level", _level(gate.ci_level)),
+        ("Bootstrap resamples", _text(gate.resamples)),
+        ("Rows compared", _text(gate.comparison_rows)),
+    ]
+
+
+def _data_rows(data: DataSection) -> list[tuple[str, str]]:
+    def names(columns: tuple[str, ...] | None, count: int | None) -> str:
+        if columns is not None:
+            return ", ".join(columns) if columns else "none"
+        return NOT_RECORDED if count is None else f"{count} ({NOT_RECORDED} by name)"
+
+    return [
+        ("Source", _text(data.source)),
+        ("Data hash (SHA-256 of the full content)", _text(data.data_hash)),
+        ("Rows", _text(data.rows)),
+        ("Numeric columns", names(data.numeric_columns, data.numeric_count)),
+        ("Categorical columns", names(data.categorical_columns, data.categorical_count)),
+    ]
+
+
+def _target_rows(
+    card: ModelCardInput,
+) -> tuple[str, tuple[str, str], list[tuple[str, str]] | None]:
+    """Class balance for classifiers, the target's summary for regressors."""
+    data = card.data
+    regression = card.task == "regression" or (
+        card.task is None and data.class_balance is None and data.target_summary is not None
+    )
+    if regression:
+        rows = (
+            None
+            if data.target_summary is None
+            else [(k, _number(v)) for k, v in data.target_summary.items()]
+        )
+        return "Target summary", ("Statistic", "Value"), rows
+    if data.class_balance is None:
+        return "Class balance", ("Class", "Rows"), None
+    total = sum(data.class_balance.values()) or 1
+    return (
+        "Class balance",
+        ("Class", "Rows"),
+        [(label, f"{count} ({count / total:.1%})") for label, count in data.class_balance.items()],
+    )
+
+
+def _search_rows(search: SearchSummary) -> list[tuple[str, str]]:
+    return [
+        ("Strategy", _text(search.strategy)),
+        ("Trials", _text(search.trials)),
+        ("Nested trial runs", str(search.nested_runs)),
+        ("Scoring", _text(search.scoring)),
+        ("Best CV score", _number(search.best_cv_score)),
+        *search.other.items(),
+    ]
+
+
+def _lineage_rows(lineage: Lineage) -> list[tuple[str, str]]:
+    return [
+        ("Data hash", _text(lineage.data_hash)),
+        ("Data source", _text(lineage.data_source)),
+        ("Git commit", _text(lineage.git_commit)),
+        ("Uncommitted changes (git dirty)", _text(lineage.git_dirty)),
+        ("Config hash", _text(lineage.config_hash)),
+        ("MLflow run", lineage.run_link),
+    ]
+
+
+def _metric_rows(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
+    return [(name, _number(value)) for name, value in metrics.items()]
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+
+_FIELD_VALUE = ("Field", "Value")
+
+
+def render_markdown(card: ModelCardInput) -> str:
+    """The card as Markdown; plots are linked by their path relative to the card's folder."""
+    out: list[str] = [f"# {_md(_title(card))}", ""]
+    out += _md_table(_FIELD_VALUE, _summary_rows(card))
+    out += ["## Gate decision", ""]
+    if card.gate is None:
+        out += ["No gate decision is recorded for this version.", ""]
+    else:
+        out += _md_table(_FIELD_VALUE, _gate_rows(card.gate))
+    out += ["## Held-out metrics", ""]
+    out += _md_table(("Metric", "Value"), _metric_rows(card.metrics)) or [NOT_RECORDED, ""]
+    if card.cv_metrics:
+        out += ["### Cross-validation on the training rows", ""]
+        out += _md_table(("Metric", "Value"), _metric_rows(card.cv_metrics))
+    out += ["## Plots", ""]
+    for plot in card.plots:
+        target = posixpath.relpath(plot.artifact_path, start=card.card_dir)
+        out += [f"### {_md(plot.title)}", "", f"![{_md(plot.title)}]({target})", ""]
+    if not card.plots:
+        out += [f"No plots: {NOT_RECORDED}.", ""]
+    out += ["## Data", ""]
+    out += _md_table(_FIELD_VALUE, _data_rows(card.data))
+    heading, header, rows = _target_rows(card)
+    out += [f"### {heading}", ""]
+    out += _md_table(header, rows) if rows else [f"{NOT_RECORDED}.", ""]
+    out += ["## Estimator", ""]
+    out += _md_table(_FIELD_VALUE, [("Class", _text(card.estimator))])
+    if card.search is not None:
+        out += ["### Hyperparameter search", ""]
+        out += _md_table(_FIELD_VALUE, _search_rows(card.search))
+    title = "Best parameters (chosen by the search)" if card.search else "Parameters"
+    out += [f"### {title}", ""]
+    out += _md_table(("Parameter", "Value"), list(card.estimator_params.items())) or [
+        f"{NOT_RECORDED}.",
+        "",
+    ]
+    out += ["## Lineage", ""]
+    out += _md_table(_FIELD_VALUE, _lineage_rows(card.lineage))
+    out += ["### Library versions", ""]
+    if card.lineage.libraries:
+        out += _md_table(("Library", "Version"), list(card.lineage.libraries.items()))
+    else:
+        out += [f"{NOT_RECORDED}.", ""]
+    out += ["## Configuration", ""]
+    if card.config_yaml is None:
+        out += [f"{NOT_RECORDED}.", ""]
+    else:
+        fence = "`" * max(3, _longest_backtick_run(card.config_yaml) + 1)
+        out += [f"{fence}yaml", card.config_yaml.rstrip("\n"), fence, ""]
+    return "\n".join(out)
+
+
+def _md(value: str) -> str:
+    # Markdown passes raw HTML through, so recorded text is entity-escaped like in the HTML
+    # card; pipes and line breaks would break a table row.
+    escaped = html.escape(value, quote=False).replace("|", "\\|")
+    return " ".join(escaped.split())
+
+
+def _md_table(header: tuple[str, str], rows: Iterable[tuple[str, str]] | None) -> list[str]:
+    rows = list(rows or [])
+    if not rows:
+        return []
+    lines = [f"| {_md(header[0])} | {_md(header[1])} |", "| --- | --- |"]
+    lines += [f"| {_md(key)} | {_md(value)} |" for key, value in rows]
+    return [*lines, ""]
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
+
+
+# --- HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 980px; padding: 0 1rem; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 1.6rem; border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
+h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; }
+h3 { font-size: 1.05rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: left;
+         vertical-align: top; }
+th { background: #f6f8fa; }
+code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: .85rem; }
+pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; border-radius: 6px; }
+.decision { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; color: #fff;
+            font-weight: 600; }
+.promoted { background: #1a7f37; } .rejected { background: #cf222e; }
+.missing { color: #6e7781; font-style: italic; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-size: .9rem; }
+"""
+
+
+def render_html(card: ModelCardInput) -> str:
+    """The card as one self-contained HTML page; every recorded string is escaped."""
+    body: list[str] = [f"<h1>{_h(_title(card))}</h1>", _html_table(_summary_rows(card))]
+    body.append("<h2>Gate decision</h2>")
+    if card.gate is None:
+        body.append('<p class="missing">No gate decision is recorded for this version.</p>')
+    else:
+        css = "promoted" if card.gate.decision == "promoted" else "rejected"
+        body.append(f'<p><span class="decision {css}">{_h(card.gate.decision)}</span></p>')
+        body.append(_html_table(_gate_rows(card.gate)))
+    body.append("<h2>Held-out metrics</h2>")
+    body.append(_html_table(_metric_rows(card.metrics), header=("Metric", "Value")))
+    if card.cv_metrics:
+        body.append("<h3>Cross-validation on the training rows</h3>")
+        body.append(_html_table(_metric_rows(card.cv_metrics), header=("Metric", "Value")))
+    body.append("<h2>Plots</h2>")
+    body += [_html_figure(plot) for plot in card.plots] or [_missing()]
+    body.append("<h2>Data</h2>")
+    body.append(_html_table(_data_rows(card.data)))
+    heading, header, rows = _target_rows(card)
+    body.append(f"<h3>{_h(heading)}</h3>")
+    body.append(_html_table(rows, header=header))
+    body.append("<h2>Estimator</h2>")
+    body.append(_html_table([("Class", _text(card.estimator))]))
+    if card.search is not None:
+        body.append("<h3>Hyperparameter search</h3>")
+        body.append(_html_table(_search_rows(card.search)))
+    title = "Best parameters (chosen by the search)" if card.search else "Parameters"
+    body.append(f"<h3>{_h(title)}</h3>")
+    body.append(_html_table(list(card.estimator_params.items()), header=("Parameter", "Value")))
+    body.append("<h2>Lineage</h2>")
+    body.append(_html_table(_lineage_rows(card.lineage)))
+    body.append("<h3>Library versions</h3>")
+    libraries = list(card.lineage.libraries.items()) if card.lineage.libraries else None
+    body.append(_html_table(libraries, header=("Library", "Version")))
+    body.append("<h2>Configuration</h2>")
+    body.append(_missing() if card.config_yaml is None else f"<pre>{_h(card.config_yaml)}</pre>")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_h(_title(card))}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _h(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+def _missing() -> str:
+    return f'<p class="missing">{NOT_RECORDED}</p>'
+
+
+def _html_table(
+    rows: Iterable[tuple[str, str]] | None, header: tuple[str, str] | None = None
+) -> str:
+    rows = list(rows or [])
+    if not rows:
+        return _missing()
+    lines = ["<table>"]
+    if header is not None:
+        lines.append(f"<tr><th>{_h(header[0])}</th><th>{_h(header[1])}</th></tr>")
+    for key, value in rows:
+        css = ' class="missing"' if value == NOT_RECORDED else ""
+        lines.append(f"<tr><th>{_h(key)}</th><td{css}>{_h(value)}</td></tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _html_figure(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (
+        f'<figure><img alt="{_h(plot.title)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_h(plot.title)} &middot; <code>{_h(plot.artifact_path)}</code>"
+        "</figcaption></figure>"
+    )

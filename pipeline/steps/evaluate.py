@@ -1,0 +1,277 @@
+"""Evaluate: held-out metrics and plots, logged on the candidate's own run.
+
+Logging `test_*` metrics on the training run (not a separate evaluation run) is what lets the
+MLflow experiment table compare candidates side by side in one row each.
+
+The run also gets the reference profile monitoring compares production traffic with
+(`monitoring/reference_profile.json`): the training rows' feature distributions, the model's
+predictions on them, and its held-out metrics over `monitoring.performance.reference_chunks`
+chunks, named without the `test_` prefix (`accuracy`, `rmse`, ...) as monitoring names the
+metrics of a production window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from sklearn import metrics as skm
+from sklearn.pipeline import Pipeline
+
+from pipeline.config import PipelineConfig
+from pipeline.monitoring.profile import (
+    PerformanceReference,
+    ReferenceProfile,
+    build_reference_profile,
+)
+from pipeline.steps.features import Split
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_PROFILE_PATH = "monitoring/reference_profile.json"
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    run_id: str
+    metrics: Mapping[str, float]
+    plots: tuple[str, ...]
+
+
+def run(
+    config: PipelineConfig, run_id: str, model: Pipeline, data_split: Split
+) -> EvaluationResult:
+    """Score `model` on the held-out rows and log `test_*` metrics and plots on `run_id`."""
+    client = MlflowClient()
+    metrics = score(config, model, data_split.X_test, data_split.y_test)
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value)
+    plots = _log_plots(client, config, run_id, model, data_split)
+    profile = reference_profile(config, model, data_split)
+    client.log_dict(run_id, profile.to_dict(), REFERENCE_PROFILE_PATH)
+    logger.info(
+        "Held-out metrics for run %s: %s",
+        run_id,
+        ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+    )
+    return EvaluationResult(run_id=run_id, metrics=metrics, plots=plots)
+
+
+def score(
+    config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
+) -> dict[str, float]:
+    """The task's held-out metrics; the gate uses this too, so both sides score alike."""
+    predicted = model.predict(X)
+    with_proba = config.task == "classification" and hasattr(model, "predict_proba")
+    metrics = prediction_metrics(
+        config.task,
+        y,
+        predicted,
+        proba=model.predict_proba(X) if with_proba else None,
+        classes=list(model.classes_) if with_proba else None,
+    )
+    return {f"test_{name}": value for name, value in metrics.items()}
+
+
+def prediction_metrics(
+    task: str,
+    y: Sequence[Any] | np.ndarray,
+    predicted: Sequence[Any] | np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, float]:
+    """The task's metrics from predictions already made, named without the `test_` prefix.
+
+    The same sklearn functions and rules as `score`, for predictions read back from the
+    prediction log (monitoring) or made once for many chunks (the reference profile). A metric
+    that cannot be computed on these rows (r2 of one row, probabilities for a label outside
+    `classes`) is left out rather than guessed.
+    """
+    y = np.asarray(y)
+    predicted = np.asarray(predicted)
+    if len(y) == 0:
+        return {}
+    if task == "regression":
+        result = {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
+            "mae": float(skm.mean_absolute_error(y, predicted)),
+        }
+        if len(y) >= 2:
+            result["r2"] = float(skm.r2_score(y, predicted))
+        return result
+    result = {
+        "accuracy": float(skm.accuracy_score(y, predicted)),
+        "f1_macro": float(skm.f1_score(y, predicted, average="macro")),
+    }
+    if proba is None or classes is None:
+        return result
+    labels = list(classes)
+    if not set(pd.unique(y)) <= set(labels):
+        return result
+    result["log_loss"] = float(skm.log_loss(y, proba, labels=labels))
+    present = len(pd.unique(y))
+    if present >= 2:
+        if len(labels) == 2:
+            positive = (y == labels[1]).astype(int)
+            result["roc_auc"] = float(skm.roc_auc_score(positive, proba[:, 1]))
+        elif present == len(labels):
+            result["roc_auc"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels))
+    return result
+
+
+def reference_profile(
+    config: PipelineConfig, model: Pipeline, data_split: Split
+) -> ReferenceProfile:
+    """What monitoring compares production with: training rows, predictions, held-out chunks."""
+    numeric, categorical = _feature_kinds(model, data_split.X_train)
+    return build_reference_profile(
+        data_split.X_train,
+        _as_logged(config.task, model.predict(data_split.X_train)),
+        numeric=numeric,
+        categorical=categorical,
+        task=config.task,
+        performance=_performance_reference(config, model, data_split),
+        n_bins=config.monitoring.drift.psi_bins,
+    )
+
+
+def _feature_kinds(model: Pipeline, X: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Numeric and categorical features as the fitted preprocessing treats them."""
+    kinds: dict[str, list[str]] = {"numeric": [], "categorical": []}
+    for name, _, columns in model.named_steps["preprocess"].transformers_:
+        if name in kinds:
+            kinds[name].extend(str(c) for c in columns)
+    if not kinds["numeric"] and not kinds["categorical"]:
+        for column in X.columns:
+            numeric = pd.api.types.is_numeric_dtype(X[column])
+            kinds["numeric" if numeric else "categorical"].append(str(column))
+    return kinds["numeric"], kinds["categorical"]
+
+
+def _as_logged(task: str, predicted: np.ndarray) -> np.ndarray:
+    # The server logs a class label as its str(), so the reference must spell it the same way.
+    if task == "regression":
+        return np.asarray(predicted, dtype=float)
+    return np.asarray([str(label) for label in predicted], dtype=object)
+
+
+def _performance_reference(
+    config: PipelineConfig, model: Pipeline, data_split: Split
+) -> PerformanceReference | None:
+    X, y = data_split.X_test, np.asarray(data_split.y_test)
+    chunks = min(config.monitoring.performance.reference_chunks, len(y))
+    if chunks < 2:
+        return None
+    predicted = model.predict(X)
+    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    classes = list(model.classes_) if proba is not None else None
+    with warnings.catch_warnings():
+        # A small chunk may lack a class: sklearn warns, the value still stands.
+        warnings.simplefilter("ignore")
+        per_chunk = [
+            prediction_metrics(
+                config.task,
+                y[index],
+                predicted[index],
+                proba=None if proba is None else proba[index],
+                classes=classes,
+            )
+            for index in np.array_split(np.arange(len(y)), chunks)
+        ]
+    names = dict.fromkeys(name for metrics in per_chunk for name in metrics)
+    return PerformanceReference(
+        # NaN where a chunk could not give the metric (e.g. roc_auc without every class).
+        metric_chunks={
+            name: tuple(metrics.get(name, math.nan) for metrics in per_chunk) for name in names
+        },
+        chunk_rows=round(len(y) / chunks),
+    )
+
+
+def _log_plots(
+    client: MlflowClient, config: PipelineConfig, run_id: str, model: Pipeline, data_split: Split
+) -> tuple[str, ...]:
+    X, y = data_split.X_test, data_split.y_test
+    figures: dict[str, plt.Figure] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if config.task == "classification":
+            display = skm.ConfusionMatrixDisplay.from_estimator(model, X, y)
+            display.ax_.set_title("Confusion matrix (held-out)")
+            figures["plots/confusion_matrix.png"] = display.figure_
+            if hasattr(model, "predict_proba") and len(model.classes_) == 2:
+                positive = model.classes_[1]
+                roc = skm.RocCurveDisplay.from_estimator(model, X, y, pos_label=positive)
+                roc.ax_.set_title(f"ROC curve (positive class: {positive})")
+                figures["plots/roc_curve.png"] = roc.figure_
+                pr = skm.PrecisionRecallDisplay.from_estimator(model, X, y, pos_label=positive)
+                pr.ax_.set_title(f"Precision-recall curve (positive class: {positive})")
+                figures["plots/precision_recall_curve.png"] = pr.figure_
+            elif hasattr(model, "predict_proba"):
+                figures.update(_one_vs_rest_curves(model, X, y))
+        else:
+            residuals = skm.PredictionErrorDisplay.from_estimator(
+                model, X, y, kind="residual_vs_predicted"
+            )
+            residuals.ax_.set_title("Residuals vs predicted (held-out)")
+            figures["plots/residuals.png"] = residuals.figure_
+        importance = _feature_importance(model)
+        if importance is not None:
+            figures["plots/feature_importance.png"] = _importance_figure(importance)
+    for path, figure in figures.items():
+        client.log_figure(run_id, figure, path)
+        plt.close(figure)
+    return tuple(figures)
+
+
+def _one_vs_rest_curves(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, plt.Figure]:
+    """ROC and precision-recall per class against the rest, one line per class on one plot."""
+    proba = model.predict_proba(X)
+    roc_figure, roc_axes = plt.subplots(figsize=(6, 5))
+    pr_figure, pr_axes = plt.subplots(figsize=(6, 5))
+    for index, label in enumerate(model.classes_):
+        is_class = np.asarray(y) == label
+        if is_class.all() or not is_class.any():
+            continue  # a class absent from the held-out rows has no curve
+        skm.RocCurveDisplay.from_predictions(
+            is_class, proba[:, index], name=str(label), ax=roc_axes
+        )
+        skm.PrecisionRecallDisplay.from_predictions(
+            is_class, proba[:, index], name=str(label), ax=pr_axes
+        )
+    roc_axes.set_title("ROC curves, each class against the rest (held-out)")
+    pr_axes.set_title("Precision-recall curves, each class against the rest (held-out)")
+    return {
+        "plots/roc_curve.png": roc_figure,
+        "plots/precision_recall_curve.png": pr_figure,
+    }
+
+
+def _feature_importance(model: Pipeline) -> pd.Series | None:
+    estimator = model.named_steps["model"]
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None and hasattr(estimator, "coef_"):
+        coef = np.atleast_2d(estimator.coef_)
+        values = np.abs(coef).mean(axis=0)
+    if values is None:
+        return None
+    names = model.named_steps["preprocess"].get_feature_names_out()
+    if len(names) != len(values):
+        return None
+    return pd.Series(values, index=names).sort_values().tail(20)
+
+
+def _importance_figure(importance: pd.Series) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(7, max(3, 0.3 * len(importance))))
+    axis.barh(importance.index, importance.to_numpy())
+    axis.set_title("Feature importance (top 20)")
+    figure.tight_layout()
+    return figure

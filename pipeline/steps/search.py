@@ -1,0 +1,270 @@
+"""Search: hyperparameter trials by cross-validation, each logged as a nested MLflow run.
+
+Trials only ever see the training split; the held-out rows stay untouched for evaluation and
+the gate, so the best trial's score is not what the candidate is judged by.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from scipy import stats
+from sklearn.base import clone
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import (
+    BaseCrossValidator,
+    KFold,
+    ParameterGrid,
+    ParameterSampler,
+    StratifiedKFold,
+    cross_validate,
+)
+from sklearn.pipeline import Pipeline
+
+from pipeline.config import PipelineConfig, SearchConfig, SearchRange
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.steps import progress
+from pipeline.steps.features import Split
+
+logger = logging.getLogger(__name__)
+
+SCORE = "search_score"
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    params: Mapping[str, Any]
+    run_id: str
+    score_mean: float | None
+    score_std: float | None
+    cv_metrics: Mapping[str, float]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    strategy: str
+    scoring: str
+    trials: tuple[Trial, ...]
+    best: Trial
+
+    @property
+    def best_params(self) -> Mapping[str, Any]:
+        return self.best.params
+
+
+def run(
+    config: PipelineConfig,
+    model: Pipeline,
+    data_split: Split,
+    *,
+    parent_run_id: str,
+    experiment_id: str,
+    cv_scoring: Mapping[str, str],
+) -> SearchResult:
+    """Cross-validate every setting of `config.search`; the best by its scoring wins.
+
+    `cv_scoring` are the task's usual CV metrics, logged on every trial so that the parent run
+    can report the best trial's `cv_*` like an unsearched candidate.
+    """
+    search = config.search
+    if search is None:
+        raise PipelineError("the config has no 'search' section")
+    settings = candidate_settings(search, config.split.seed)
+    scoring = config.search_scoring
+    folds = search.cv_folds or config.split.cv_folds
+    seed = config.split.seed if search.seed is None else search.seed
+    cv: BaseCrossValidator = (
+        StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        if config.stratified
+        else KFold(n_splits=folds, shuffle=True, random_state=seed)
+    )
+    scorers = {SCORE: get_scorer(scoring), **{k: get_scorer(v) for k, v in cv_scoring.items()}}
+    logger.info(
+        "Searching %d %s settings by %s with %d-fold CV (n_jobs=%d)",
+        len(settings),
+        search.strategy,
+        scoring,
+        folds,
+        search.n_jobs,
+    )
+    started = time.monotonic()
+    outcomes = Parallel(n_jobs=search.n_jobs, return_as="generator")(
+        delayed(_cross_validate)(model, params, data_split, cv, scorers) for params in settings
+    )
+    client = MlflowClient()
+    parent_name = client.get_run(parent_run_id).info.run_name or "search"
+    trials = [
+        _log_trial(client, experiment_id, parent_run_id, parent_name, number, params, outcome)
+        for number, (params, outcome) in enumerate(
+            progress.bar(
+                zip(settings, outcomes, strict=True),
+                total=len(settings),
+                desc="search",
+                unit="trial",
+            )
+        )
+    ]
+    finished = [t for t in trials if t.score_mean is not None]
+    if not finished:
+        raise PipelineError(
+            f"all {len(trials)} search trials failed; the first error: {trials[0].error}. "
+            "Fix search.space in the config"
+        )
+    # Ties go to the earliest trial, so the choice is deterministic for a given space and seed.
+    best = max(finished, key=lambda t: (t.score_mean, -t.number))
+    logger.info(
+        "Search done in %.1f s: best trial %d (%s=%.4f) of %d (%d failed)",
+        time.monotonic() - started,
+        best.number,
+        scoring,
+        best.score_mean,
+        len(trials),
+        len(trials) - len(finished),
+    )
+    return SearchResult(strategy=search.strategy, scoring=scoring, trials=tuple(trials), best=best)
+
+
+def candidate_settings(search: SearchConfig, default_seed: int) -> list[dict[str, Any]]:
+    """The parameter settings to try, in a fixed order for a given config."""
+    if search.strategy == "grid":
+        grid = list(ParameterGrid({k: list(v) for k, v in search.space.items()}))
+        if search.trials is not None and len(grid) > search.trials:
+            raise ConfigError(
+                f"search: the grid has {len(grid)} settings but search.trials caps it at "
+                f"{search.trials}; shrink search.space or raise search.trials"
+            )
+        return [dict(setting) for setting in grid]
+    assert search.trials is not None  # the config requires it for random search
+    seed = default_seed if search.seed is None else search.seed
+    distributions = {k: _distribution(v) for k, v in search.space.items()}
+    sampler = ParameterSampler(distributions, n_iter=search.trials, random_state=seed)
+    return [{k: _plain(v) for k, v in setting.items()} for setting in sampler]
+
+
+def _distribution(values: list[Any] | SearchRange) -> Any:
+    if isinstance(values, list):
+        return values
+    if values.type == "int":
+        low, high = math.ceil(values.low), math.floor(values.high)
+        return _IntLogUniform(low, high) if values.log else stats.randint(low, high + 1)
+    if values.log:
+        return stats.loguniform(values.low, values.high)
+    return stats.uniform(values.low, values.high - values.low)
+
+
+class _IntLogUniform:
+    """Integers from low to high inclusive, log-uniformly (e.g. n_estimators 10..1000)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self._continuous = stats.loguniform(low, high + 1)
+        self._high = high
+
+    def rvs(self, random_state: Any = None) -> int:
+        return min(int(self._continuous.rvs(random_state=random_state)), self._high)
+
+
+def _plain(value: Any) -> Any:
+    # numpy scalars would be logged as "np.float64(0.3)" and break YAML round trips.
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    scores: Mapping[str, tuple[float, float]]
+    error: str | None
+
+
+def _cross_validate(
+    model: Pipeline,
+    params: Mapping[str, Any],
+    data_split: Split,
+    cv: BaseCrossValidator,
+    scorers: Mapping[str, Any],
+) -> _Outcome:
+    candidate = clone(model).set_params(**{f"model__{k}": v for k, v in params.items()})
+    try:
+        with warnings.catch_warnings():
+            # Convergence and rare-class warnings per fold would drown the progress bar.
+            warnings.simplefilter("ignore")
+            result = cross_validate(
+                candidate,
+                data_split.X_train,
+                data_split.y_train,
+                cv=cv,
+                scoring=dict(scorers),
+                n_jobs=1,
+                error_score="raise",
+            )
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _Outcome(scores={}, error=message)
+    scores = {}
+    for name in scorers:
+        values = np.asarray(result[f"test_{name}"], dtype=float)
+        scores[name] = (float(values.mean()), float(values.std()))
+    return _Outcome(scores=scores, error=None)
+
+
+def _log_trial(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    parent_name: str,
+    number: int,
+    params: Mapping[str, Any],
+    outcome: _Outcome,
+) -> Trial:
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{parent_name}-trial-{number:03d}",
+        tags={MLFLOW_PARENT_RUN_ID: parent_run_id, "search.trial": str(number)},
+    )
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    cv_metrics = _cv_metrics(outcome)
+    metrics = [Metric(k, v, now, 0) for k, v in cv_metrics.items()]
+    if SCORE in outcome.scores:
+        mean, std = outcome.scores[SCORE]
+        metrics += [Metric(f"{SCORE}_mean", mean, now, 0), Metric(f"{SCORE}_std", std, now, 0)]
+    tags = [] if outcome.error is None else [RunTag("search.error", outcome.error[:5000])]
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(f"model.{k}", str(v)[:250]) for k, v in params.items()],
+        tags=[*tags, RunTag(MLFLOW_RUN_NAME, f"{parent_name}-trial-{number:03d}")],
+    )
+    client.set_terminated(run_id, "FAILED" if outcome.error else "FINISHED")
+    score = outcome.scores.get(SCORE)
+    return Trial(
+        number=number,
+        params=dict(params),
+        run_id=run_id,
+        score_mean=score[0] if score else None,
+        score_std=score[1] if score else None,
+        cv_metrics=cv_metrics,
+        error=outcome.error,
+    )
+
+
+def _cv_metrics(outcome: _Outcome) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, (mean, std) in outcome.scores.items():
+        if name == SCORE:
+            continue
+        sign = -1.0 if name in {"rmse", "mae"} else 1.0  # sklearn negates errors to maximise
+        metrics[f"cv_{name}_mean"] = sign * mean
+        metrics[f"cv_{name}_std"] = std
+    return metrics

@@ -1,0 +1,310 @@
+"""Train: fit the preprocessing + estimator Pipeline and log one candidate run."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import skops.io
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.models import infer_signature
+from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
+from sklearn.pipeline import Pipeline
+
+from pipeline.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, PipelineConfig
+from pipeline.steps import features, search
+from pipeline.steps.ingest import Dataset
+from pipeline.tracking import code_hash, git_state, library_versions, publish_runs_table_view
+
+logger = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "config/resolved_config.yaml"
+TRAINING_ROWS_DIR = "split"
+TRAINING_ROWS_FILE = "training_rows.npz"
+
+_CV_SCORING = {
+    "classification": {"accuracy": "accuracy", "f1_macro": "f1_macro"},
+    "regression": {
+        "rmse": "neg_root_mean_squared_error",
+        "mae": "neg_mean_absolute_error",
+        "r2": "r2",
+    },
+}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    model: Pipeline
+    split: features.Split
+    cv_metrics: Mapping[str, float]
+    search: search.SearchResult | None = None
+
+
+def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> TrainResult:
+    """Fit on the training split and log params, CV metrics, lineage, data and the model.
+
+    With a `search` section, the trials run first as nested runs and the best setting is the
+    one fitted here. `run_id` resumes an existing run (the one `mlflow run` created).
+    """
+    data_split = features.split(config, dataset)
+    model = features.build_model(config, dataset)
+    experiment = mlflow.set_experiment(config.experiment)
+    estimator_name = type(model.named_steps["model"]).__name__
+    run_name = f"{config.name}-{estimator_name}-{dataset.data_hash[:8]}"
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment.experiment_id,
+        run_name=None if run_id else run_name,
+    ) as active:
+        if run_id:
+            # A run created by `mlflow run` has a generated name; give it the readable one.
+            mlflow.set_tag("mlflow.runName", run_name)
+        mlflow.set_tags(_lineage_tags(config, dataset, data_split, estimator_name))
+        searched = None
+        if config.search is not None:
+            searched = search.run(
+                config,
+                model,
+                data_split,
+                parent_run_id=active.info.run_id,
+                experiment_id=active.info.experiment_id,
+                cv_scoring=_CV_SCORING[config.task],
+            )
+            model.set_params(**{f"model__{k}": v for k, v in searched.best_params.items()})
+            mlflow.log_params(_search_params(searched))
+        mlflow.log_params(_params(config, model, dataset, data_split))
+        with warnings.catch_warnings():
+            # MLflow registers the local source type twice and warns that it is ambiguous, and
+            # hints that integer columns cannot hold gaps (see _log_model for why that is moot).
+            warnings.simplefilter("ignore", UserWarning)
+            data_input = from_pandas(
+                dataset.frame,
+                source=_dataset_source(config),
+                targets=dataset.target,
+                name=config.registered_model,
+            )
+            mlflow.log_input(data_input, context="training")
+        mlflow.log_dict(config.model_dump(mode="json"), RESOLVED_CONFIG)
+        # The best trial was cross-validated on the same folds already; do not pay twice.
+        cv_metrics = (
+            dict(searched.best.cv_metrics)
+            if searched is not None
+            and config.search is not None
+            and (config.search.cv_folds or config.split.cv_folds) == config.split.cv_folds
+            else _cross_validate(config, model, data_split)
+        )
+        mlflow.log_metrics(dict(cv_metrics))
+        publish_runs_table_view(
+            active.info.experiment_id,
+            params=_headline_params(config),
+            metrics=[*_test_metrics(config), *(k for k in cv_metrics if k.endswith("_mean"))],
+        )
+        model.fit(data_split.X_train, data_split.y_train)
+        model_uri = _log_model(model, data_split, dataset)
+        _log_training_rows(data_split, dataset)
+        logger.info(
+            "Trained %s in run %s (%s)",
+            estimator_name,
+            active.info.run_id,
+            ", ".join(f"{k}={v:.4f}" for k, v in cv_metrics.items()),
+        )
+        return TrainResult(
+            run_id=active.info.run_id,
+            experiment_id=active.info.experiment_id,
+            model_uri=model_uri,
+            model=model,
+            split=data_split,
+            cv_metrics=cv_metrics,
+            search=searched,
+        )
+
+
+def cache_key(config: PipelineConfig, dataset: Dataset) -> str:
+    """Same key, same trained model: config, full data content, pipeline code and libraries."""
+    parts = {
+        "config": config.config_hash(),
+        "data": dataset.data_hash,
+        "code": code_hash(),
+        "libraries": library_versions(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _lineage_tags(
+    config: PipelineConfig, dataset: Dataset, data_split: features.Split, estimator: str
+) -> dict[str, str]:
+    commit, dirty = git_state()
+    tags = {
+        "data.hash": dataset.data_hash,
+        "data.rows": str(dataset.rows),
+        "data.source": dataset.source,
+        "data.columns": json.dumps(
+            {
+                "numeric": list(dataset.numeric_features),
+                "categorical": list(dataset.categorical_features),
+            }
+        ),
+        "git.commit": commit,
+        "git.dirty": dirty,
+        "config.hash": config.config_hash(),
+        "config.name": config.name,
+        # Where a relative data.path resolves from, so `reproduce` finds the same file.
+        "config.dir": str(config.base_dir),
+        "code.hash": code_hash(),
+        "lineage.libraries": json.dumps(library_versions(), sort_keys=True),
+        "cache.key": cache_key(config, dataset),
+        "task": config.task,
+        "estimator": estimator,
+        "registered_model": config.registered_model,
+    }
+    if config.task == "classification":
+        counts = dataset.y.astype(str).value_counts().sort_index()
+        tags["data.class_balance"] = json.dumps({str(k): int(v) for k, v in counts.items()})
+    else:
+        target = dataset.y.astype(float)
+        tags["data.target_summary"] = json.dumps(
+            {
+                "mean": float(target.mean()),
+                "std": float(target.std()),
+                "min": float(target.min()),
+                "max": float(target.max()),
+            }
+        )
+    return tags
+
+
+def _search_params(searched: search.SearchResult) -> dict[str, Any]:
+    failed = sum(1 for trial in searched.trials if trial.error is not None)
+    return {
+        "search.strategy": searched.strategy,
+        "search.scoring": searched.scoring,
+        "search.trials": len(searched.trials),
+        "search.failed_trials": failed,
+        "search.best_trial": searched.best.number,
+        "search.best_score": f"{searched.best.score_mean:.6g}",
+    }
+
+
+def _params(
+    config: PipelineConfig, model: Pipeline, dataset: Dataset, data_split: features.Split
+) -> dict[str, Any]:
+    estimator = model.named_steps["model"]
+    params: dict[str, Any] = {
+        "estimator": config.estimator.class_path,
+        "features.numeric": len(dataset.numeric_features),
+        "features.categorical": len(dataset.categorical_features),
+        "split.test_size": config.split.test_size,
+        "split.seed": config.split.seed,
+        "split.stratify": config.stratified,
+        "split.train_rows": len(data_split.X_train),
+        "split.test_rows": len(data_split.X_test),
+        "cv.folds": config.split.cv_folds,
+        "preprocessing.scaling": config.preprocessing.scaling,
+        "preprocessing.numeric_imputation": config.preprocessing.numeric_imputation,
+        "preprocessing.categorical_imputation": config.preprocessing.categorical_imputation,
+    }
+    # Every constructor parameter, not only the configured ones, so runs compare on defaults too.
+    for name, value in estimator.get_params(deep=False).items():
+        params[f"model.{name}"] = str(value)[:250]
+    return params
+
+
+def _headline_params(config: PipelineConfig) -> list[str]:
+    searched = list(config.search.space) if config.search is not None else []
+    names = dict.fromkeys([*config.estimator.params, *searched])
+    return ["estimator", *(f"model.{name}" for name in names), "split.seed"]
+
+
+def _test_metrics(config: PipelineConfig) -> tuple[str, ...]:
+    return CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
+
+
+def _dataset_source(config: PipelineConfig) -> str:
+    if config.data_path is not None:
+        return str(config.data_path)
+    return f"sklearn.datasets.load_{config.data.dataset}"
+
+
+def _cross_validate(
+    config: PipelineConfig, model: Pipeline, data_split: features.Split
+) -> dict[str, float]:
+    folds = config.split.cv_folds
+    cv = (
+        StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.split.seed)
+        if config.task == "classification"
+        else KFold(n_splits=folds, shuffle=True, random_state=config.split.seed)
+    )
+    scoring = _CV_SCORING[config.task]
+    with warnings.catch_warnings():
+        # A fold may miss a rare class; the held-out evaluation is what the gate trusts.
+        warnings.simplefilter("ignore", UserWarning)
+        scores = cross_validate(
+            model,
+            data_split.X_train,
+            data_split.y_train,
+            cv=cv,
+            scoring=scoring,
+            n_jobs=1,
+            error_score="raise",
+        )
+    metrics: dict[str, float] = {}
+    for name in scoring:
+        values = np.asarray(scores[f"test_{name}"], dtype=float)
+        if name in {"rmse", "mae"}:
+            values = -values  # sklearn maximizes, so it reports errors negated
+        metrics[f"cv_{name}_mean"] = float(values.mean())
+        metrics[f"cv_{name}_std"] = float(values.std())
+    return metrics
+
+
+def _log_training_rows(data_split: features.Split, dataset: Dataset) -> None:
+    # Row fingerprints (not the rows) let a later gate score this model only on rows it
+    # never saw, even when the challenger was trained on newer or re-split data.
+    columns = sorted(dataset.features)
+    hashes = features.row_hashes(data_split.X_train, data_split.y_train, columns)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TRAINING_ROWS_FILE
+        np.savez_compressed(path, hashes=hashes, columns=np.array(columns, dtype=str))
+        mlflow.log_artifact(str(path), artifact_path=TRAINING_ROWS_DIR)
+
+
+def _log_model(model: Pipeline, data_split: features.Split, dataset: Dataset) -> str:
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold gaps; inferring from the whole training
+        # set is exactly its advice. The whole data set, not only the training rows, so a
+        # column whose gaps all fell into the held-out part is still optional.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(dataset.X, model.predict(dataset.X))
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=data_split.X_train.head(5),
+            serialization_format="skops",
+            skops_trusted_types=trusted,
+            pip_requirements=_pinned_requirements(),
+        )
+    return str(info.model_uri)
+
+
+def _pinned_requirements() -> list[str]:
+    # Pinned from this environment: exact, and it spares MLflow's requirement inference,
+    # which re-imports the model in a subprocess and costs seconds per candidate.
+    return [
+        f"{package}=={importlib.metadata.version(package)}"
+        for package in ("mlflow", "scikit-learn", "skops", "numpy", "scipy", "pandas")
+    ]

@@ -1,0 +1,529 @@
+"""Validate prediction requests against the model signature and predict. No HTTP in here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import ErrorDetails
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.pipeline import Pipeline
+
+from serving.errors import ErrorDetail, InvalidRequestError
+from serving.model.store import InputColumn, LoadedModel, to_native
+
+logger = logging.getLogger(__name__)
+
+Label = str | int | float | bool
+Record = dict[str, Any]
+
+_PYTHON_TYPES: dict[str, Any] = {
+    "double": Annotated[float, Field(strict=True, allow_inf_nan=False)],
+    "float": Annotated[float, Field(strict=True, allow_inf_nan=False)],
+    "long": Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)],
+    "integer": Annotated[int, Field(strict=True, ge=-(2**31), le=2**31 - 1)],
+    "string": Annotated[str, Field(strict=True)],
+    "boolean": Annotated[bool, Field(strict=True)],
+}
+_JSON_KINDS: dict[str, str] = {
+    "double": "a number",
+    "float": "a number",
+    "long": "an integer",
+    "integer": "an integer",
+    "string": "a string",
+    "boolean": "true or false",
+}
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+_INPUT_FORM = 'Send one record as a JSON object of feature values, or {"records": [record, ...]}.'
+
+
+class ClassPrediction(BaseModel):
+    """A classifier's answer: the label, and probabilities when the model has them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: Label
+    confidence: float | None = Field(description="Highest class probability, if available.")
+    probabilities: dict[str, float] | None = Field(
+        description="Probability per class label, if the model has predict_proba."
+    )
+
+
+class RegressionPrediction(BaseModel):
+    """A regressor's answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+
+
+Prediction = ClassPrediction | RegressionPrediction
+PredictionRow = dict[str, Any]
+"""One prediction as JSON-ready data: the fields of ClassPrediction or RegressionPrediction."""
+
+_SYNTHETIC: dict[str, Any] = {
+    "double": 0.0,
+    "float": 0.0,
+    "long": 0,
+    "integer": 0,
+    "string": "",
+    "boolean": False,
+}
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """Pydantic models of one record and of a batch, generated from the input schema."""
+
+    record: type[BaseModel]
+    batch: type[BaseModel]
+    columns: tuple[InputColumn, ...]
+
+
+def build_request_models(columns: Sequence[InputColumn]) -> RequestModels:
+    """Generate the request models from the model signature's input columns.
+
+    Field names are internal (``f0``, ``f1`` ...) and the real column names are aliases,
+    so any column name (spaces, brackets) works and appears as-is in JSON and OpenAPI.
+    """
+    fields: dict[str, Any] = {}
+    for index, column in enumerate(columns):
+        python_type = _PYTHON_TYPES[column.type]
+        description = f"{column.type}, " + (
+            "required" if column.required else "optional (omit it or send null when missing)"
+        )
+        if column.required:
+            fields[f"f{index}"] = (
+                python_type,
+                Field(alias=column.name, title=column.name, description=description),
+            )
+        else:
+            fields[f"f{index}"] = (
+                python_type | None,
+                Field(default=None, alias=column.name, title=column.name, description=description),
+            )
+    config = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False)
+    record: type[BaseModel] = create_model("PredictRecord", __config__=config, **fields)
+    batch: type[BaseModel] = create_model(
+        "PredictBatch",
+        __config__=ConfigDict(extra="forbid"),
+        records=(list[record], Field(min_length=1, description="One or more records.")),  # type: ignore[valid-type]
+    )
+    return RequestModels(record=record, batch=batch, columns=tuple(columns))
+
+
+def parse_request(models: RequestModels, payload: Any) -> tuple[list[Record], bool]:
+    """Validate a decoded JSON body; return the records and whether it was a batch.
+
+    Raises:
+        InvalidRequestError: naming every field that is missing, null, mistyped, not finite
+            or unknown.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidRequestError(
+            f"The body must be a JSON object, not {json_kind(payload)}. {_INPUT_FORM}",
+            [ErrorDetail(field="body", message=f"expected an object, got {json_kind(payload)}")],
+        )
+    names = {column.name for column in models.columns}
+    is_batch = "records" in payload and "records" not in names
+    try:
+        if is_batch:
+            batch = models.batch.model_validate(payload)
+            rows: list[BaseModel] = list(batch.records)  # type: ignore[attr-defined]
+        else:
+            rows = [models.record.model_validate(payload)]
+    except ValidationError as exc:
+        details = [_describe(error, models.columns) for error in exc.errors()]
+        fields = ", ".join(dict.fromkeys(f"'{d.field}'" for d in details))
+        raise InvalidRequestError(
+            f"Invalid input in {fields}: fix the listed fields and retry. "
+            "GET /model lists the expected columns and types.",
+            details,
+        ) from exc
+    return [row.model_dump(by_alias=True) for row in rows], is_batch
+
+
+def to_frame(columns: Sequence[InputColumn], records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build the DataFrame the model was trained on: one column per input, typed as in training.
+
+    Numbers are float64 with NaN for missing values; longs are int64 when every value is
+    present; strings are object columns holding ``np.nan`` (never None) for missing values.
+    """
+    if all(column.type == "double" for column in columns):
+        # One float64 block (None becomes NaN): ~10x faster than column by column.
+        names = [column.name for column in columns]
+        matrix = np.array([[r.get(name) for name in names] for r in records], dtype=np.float64)
+        return pd.DataFrame(matrix.reshape(len(records), len(names)), columns=names, copy=False)
+    data = {
+        column.name: _column(column, [r.get(column.name) for r in records]) for column in columns
+    }
+    return pd.DataFrame(data, index=pd.RangeIndex(len(records)))
+
+
+def loads_json(body: bytes) -> Any:
+    """Decode a JSON body with orjson (several times faster on large bodies), or, when orjson
+    refuses it, with Python's ``json``, which also takes NaN, Infinity and integers beyond 64
+    bits, and whose error message is the one clients have always been told.
+
+    Raises:
+        ValueError: the body is not JSON (``json.JSONDecodeError``, or UnicodeDecodeError).
+        RecursionError: the body nests too deeply.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
+def parse_numeric_batch(models: RequestModels, payload: Any, min_rows: int) -> pd.DataFrame | None:
+    """A ``{"records": [...]}`` batch of at least ``min_rows`` records for a model whose inputs
+    are all double or float, checked column-wise and built straight into the DataFrame that
+    :func:`to_frame` builds from what :func:`parse_request` returns for the same body.
+
+    Returns None whenever the vectorised checks do not apply or do not pass (fewer rows,
+    another input type, an omitted or unknown field, a null in a required field, NaN, a
+    string, a boolean ...): the caller then uses :func:`parse_request`, which accepts exactly
+    the same bodies and names every problem.
+    """
+    columns = models.columns
+    if not (isinstance(payload, dict) and len(payload) == 1 and "records" in payload):
+        return None
+    records = payload["records"]
+    if not isinstance(records, list) or len(records) < max(min_rows, 1):
+        return None
+    if not all(column.type in ("double", "float") for column in columns):
+        return None
+    if any(column.name == "records" for column in columns):
+        return None
+    width = len(columns)
+    if not all(type(record) is dict and len(record) == width for record in records):
+        return None  # not an object, or an omitted or unknown field
+    rows = record_values(records, [column.name for column in columns])
+    found = None if rows is None else numeric_matrix(rows)
+    if found is None:
+        return None
+    matrix, nulls = found
+    problems = ~np.isfinite(matrix)
+    if nulls is not None:
+        required = np.array([column.required for column in columns])
+        if (nulls & required).any():
+            return None
+        problems &= ~nulls
+    if problems.any():
+        return None
+    return numeric_frame(columns, [matrix[:, i] for i in range(width)], len(records))
+
+
+def record_values(records: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]] | None:
+    """Each record's values for ``names``, in that order (other keys are left out); None if
+    a record is not a JSON object or lacks one of the names."""
+    if not all(type(record) is dict for record in records):
+        return None
+    try:
+        return list(map(_row_getter(names), records))
+    except KeyError:
+        return None
+
+
+def numeric_matrix(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Decoded JSON rows (equal-length lists or tuples of numbers) as one 2-D array, and
+    where the nulls were (None when there were none).
+
+    The array is int64 when every value is an integer, else float64 with NaN for nulls. None
+    when any value is something else (a string, a boolean, an array, an object ...) or the
+    rows differ in length.
+    """
+    try:
+        matrix = np.array(rows)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if matrix.ndim != 2:
+        return None
+    if matrix.dtype.kind in "if":
+        return None if _holds_booleans(rows, matrix) else (matrix, None)
+    if matrix.dtype.kind != "O":
+        return None
+    flat = matrix.ravel().tolist()
+    if not set(map(type, flat)) <= _NUMBER_TYPES:
+        return None
+    nulls = np.fromiter((value is None for value in flat), bool, len(flat))
+    return matrix.astype(np.float64), nulls.reshape(matrix.shape)
+
+
+def _holds_booleans(rows: Sequence[Sequence[Any]], matrix: np.ndarray) -> bool:
+    """Whether a numeric ``matrix`` made from ``rows`` had booleans in it: NumPy turns them
+    into 1 and 0 silently, so only the cells holding 1 or 0 (usually few) are looked at."""
+    suspects = np.nonzero((matrix == 0) | (matrix == 1))
+    return any(
+        type(rows[row][col]) is bool
+        for row, col in zip(suspects[0].tolist(), suspects[1].tolist(), strict=True)
+    )
+
+
+def numeric_frame(
+    columns: Sequence[InputColumn], values: Sequence[np.ndarray | None], n_rows: int
+) -> pd.DataFrame:
+    """The DataFrame :func:`to_frame` builds, from checked numeric arrays instead of records.
+
+    ``values`` holds one 1-D int64 or float64 array per input column (NaN for missing
+    values; long and integer values integral), or None for a column that was not sent.
+    """
+    names = [column.name for column in columns]
+    if all(column.type == "double" for column in columns):
+        matrix = np.full((n_rows, len(names)), np.nan)
+        for index, array in enumerate(values):
+            if array is not None:
+                matrix[:, index] = array
+        return pd.DataFrame(matrix, columns=names, copy=False)
+    data = {
+        column.name: _numeric_column(column, np.full(n_rows, np.nan) if array is None else array)
+        for column, array in zip(columns, values, strict=True)
+    }
+    return pd.DataFrame(data, index=pd.RangeIndex(n_rows))
+
+
+@dataclass(frozen=True)
+class FramePredictions:
+    """One model call's answers for a whole frame, as arrays: no object per row."""
+
+    outputs: np.ndarray
+    """Labels as the model's ``predict`` returns them (classifiers), or float64 values."""
+    probabilities: np.ndarray | None
+    """Float64, one row per input row and one column per class, when asked for and the
+    model has ``predict_proba``; else None."""
+
+
+def predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> FramePredictions:
+    """Predict ``frame`` (built as :func:`to_frame` builds it) with one model call.
+
+    Labels are what ``predict`` returns; for forests they are the argmax of the probabilities
+    (what ``ForestClassifier.predict`` computes), so one call gives both, and for other
+    pipelines asked for both, the preprocessing runs once for the two. Probabilities are
+    computed only when ``proba`` is true, or when they are how a forest's labels are found.
+    """
+    try:
+        return _predict_frame(loaded, frame, proba=proba)
+    except ValueError as exc:
+        if "infinity" not in str(exc) and "too large" not in str(exc):
+            raise
+        raise InvalidRequestError(
+            "The model's preprocessing overflowed on these values"
+            + _extreme_fields(frame)
+            + ": send values in the range the model was trained on (GET /model lists the inputs)."
+        ) from exc
+
+
+def _extreme_fields(frame: pd.DataFrame) -> str:
+    numeric = frame.select_dtypes("number")
+    if numeric.empty:
+        return ""
+    magnitude = numeric.abs().max()
+    extreme = [str(name) for name, value in magnitude.items() if value >= 1e15]
+    return f" (extreme values in {', '.join(repr(n) for n in extreme)})" if extreme else ""
+
+
+def _predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> FramePredictions:
+    estimator = loaded.estimator
+    if loaded.task == "regression":
+        return FramePredictions(np.asarray(estimator.predict(frame), dtype=float), None)
+    if loaded.has_proba and labels_follow_proba(estimator):
+        probabilities = _forest_predict_proba(estimator, frame)
+        # What ForestClassifier.predict does with the same probabilities: one call, not two.
+        labels = np.asarray(estimator.classes_).take(np.argmax(probabilities, axis=1), axis=0)
+        return FramePredictions(labels, probabilities if proba else None)
+    if not (proba and loaded.has_proba):
+        return FramePredictions(np.asarray(estimator.predict(frame)), None)
+    if isinstance(estimator, Pipeline) and len(estimator) > 1:
+        # What Pipeline.predict and .predict_proba each do, with the preprocessing done once:
+        # it costs far more than the estimator itself (ColumnTransformer: ~10 ms per 10,000
+        # rows, ~2.5 ms for one row, against under 1 ms for a logistic regression).
+        features, final = estimator[:-1].transform(frame), estimator[-1]
+        labels = np.asarray(final.predict(features))
+        return FramePredictions(labels, np.asarray(final.predict_proba(features), dtype=float))
+    labels = np.asarray(estimator.predict(frame))
+    return FramePredictions(labels, np.asarray(estimator.predict_proba(frame), dtype=float))
+
+
+def prediction_rows(loaded: LoadedModel, predictions: FramePredictions) -> list[PredictionRow]:
+    """Plain JSON-ready rows: ``{"label", "confidence", "probabilities"}`` for classifiers
+    (the last two None without probabilities), ``{"value"}`` for regressors."""
+    if loaded.task == "regression":
+        return [{"value": value} for value in predictions.outputs.tolist()]
+    labels = [to_native(label) for label in predictions.outputs.tolist()]
+    if predictions.probabilities is None:
+        return [{"label": label, "confidence": None, "probabilities": None} for label in labels]
+    names = [str(c) for c in loaded.classes or ()]
+    confidences = predictions.probabilities.max(axis=1).tolist()
+    return [
+        {
+            "label": label,
+            "confidence": confidence,
+            "probabilities": dict(zip(names, row, strict=True)),
+        }
+        for label, confidence, row in zip(
+            labels, confidences, predictions.probabilities.tolist(), strict=True
+        )
+    ]
+
+
+def predict_rows(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> list[PredictionRow]:
+    """Predict every record with one DataFrame and one model call; plain JSON-ready rows.
+
+    Classifiers: ``{"label", "confidence", "probabilities"}`` (the last two None without
+    ``predict_proba``); regressors: ``{"value"}``. This is what every protocol formats.
+    """
+    frame = to_frame(loaded.columns, records)
+    return prediction_rows(loaded, predict_frame(loaded, frame, proba=True))
+
+
+def predict(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+    """Predict every record with one call to the model, as typed predictions."""
+    if loaded.task == "regression":
+        return [RegressionPrediction(**row) for row in predict_rows(loaded, records)]
+    return [ClassPrediction(**row) for row in predict_rows(loaded, records)]
+
+
+def labels_follow_proba(estimator: Any) -> bool:
+    """True when ``predict`` is by definition the argmax of ``predict_proba`` (forests).
+
+    Then one ``predict_proba`` call gives both, exactly as ``predict`` would.
+    """
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    return (
+        isinstance(final, RandomForestClassifier | ExtraTreesClassifier)
+        and getattr(final, "n_outputs_", 0) == 1
+    )
+
+
+def _forest_predict_proba(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
+    """``predict_proba`` of a (pipeline ending in a) forest, without joblib's per-tree cost.
+
+    The same sum, in the same order, as scikit-learn's sequential ``predict_proba``
+    (bit-identical), minus the per-tree config and warnings context joblib sets up, which
+    costs more than the trees themselves on small batches (about 3x on 25 rows, 100 trees).
+    Falls back to the public method if the private helper ever changes.
+    """
+    if isinstance(estimator, Pipeline):
+        features, forest = estimator[:-1].transform(frame), estimator[-1]
+    else:
+        features, forest = frame, estimator
+    try:
+        features = forest._validate_X_predict(features)
+        trees = forest.estimators_
+        total = np.zeros((features.shape[0], forest.n_classes_), dtype=np.float64)
+        for tree in trees:
+            total += tree.predict_proba(features, check_input=False)
+    except (AttributeError, TypeError):
+        return np.asarray(forest.predict_proba(features), dtype=float)
+    total /= len(trees)
+    return total
+
+
+def warm_up_records(loaded: LoadedModel) -> tuple[list[Record], bool]:
+    """Records to warm a freshly loaded model with: its logged input example, or else one
+    synthetic row from the signature. Returns them and whether they are the logged example."""
+    if loaded.input_example:
+        return [dict(record) for record in loaded.input_example], True
+    synthetic: Record = {
+        column.name: _SYNTHETIC[column.type] if column.required else None
+        for column in loaded.columns
+    }
+    return [synthetic], False
+
+
+def _row_getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function that returns a record's values for ``names``, as a tuple, in that order."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda record: (record[name],)
+    getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] = operator.itemgetter(*names)
+    return getter
+
+
+def _numeric_column(column: InputColumn, values: np.ndarray) -> pd.Series:
+    """What :func:`_column` makes of the same values (NaN for missing ones)."""
+    if column.type in ("double", "float"):
+        return pd.Series(values, dtype="float32" if column.type == "float" else "float64")
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        return pd.Series(values, dtype="float64")
+    return pd.Series(values.astype("int64" if column.type == "long" else "int32"))
+
+
+def _column(column: InputColumn, values: list[Any]) -> pd.Series:
+    missing = any(value is None for value in values)
+    if column.type in ("double", "float"):
+        dtype = "float32" if column.type == "float" else "float64"
+        return pd.Series([np.nan if v is None else v for v in values], dtype=dtype)
+    if column.type in ("long", "integer"):
+        if missing:
+            return pd.Series([np.nan if v is None else v for v in values], dtype="float64")
+        return pd.Series(values, dtype="int64" if column.type == "long" else "int32")
+    if column.type == "boolean" and not missing:
+        return pd.Series(values, dtype="bool")
+    return pd.Series([np.nan if v is None else v for v in values], dtype=object)
+
+
+def _describe(error: ErrorDetails, columns: Sequence[InputColumn]) -> ErrorDetail:
+    loc = error["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    path = path or "body"
+    name = str(loc[-1]) if loc else "body"
+    column = next((c for c in columns if c.name == name), None)
+    kind, value = error["type"], error.get("input")
+    if kind == "missing":
+        expected = f" ({column.type})" if column else ""
+        message = f"'{name}' is required{expected}: send a value for it."
+    elif kind == "extra_forbidden":
+        expected = ", ".join(c.name for c in columns)
+        message = f"'{name}' is not an input of this model: remove it. Expected fields: {expected}."
+    elif kind == "finite_number":
+        message = f"'{name}' must be a finite number: NaN and Infinity are not accepted."
+    elif column is not None and value is None:
+        message = (
+            f"'{name}' is required and cannot be null: send {_JSON_KINDS[column.type]} "
+            f"({column.type})."
+        )
+    elif column is not None and (
+        kind in ("greater_than_equal", "less_than_equal")
+        or json_kind(value) == _JSON_KINDS[column.type]
+    ):
+        # The right kind of value, refused anyway: beyond what the column's type can hold.
+        message = f"'{name}' is out of range for {column.type}: send a smaller value."
+    elif column is not None:
+        message = (
+            f"'{name}' must be {_JSON_KINDS[column.type]} ({column.type}), got {json_kind(value)}."
+        )
+    elif name == "records" and kind == "too_short":
+        message = "'records' is empty: send at least one record."
+    elif name == "records":
+        message = f"'records' must be a list of records (JSON objects), got {json_kind(value)}."
+    elif kind in ("model_type", "dict_type"):
+        message = f"each record must be a JSON object of feature values, got {json_kind(value)}."
+    else:
+        message = str(error["msg"])
+    return ErrorDetail(field=path, message=message)
+
+
+def json_kind(value: Any) -> str:
+    """How a JSON value reads in a message: 'a string', 'an array' ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.compose import ColumnTransformer
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from pipeline.config import load_config
+from pipeline.steps import features, ingest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_model_is_one_pipeline_of_preprocessing_and_the_configured_estimator() -> None:
+    config = load_config(REPO_ROOT / "configs" / "customers.yaml")
+    dataset = ingest.run(config)
+    model = features.build_model(config, dataset)
+    assert list(model.named_steps) == ["preprocess", "model"]
+    preprocess = model.named_steps["preprocess"]
+    assert isinstance(preprocess, ColumnTransformer)
+    numeric, categorical = preprocess.transformers[0], preprocess.transformers[1]
+    assert isinstance(numeric[1].named_steps["scale"], StandardScaler)
+    encoder = categorical[1].named_steps["one_hot"]
+    assert isinstance(encoder, OneHotEncoder)
+    assert encoder.handle_unknown == "ignore"
+    assert model.named_steps["model"].get_params()["random_state"] == config.split.seed
+
+
+def test_unknown_categories_and_gaps_at_prediction_time_are_handled() -> None:
+    config = load_config(REPO_ROOT / "configs" / "customers.yaml")
+    dataset = ingest.run(config)
+    data_split = features.split(config, dataset)
+    model = features.build_model(config, dataset).fit(data_split.X_train, data_split.y_train)
+    row = data_split.X_test.head(1).copy()
+    row["contract"] = "lifetime"  # never seen in training
+    row["monthly_charges"] = np.nan
+    assert model.predict(row)[0] in set(dataset.y)
+
+
+def test_the_split_is_the_same_for_the_same_config_and_data(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(write_config(iris_config()))
+    dataset = ingest.run(config)
+    first, second = features.split(config, dataset), features.split(config, dataset)
+    assert first.X_test.index.equals(second.X_test.index)
+    assert first.y_test.value_counts().to_dict() == {
+        "setosa": 15,
+        "versicolor": 15,
+        "virginica": 15,
+    }
+
+
+def test_row_hashes_change_with_any_value_of_a_row() -> None:
+    config = load_config(REPO_ROOT / "configs" / "iris.yaml")
+    dataset = ingest.run(config)
+    columns = sorted(dataset.features)
+    hashes = features.row_hashes(dataset.X, dataset.y, columns)
+    changed = dataset.X.copy()
+    changed.iloc[0, 0] += 0.1
+    assert (features.row_hashes(changed, dataset.y, columns) != hashes).sum() == 1
