@@ -63,6 +63,7 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check pipeline serving tests bench
 	$(BIN)/ruff format --check pipeline serving tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline serving tests bench
