@@ -53,13 +53,13 @@ def _stages(client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def _assert_history_is_one_unbroken_chain(
-    events: list[production.PromotionEvent], production: str
+    events: list[production.PromotionEvent], expected: str
 ) -> None:
     oldest_first = list(reversed(events))
     assert oldest_first[0].from_version is None
     for before, after in itertools.pairwise(oldest_first):
         assert after.from_version == before.to_version, oldest_first
-    assert oldest_first[-1].to_version == production
+    assert oldest_first[-1].to_version == expected
 
 
 def test_the_lock_admits_one_holder_at_a_time_so_no_increment_is_lost(team: Team) -> None:
@@ -106,12 +106,12 @@ def test_simultaneous_promotions_leave_one_production_version_and_an_unbroken_hi
     _in_parallel(WORKERS, promote)
     client = team.client()
     stages = _stages(client, name)
-    production = [v for v, stage in stages.items() if stage == "Production"]
-    assert len(production) == 1, stages
-    assert str(client.get_model_version_by_alias(name, "champion").version) == production[0]
+    in_production = [v for v, stage in stages.items() if stage == "Production"]
+    assert len(in_production) == 1, stages
+    assert str(client.get_model_version_by_alias(name, "champion").version) == in_production[0]
     events = production.history(client, name)
     assert sorted(e.to_version for e in events) == sorted(versions)
-    _assert_history_is_one_unbroken_chain(events, production[0])
+    _assert_history_is_one_unbroken_chain(events, in_production[0])
 
 
 def test_two_pipelines_finishing_together_leave_one_production_version_and_both_decisions(
@@ -136,15 +136,15 @@ def test_two_pipelines_finishing_together_leave_one_production_version_and_both_
     client = team.client()
     stages = _stages(client, name)
     assert sorted(stages) == ["1", "2"]
-    production = [v for v, stage in stages.items() if stage == "Production"]
-    assert len(production) == 1, stages
-    assert str(client.get_model_version_by_alias(name, "champion").version) == production[0]
+    in_production = [v for v, stage in stages.items() if stage == "Production"]
+    assert len(in_production) == 1, stages
+    assert str(client.get_model_version_by_alias(name, "champion").version) == in_production[0]
     tags = {v: client.get_model_version(name, v).tags for v in stages}
     assert {t["gate.decision"] for t in tags.values()} <= {"promoted", "rejected"}
     promoted = sorted(v for v, t in tags.items() if t["gate.decision"] == "promoted")
     events = production.history(client, name)
     assert sorted(e.to_version for e in events) == promoted
-    _assert_history_is_one_unbroken_chain(events, production[0])
+    _assert_history_is_one_unbroken_chain(events, in_production[0])
     # Each gate judged against the champion of the moment it promoted: only one was first.
     for event in events:
         assert tags[event.to_version]["gate.champion_version"] == (event.from_version or "none")
