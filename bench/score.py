@@ -71,6 +71,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     import mlflow
 
     from pipeline.scoring import score
+    from pipeline.scoring.spark_engine import stop_spark
 
     print(f"machine: {os.cpu_count()} cores, load average {_loadavg()} (shared with others)")
     if args.model_uri:
@@ -115,7 +116,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
             name = f"{engine} ({label})" if label else engine
             print(f"{name:<14}{result.rows:>12,}{seconds:>10.1f}{rate:>12,.0f}")
     if "spark" in engines:
-        score.stop_spark()
+        stop_spark()
     if "pandas" in rates and "spark warm" in rates:
         print(
             f"spark/pandas rows/s: {rates['spark cold'] / rates['pandas']:.2f}x with session "

@@ -32,6 +32,8 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import DataValidationError, RegistryError
 from pipeline.scoring import score
+from pipeline.scoring.model import resolve_model_uri
+from pipeline.scoring.spark_engine import stop_spark
 from pipeline.steps import flow
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -173,8 +175,8 @@ def test_parquet_files_and_directories_of_parts_score_like_the_csv(store: Store)
 
 
 def test_a_registered_name_with_an_alias_resolves_to_that_version(store: Store) -> None:
-    assert score.resolve_model_uri(None, f"{NAME}@champion") == (f"models:/{NAME}@champion", "1")
-    assert score.resolve_model_uri("runs:/abc/model", None) == ("runs:/abc/model", None)
+    assert resolve_model_uri(None, f"{NAME}@champion") == (f"models:/{NAME}@champion", "1")
+    assert resolve_model_uri("runs:/abc/model", None) == ("runs:/abc/model", None)
 
 
 def test_a_missing_column_is_named_and_no_output_is_written(store: Store) -> None:
@@ -276,7 +278,7 @@ def test_the_spark_engine_writes_exactly_what_the_pandas_engine_writes(store: St
         with pytest.raises(DataValidationError) as raised:
             _score(store, store.root / "bad_spark.csv", "bad_spark.parquet", engine="spark")
     finally:
-        score.stop_spark()
+        stop_spark()
     assert str(raised.value).startswith(
         f"column 'petal_length_cm' of '{store.root / 'bad_spark.csv'}' has 2 non-numeric "
         "value(s) (e.g. '1.4cm'); fix them"
