@@ -1,5 +1,171 @@
 """What the training side and the server both rely on, defined once.
 
 Serving may import this module and nothing else from ``pipeline`` (an import-linter contract in
-``pyproject.toml``), so it imports only the standard library and light dependencies.
+``pyproject.toml``), so it imports only the standard library, NumPy and pyarrow: no MLflow,
+scikit-learn or pandas, nothing that makes the server slow to start.
+
+Three contracts live here:
+
+- the prediction log: its layout on disk, its columns and their Arrow types, written by the
+  server (predictions and labels) and by ``python -m pipeline feedback`` (labels), read by
+  monitoring, retraining and live comparison (``docs/prediction-log.md``);
+- the skops types a logged model may hold to be loaded, by the pipeline and by the server;
+- the MLflow signature column types a model may take, and what each means on the wire.
 """
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+
+Task = Literal["classification", "regression"]
+
+# --- the prediction log ----------------------------------------------------------------------
+
+PREDICTION_LOG_DIR = "prediction_log"
+"""Default log directory, relative to the working directory (the pipeline's
+``monitoring.log_dir`` and the server's ``SERVING_PREDICTION_LOG_DIR``)."""
+PREDICTIONS_DIR = "predictions"
+"""``<log_dir>/<model name>/predictions/``: parts written by the server."""
+FEEDBACK_DIR = "feedback"
+"""``<log_dir>/<model name>/feedback/``: label parts, from ``/feedback`` or the feedback step."""
+PART_GLOB = "part-*.parquet"
+"""Finished parts; a part being written is hidden (see :func:`temporary_path`)."""
+
+FEATURE_PREFIX = "feature."
+PROBA_PREFIX = "proba."
+KEY_COLUMNS = ("request_id", "row")
+"""What names one prediction: the request's ``X-Request-ID`` and the record's index in it."""
+RESERVED_COLUMNS = frozenset({"prediction", "timestamp", "label", "request_id", "row"})
+"""Names a reader's chunk uses for its own columns, so no feature may take them."""
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def part_name(moment: datetime, sequence: int) -> str:
+    """A part file name that sorts by time (UTC) and is unique across processes.
+
+    ``sequence`` is a counter of the writing process, for parts started in the same
+    microsecond.
+    """
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return f"part-{utc:%Y%m%dT%H%M%S%f}-{os.getpid()}-{sequence:06d}.parquet"
+
+
+def temporary_path(path: Path) -> Path:
+    """Where a part is written before it is renamed to ``path``: hidden from every reader,
+    since neither ``part-*.parquet`` nor pyarrow's directory reads (which skip names starting
+    with "." or "_") match it, so no reader ever sees half a part."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def label_type(task: Task) -> pa.DataType:
+    """Labels (and classifiers' predictions) are ``str()`` of the class; numbers for regressors."""
+    return pa.float64() if task == "regression" else pa.string()
+
+
+def prediction_schema(
+    features: Sequence[tuple[str, str]], task: Task, classes: Sequence[str] | None
+) -> pa.Schema:
+    """The columns of a prediction part.
+
+    ``features`` are the model's inputs as (name, signature type); ``classes`` the
+    ``str()`` of each class when the model has probabilities, else None.
+    """
+    fields = [
+        pa.field("request_id", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("timestamp", TIMESTAMP),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+    ]
+    fields += [pa.field(FEATURE_PREFIX + name, log_type(kind)) for name, kind in features]
+    fields.append(pa.field("prediction", label_type(task)))
+    fields += [pa.field(PROBA_PREFIX + name, pa.float64()) for name in classes or ()]
+    return pa.schema(fields)
+
+
+def feedback_schema(task: Task) -> pa.Schema:
+    """The columns of a feedback part."""
+    return pa.schema(
+        [
+            pa.field("request_id", pa.string()),
+            pa.field("row", pa.int64()),
+            pa.field("label", label_type(task)),
+            pa.field("timestamp", TIMESTAMP),
+        ]
+    )
+
+
+# --- loading a logged model ------------------------------------------------------------------
+
+TRUSTED_MODULE_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.", "scipy.")
+"""Modules whose types a skops file may hold beyond what skops trusts by default.
+
+Every model this pipeline logs is one scikit-learn Pipeline; for every estimator and
+preprocessing step it builds (linear models, trees and forests, boosting including
+HistGradientBoosting, k-NN, SVM, MLP, naive Bayes, imputers, scalers, one-hot) skops reports
+types of ``sklearn.*`` (e.g. ``sklearn.tree._tree.Tree``) and ``numpy.*`` (``numpy.dtype``)
+only; ``scipy.*`` stays for estimators that keep SciPy objects (sparse matrices, kernels).
+Plain containers (dict, list, OrderedDict ...) skops trusts by itself, so ``builtins.`` and
+``collections.`` are not needed, and trusting them would let a file name any builtin
+function (``builtins.eval``) as a trusted type.
+"""
+
+
+# --- signature column types ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    """One MLflow signature column type and what it means for every reader of a request."""
+
+    name: str
+    """MLflow's ``DataType`` name, as in the logged signature."""
+    kind: Literal["float", "integer", "boolean", "string"]
+    dtype: str
+    """NumPy dtype of the training column when no value is missing."""
+    bits: int | None
+    """Integers: values lie in [-2**bits, 2**bits)."""
+    json_kind: str
+    """How a JSON value of this type reads in a message."""
+    kserve: str
+    """Open Inference Protocol (KServe v2) tensor datatype."""
+    zero: float | int | bool | str
+    """A harmless value, for a synthetic warm-up row."""
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("float", "integer")
+
+    @property
+    def log_type(self) -> pa.DataType:
+        """Arrow type of the column in the prediction log: numbers as float64, else text."""
+        return pa.float64() if self.numeric else pa.string()
+
+
+COLUMN_TYPES: Mapping[str, ColumnType] = {
+    t.name: t
+    for t in (
+        ColumnType("double", "float", "float64", None, "a number", "FP64", 0.0),
+        ColumnType("float", "float", "float32", None, "a number", "FP32", 0.0),
+        ColumnType("long", "integer", "int64", 63, "an integer", "INT64", 0),
+        ColumnType("integer", "integer", "int32", 31, "an integer", "INT32", 0),
+        ColumnType("string", "string", "object", None, "a string", "BYTES", ""),
+        ColumnType("boolean", "boolean", "bool", None, "true or false", "BOOL", False),
+    )
+}
+"""Every signature column type a served model may have, by MLflow name."""
+NUMERIC_TYPES = frozenset(name for name, t in COLUMN_TYPES.items() if t.numeric)
+FLOAT_TYPES = frozenset(name for name, t in COLUMN_TYPES.items() if t.kind == "float")
+INTEGER_TYPES = frozenset(name for name, t in COLUMN_TYPES.items() if t.kind == "integer")
+
+
+def log_type(type_name: str) -> pa.DataType:
+    """Arrow type of a feature column of ``type_name`` in the prediction log."""
+    return COLUMN_TYPES[type_name].log_type

@@ -17,11 +17,10 @@ import skops.io
 import yaml
 from sklearn.pipeline import Pipeline
 
+from pipeline.contracts import TRUSTED_MODULE_PREFIXES
 from pipeline.errors import RegistryError
 
 logger = logging.getLogger(__name__)
-
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
 
 
 def load_model(model_uri: str) -> Pipeline:

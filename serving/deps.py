@@ -1,5 +1,5 @@
-"""FastAPI dependencies: settings, the active model, the prediction log and the size-limited
-JSON body."""
+"""What the routes take from the app: the active model, the prediction log and the
+size-limited JSON body."""
 
 from __future__ import annotations
 
@@ -15,12 +15,6 @@ from serving.model.inference import FramePredictions, PredictionRow, loads_json
 from serving.model.state import ActiveModel, ModelHolder
 from serving.model.store import LoadedModel
 from serving.prediction_log import PredictionLog
-from serving.settings import Settings
-
-
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def get_holder(request: Request) -> ModelHolder:
@@ -28,7 +22,6 @@ def get_holder(request: Request) -> ModelHolder:
     return holder
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 
 
@@ -121,16 +114,8 @@ def decode_json(body: bytes) -> Any:
         ) from exc
 
 
-async def read_json_body(request: Request, settings: SettingsDep) -> Any:
-    """Dependency: the JSON body, at most ``SERVING_MAX_BODY_BYTES`` long."""
-    return await read_json(request, settings.max_body_bytes)
-
-
 def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"The body is larger than {limit} bytes: send fewer records per request "
         "(or raise SERVING_MAX_BODY_BYTES)."
     )
-
-
-JsonBody = Annotated[Any, Depends(read_json_body)]

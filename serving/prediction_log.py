@@ -36,24 +36,31 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.contracts import (
+    FEEDBACK_DIR,
+    NUMERIC_TYPES,
+    PREDICTIONS_DIR,
+    TIMESTAMP,
+    Task,
+    feedback_schema,
+    part_name,
+    temporary_path,
+)
+from pipeline.contracts import prediction_schema as _schema
 from serving.model.inference import FramePredictions, PredictionRow, record_values
-from serving.model.store import LoadedModel, Task, to_native
+from serving.model.store import LoadedModel, to_native
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["prediction", "feedback"]
 KINDS: tuple[Kind, ...] = ("prediction", "feedback")
-DIRECTORIES: Mapping[Kind, str] = {"prediction": "predictions", "feedback": "feedback"}
-FEATURE_PREFIX = "feature."
-PROBA_PREFIX = "proba."
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+DIRECTORIES: Mapping[Kind, str] = {"prediction": PREDICTIONS_DIR, "feedback": FEEDBACK_DIR}
 FLUSH_SECONDS = 0.2
 """How often the writer takes what is queued (and checks whether a part is due)."""
 
 Sink = Callable[[pa.Table, Path], None]
 """Writes a table to a file: ``pyarrow.parquet.write_table`` unless a test says otherwise."""
 
-_NUMERIC_INPUTS = frozenset({"double", "float", "long", "integer"})
 _PART_NUMBERS = itertools.count()
 """Part sequence numbers, shared by every log of the process, so names never collide."""
 
@@ -361,11 +368,8 @@ class PredictionLog:
         if part.rows == 0:
             return
         directory = self.log_dir / part.model_name / DIRECTORIES[part.kind]
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = directory / f"part-{stamp}-{os.getpid()}-{next(_PART_NUMBERS):06d}.parquet"
-        # Hidden while written: neither `*.parquet` nor pyarrow's directory reads (which skip
-        # names starting with "." or "_") ever see half a part.
-        temporary = path.with_name(f".{path.name}.tmp")
+        path = directory / part_name(datetime.now(UTC), next(_PART_NUMBERS))
+        temporary = temporary_path(path)  # hidden while written
         try:
             table = pa.concat_tables(part.tables)
             directory.mkdir(parents=True, exist_ok=True)
@@ -396,39 +400,9 @@ class PredictionLog:
 
 
 def prediction_schema(model: LoadedModel) -> pa.Schema:
-    """The columns of ``model``'s prediction parts (the contract in docs/prediction-log.md)."""
-    fields = [
-        pa.field("request_id", pa.string()),
-        pa.field("row", pa.int64()),
-        pa.field("timestamp", TIMESTAMP),
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-    ]
-    fields += [
-        pa.field(
-            FEATURE_PREFIX + c.name, pa.float64() if c.type in _NUMERIC_INPUTS else pa.string()
-        )
-        for c in model.columns
-    ]
-    if model.task == "regression":
-        fields.append(pa.field("prediction", pa.float64()))
-    else:
-        fields.append(pa.field("prediction", pa.string()))
-    if model.has_proba:
-        fields += [pa.field(PROBA_PREFIX + name, pa.float64()) for name in _class_names(model)]
-    return pa.schema(fields)
-
-
-def feedback_schema(task: Task) -> pa.Schema:
-    """The columns of feedback parts: the label is a string for classifiers."""
-    return pa.schema(
-        [
-            pa.field("request_id", pa.string()),
-            pa.field("row", pa.int64()),
-            pa.field("label", pa.float64() if task == "regression" else pa.string()),
-            pa.field("timestamp", TIMESTAMP),
-        ]
-    )
+    """The columns of ``model``'s prediction parts (the contract in ``pipeline.contracts``)."""
+    classes = _class_names(model) if model.has_proba else None
+    return _schema([(c.name, c.type) for c in model.columns], model.task, classes)
 
 
 def _runs(items: Sequence[_Item]) -> Iterator[list[Any]]:
@@ -526,7 +500,7 @@ def _record_features(model: LoadedModel, records: Sequence[Mapping[str, Any]]) -
     rows = record_values(records, names)
     if rows is None:  # some record lacks an optional column
         rows = [tuple(record.get(name) for name in names) for record in records]
-    if all(c.type in _NUMERIC_INPUTS for c in model.columns):
+    if all(c.type in NUMERIC_TYPES for c in model.columns):
         # One float64 matrix (None becomes NaN) costs a third of one array per column.
         matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
         return [_floats(column) for column in np.ascontiguousarray(matrix.T)]
@@ -536,7 +510,7 @@ def _record_features(model: LoadedModel, records: Sequence[Mapping[str, Any]]) -
 
 def _feature(kind: str, values: Sequence[Any]) -> pa.Array:
     """float64 for numeric inputs, else strings (``str()`` of booleans and other values)."""
-    if kind in _NUMERIC_INPUTS:
+    if kind in NUMERIC_TYPES:
         return _floats(np.array(values, dtype=np.float64))
     return pa.array([_text(value) for value in values], pa.string())
 
@@ -544,13 +518,13 @@ def _feature(kind: str, values: Sequence[Any]) -> pa.Array:
 def _frame_features(model: LoadedModel, frame: pd.DataFrame) -> list[pa.Array]:
     """One array per input column from a frame built like ``inference.to_frame`` builds it."""
     names = [c.name for c in model.columns]
-    if all(c.type in _NUMERIC_INPUTS for c in model.columns):
+    if all(c.type in NUMERIC_TYPES for c in model.columns):
         # Transposed once, so each column is contiguous: no copy per column.
         matrix = np.ascontiguousarray(frame[names].to_numpy(dtype=np.float64, na_value=np.nan).T)
         return [_floats(column) for column in matrix]
     return [
         _floats(frame[c.name].to_numpy(dtype=np.float64, na_value=np.nan))
-        if c.type in _NUMERIC_INPUTS
+        if c.type in NUMERIC_TYPES
         else _feature(c.type, frame[c.name].tolist())
         for c in model.columns
     ]

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.contracts import FEEDBACK_DIR, PREDICTION_LOG_DIR, PREDICTIONS_DIR
 from serving.model.ref import ModelRef, canonical_stage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -100,10 +101,10 @@ class Settings(BaseSettings):
         "prediction log that monitoring reads. Off: nothing is written and /feedback is a 503.",
     )
     prediction_log_dir: Path = Field(
-        default=Path("prediction_log"),
+        default=Path(PREDICTION_LOG_DIR),
         description="Root of the prediction log, relative to the working directory unless "
-        "absolute; parts go to <dir>/<model name>/predictions/ and .../feedback/. The same "
-        "default as the pipeline's monitoring.log_dir.",
+        f"absolute; parts go to <dir>/<model name>/{PREDICTIONS_DIR}/ and .../{FEEDBACK_DIR}/. "
+        "The same default as the pipeline's monitoring.log_dir (pipeline.contracts).",
     )
     prediction_log_queue_size: int = Field(
         default=50_000,

@@ -1,8 +1,9 @@
-"""The architecture as tests: serving and training stay apart, and imports do nothing."""
+"""The architecture as tests: the import-linter contracts hold (and bite), imports do nothing."""
 
 from __future__ import annotations
 
-import ast
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +13,42 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _imported_packages(package: str) -> set[str]:
-    found: set[str] = set()
-    for path in (REPO_ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
-    return found
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+SERVING_CONTRACT = "serving imports nothing from pipeline but the shared contracts"
 
 
-@pytest.mark.parametrize(
-    ("package", "forbidden"), [("serving", "pipeline"), ("pipeline", "serving")]
-)
-def test_a_package_does_not_import_the_other(package: str, forbidden: str) -> None:
-    assert forbidden not in _imported_packages(package)
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """Run import-linter on the packages under ``root`` with the contracts of its
+    pyproject.toml."""
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_every_import_linter_contract_is_kept() -> None:
+    result = _lint_imports(REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_import_linter_contracts_catch_a_serving_module_importing_training_code(
+    tmp_path: Path,
+) -> None:
+    for package in ("pipeline", "serving"):
+        shutil.copytree(
+            REPO_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    with (tmp_path / "serving" / "routes.py").open("a") as module:
+        module.write("\nimport pipeline.steps.train  # noqa: E402, F401\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0, result.stdout
+    assert f"{SERVING_CONTRACT} BROKEN" in result.stdout, result.stdout
+    assert "serving.routes -> pipeline.steps.train" in result.stdout, result.stdout
 
 
 def test_importing_every_module_sets_no_tracking_uri_and_creates_nothing(tmp_path: Path) -> None:

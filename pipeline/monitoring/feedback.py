@@ -38,7 +38,7 @@ def run(config: PipelineConfig, file: str | Path) -> FeedbackResult:
     source = Path(file)
     labels = validate_labels(_read(source), config.task, source=str(source))
     log = PredictionLog(Path(config.monitoring.log_dir), config.registered_model)
-    path = log.write_feedback(labels)
+    path = log.write_feedback(labels, task=config.task)
     return FeedbackResult(model_name=config.registered_model, rows=len(labels), path=path)
 
 

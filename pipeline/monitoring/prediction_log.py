@@ -1,16 +1,19 @@
 """Read the prediction log the server writes, join late labels to it, and write label parts.
 
-Layout (the contract with `serving`, which writes the predictions):
-`<log_dir>/<model>/predictions/part-<UTC time>-<pid>-<seq>.parquet` with `request_id`, `row`,
-`timestamp`, `model_name`, `model_version`, one `feature.<name>` column per model input,
-`prediction` and, for classifiers with probabilities, `proba.<class>`; labels that arrive later
-are `<log_dir>/<model>/feedback/part-*.parquet` with `request_id`, `row`, `label`, `timestamp`.
-Every part is written to a hidden `.<name>.tmp` and renamed, so a reader never sees half a file.
+Layout and columns are the contract in `pipeline.contracts`, shared with `serving`, which
+writes the predictions: `<log_dir>/<model>/predictions/part-<UTC time>-<pid>-<seq>.parquet`
+with `request_id`, `row`, `timestamp`, `model_name`, `model_version`, one `feature.<name>`
+column per model input, `prediction` and, for classifiers with probabilities,
+`proba.<class>`; labels that arrive later are `<log_dir>/<model>/feedback/part-*.parquet`
+with `request_id`, `row`, `label`, `timestamp`. Every part is written to a hidden
+`.<name>.tmp` and renamed, so a reader never sees half a file.
 
-Reading streams: parts whose Parquet statistics show no row in the window (or of the version)
-are skipped without being read, the time and version filters are pushed down to pyarrow, and
-rows come out in chunks of at most `chunk_rows`, so memory is bounded by the chunk size and
-not by the size of the log. Labels are the exception: the feedback parts are read whole (one
+Reading streams through one `pyarrow.dataset` over the parts: the time and version filters are
+pushed down to it, so row groups (and whole parts) whose Parquet statistics show no row in
+scope are skipped without being read; parts written by other model versions (other columns,
+or a column of another type) are read as one schema, a missing column as nulls. Rows come out
+in chunks of at most `chunk_rows`, so memory is bounded by the chunk size and not by the size
+of the log. Labels are the exception: the feedback parts are read whole (one
 small row per label) to be joined on (request_id, row), the latest label winning.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,21 +31,29 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import contracts
+from pipeline.contracts import (
+    FEATURE_PREFIX,
+    FEEDBACK_DIR,
+    KEY_COLUMNS,
+    PART_GLOB,
+    PREDICTIONS_DIR,
+    PROBA_PREFIX,
+    RESERVED_COLUMNS,
+    TIMESTAMP,
+    Task,
+    feedback_schema,
+    temporary_path,
+)
 from pipeline.errors import DataValidationError
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_DIR = "predictions"
-FEEDBACK_DIR = "feedback"
-FEATURE_PREFIX = "feature."
-PROBA_PREFIX = "proba."
-KEY_COLUMNS = ("request_id", "row")
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-# Names a chunk uses for its own columns, so no feature may take them.
-RESERVED_COLUMNS = frozenset({"prediction", "timestamp", "label", "request_id", "row"})
-
+_PARQUET = ds.ParquetFileFormat()
+_LOCAL = pafs.LocalFileSystem()
 _part_sequence = itertools.count()
 
 
@@ -54,8 +64,7 @@ def utc(moment: datetime) -> datetime:
 
 def part_name(now: datetime | None = None) -> str:
     """A part file name that sorts by time and is unique across processes."""
-    moment = utc(now or datetime.now(UTC))
-    return f"part-{moment:%Y%m%dT%H%M%S%f}-{os.getpid()}-{next(_part_sequence)}.parquet"
+    return contracts.part_name(utc(now or datetime.now(UTC)), next(_part_sequence))
 
 
 def describe_window(since: datetime | None, until: datetime | None) -> str:
@@ -66,31 +75,43 @@ def describe_window(since: datetime | None, until: datetime | None) -> str:
 
 @dataclass(frozen=True)
 class LogPart:
-    """One part file, summarised from its Parquet footer without reading its rows."""
+    """One part file: its pyarrow fragment, with the footer read but none of its rows."""
 
     path: Path
-    rows: int
-    schema: pa.Schema
-    first: datetime | None
-    last: datetime | None
-    min_version: str | None
-    max_version: str | None
+    fragment: ds.ParquetFileFragment
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.fragment.physical_schema
+
+    @property
+    def rows(self) -> int:
+        return int(self.fragment.metadata.num_rows)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(self.schema.names)
 
-    def may_overlap(self, since: datetime | None, until: datetime | None) -> bool:
-        if self.first is None or self.last is None:
-            return True  # no statistics: only reading it can tell
-        if since is not None and self.last < since:
-            return False
-        return not (until is not None and self.first >= until)
+    def scope(
+        self, since: datetime | None, until: datetime | None, version: str | None
+    ) -> pc.Expression | None:
+        """The window and version filter, on the columns this part has: without a column,
+        nothing is known about its rows, so they all may be in scope."""
+        return _window_filter(
+            since if "timestamp" in self.columns else None,
+            until if "timestamp" in self.columns else None,
+            version if "model_version" in self.columns else None,
+        )
 
-    def may_hold(self, version: str | None) -> bool:
-        if version is None or self.min_version is None or self.max_version is None:
-            return True
-        return self.min_version <= version <= self.max_version
+    def may_hold(self, row_filter: pc.Expression | None) -> bool:
+        """Whether its row groups' statistics (as pyarrow reads them) leave any row in scope."""
+        return row_filter is None or self.fragment.subset(filter=row_filter).num_row_groups > 0
+
+    def count(self, row_filter: pc.Expression | None) -> int:
+        """Rows in scope (all of them when the part lacks a column the filter needs)."""
+        if row_filter is None or not {"timestamp", "model_version"} <= set(self.columns):
+            return self.rows
+        return int(self.fragment.count_rows(filter=row_filter))
 
 
 @dataclass(frozen=True)
@@ -121,8 +142,8 @@ class PredictionLog:
     ) -> list[LogPart]:
         """Prediction parts that may hold rows of `version` in [since, until), oldest first."""
         since, until = _aware(since), _aware(until)
-        parts = [_summarise(path) for path in _part_files(self.predictions_dir)]
-        return [p for p in parts if p.may_overlap(since, until) and p.may_hold(version)]
+        parts = [_open_part(path) for path in _part_files(self.predictions_dir)]
+        return [p for p in parts if p.may_hold(p.scope(since, until, version))]
 
     def versions(
         self, *, since: datetime | None = None, until: datetime | None = None
@@ -130,14 +151,10 @@ class PredictionLog:
         """Rows per model version in [since, until): what is there when a version is not."""
         counts: Counter[str] = Counter()
         window = _window_filter(_aware(since), _aware(until), None)
-        for part in self.parts(since=since, until=until):
-            if "model_version" not in part.columns:
-                continue
-            scanner = ds.dataset(part.path, format="parquet").scanner(
-                columns=["model_version"], filter=window
-            )
-            for batch in scanner.to_batches():
-                counts.update(batch.column(0).to_pylist())
+        parts = [p for p in self.parts(since=since, until=until) if "model_version" in p.columns]
+        schema = pa.schema([("timestamp", TIMESTAMP), ("model_version", pa.string())])
+        for batch in _dataset(parts, schema).to_batches(columns=["model_version"], filter=window):
+            counts.update(batch.column(0).to_pylist())
         return {str(v): counts[v] for v in sorted(counts, key=_version_order)}
 
     def read(
@@ -178,13 +195,11 @@ class PredictionLog:
             else set()
         )
         keys = list(KEY_COLUMNS) if labels else []
-        schema = _target_schema(parts, [*required, *proba, *keys])
+        columns = [*required, *proba, *keys]
+        # model_version too, for the filter, even when the chunks leave it out.
+        schema = _target_schema(parts, [*columns, "model_version"])
         feedback = self.feedback() if labels else None
-        batches = (
-            _conform(batch, schema, part)
-            for part in parts
-            for batch in _scan(part, [c for c in schema.names if c in part.columns], row_filter)
-        )
+        batches = _batches(_dataset(parts, schema), columns, row_filter, self.model_name)
         for table in _rechunk(batches, chunk_rows):
             frame = table.to_pandas()
             frame.columns = [_strip_prefix(c) for c in frame.columns]
@@ -215,18 +230,19 @@ class PredictionLog:
         labels = labels.drop_duplicates(list(KEY_COLUMNS), keep="last")
         return labels[[*KEY_COLUMNS, "label"]].reset_index(drop=True)
 
-    def write_feedback(self, labels: pd.DataFrame, received: datetime | None = None) -> Path:
-        """Write validated labels (request_id, row, label) as one feedback part."""
+    def write_feedback(
+        self, labels: pd.DataFrame, received: datetime | None = None, *, task: Task | None = None
+    ) -> Path:
+        """Write validated labels (request_id, row, label) as one feedback part.
+
+        Labels are numbers for a regression model, text for a classifier; without ``task``,
+        numeric labels are taken to be a regressor's.
+        """
         moment = utc(received or datetime.now(UTC))
-        label_type = pa.float64() if pd.api.types.is_numeric_dtype(labels["label"]) else pa.string()
-        schema = pa.schema(
-            [
-                ("request_id", pa.string()),
-                ("row", pa.int64()),
-                ("label", label_type),
-                ("timestamp", TIMESTAMP),
-            ]
-        )
+        if task is None:
+            numeric = pd.api.types.is_numeric_dtype(labels["label"])
+            task = "regression" if numeric else "classification"
+        schema = feedback_schema(task)
         table = pa.table(
             {
                 "request_id": labels["request_id"].astype(str).tolist(),
@@ -238,8 +254,7 @@ class PredictionLog:
         )
         self.feedback_dir.mkdir(parents=True, exist_ok=True)
         path = self.feedback_dir / part_name(moment)
-        # Hidden while written: a reader of the whole directory (pd.read_parquet) skips it.
-        temporary = path.with_name(f".{path.name}.tmp")
+        temporary = temporary_path(path)  # hidden from readers while written
         pq.write_table(table, temporary)
         temporary.replace(path)
         logger.info("Wrote %d labels to %s", len(labels), path)
@@ -257,7 +272,7 @@ class PredictionLog:
         for part in parts:
             missing = [c for c in required if c not in part.columns]
             # A part of another version may lack our columns: only rows in scope count.
-            if missing and _count(part, row_filter) > 0:
+            if missing and part.count(row_filter) > 0:
                 of = f"{self.model_name} v{version}" if version else self.model_name
                 raise DataValidationError(
                     f"the prediction log of {of} {describe_window(since, until)} lacks the "
@@ -278,47 +293,40 @@ def _version_order(version: object) -> tuple[bool, int, str]:
 
 def _part_files(directory: Path) -> list[Path]:
     # Sorted by name = by the time the part was started; .tmp files are being written.
-    return sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    return sorted(directory.glob(PART_GLOB)) if directory.is_dir() else []
 
 
-def _summarise(path: Path) -> LogPart:
+def _open_part(path: Path) -> LogPart:
+    fragment = _PARQUET.make_fragment(str(path), filesystem=_LOCAL)
     try:
-        metadata = pq.ParquetFile(path).metadata
+        fragment.ensure_complete_metadata()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataValidationError(
             f"prediction log part '{path}' is not a readable Parquet file ({exc}); "
             "move it out of the log directory"
         ) from exc
-    schema = metadata.schema.to_arrow_schema()
-    columns = tuple(schema.names)
-    first, last = _column_range(metadata, columns, "timestamp")
-    min_version, max_version = _column_range(metadata, columns, "model_version")
-    return LogPart(
-        path=path,
-        rows=metadata.num_rows,
-        schema=schema,
-        first=_aware(first) if isinstance(first, datetime) else None,
-        last=_aware(last) if isinstance(last, datetime) else None,
-        min_version=str(min_version) if min_version is not None else None,
-        max_version=str(max_version) if max_version is not None else None,
-    )
+    return LogPart(path, fragment)
 
 
-def _column_range(
-    metadata: pq.FileMetaData, columns: tuple[str, ...], name: str
-) -> tuple[object | None, object | None]:
-    """(min, max) of a column over all row groups, or (None, None) when unknown."""
-    if name not in columns or metadata.num_row_groups == 0:
-        return None, None
-    index = columns.index(name)
-    lows, highs = [], []
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(index).statistics
-        if stats is None or not stats.has_min_max:
-            return None, None
-        lows.append(stats.min)
-        highs.append(stats.max)
-    return min(lows), max(highs)
+def _dataset(parts: Sequence[LogPart], schema: pa.Schema) -> ds.Dataset:
+    """One dataset over ``parts``, read as ``schema``: a column a part lacks is null, one of
+    another type is cast."""
+    return ds.FileSystemDataset([p.fragment for p in parts], schema, _PARQUET, _LOCAL)
+
+
+def _batches(
+    dataset: ds.Dataset, columns: Sequence[str], row_filter: pc.Expression | None, model: str
+) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from dataset.to_batches(
+            columns=list(columns), filter=row_filter, batch_readahead=1, fragment_readahead=1
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataValidationError(
+            f"the prediction log of {model} holds parts whose columns cannot be read as one "
+            f"table ({exc}): a column changed type between model versions; read one version "
+            "at a time, or move the odd parts out of the log directory"
+        ) from exc
 
 
 def _window_filter(
@@ -339,23 +347,6 @@ def _window_filter(
     return combined
 
 
-def _count(part: LogPart, row_filter: pc.Expression | None) -> int:
-    if row_filter is None:
-        return part.rows
-    if "timestamp" not in part.columns or "model_version" not in part.columns:
-        return part.rows  # cannot tell which rows are in scope: treat all as in scope
-    return int(ds.dataset(part.path, format="parquet").count_rows(filter=row_filter))
-
-
-def _scan(
-    part: LogPart, columns: Sequence[str], row_filter: pc.Expression | None
-) -> Iterator[pa.RecordBatch]:
-    dataset = ds.dataset(part.path, format="parquet")
-    yield from dataset.to_batches(
-        columns=list(columns), filter=row_filter, batch_readahead=1, fragment_readahead=1
-    )
-
-
 def _target_schema(parts: Sequence[LogPart], columns: Sequence[str]) -> pa.Schema:
     """One type per column: the first part's, so chunks from every part concatenate."""
     types: dict[str, pa.DataType] = {}
@@ -374,25 +365,6 @@ def _default_type(column: str) -> pa.DataType:
     if column.startswith(PROBA_PREFIX):
         return pa.float64()
     return pa.string()
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, part: LogPart) -> pa.RecordBatch:
-    arrays = []
-    for field in schema:
-        if field.name not in batch.schema.names:
-            arrays.append(pa.nulls(batch.num_rows, type=field.type))
-            continue
-        column = batch.column(field.name)
-        if column.type != field.type:
-            try:
-                column = column.cast(field.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise DataValidationError(
-                    f"column '{field.name}' is {column.type} in {part.path} but {field.type} "
-                    f"in earlier parts of the prediction log, and cannot be converted ({exc})"
-                ) from exc
-        arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:

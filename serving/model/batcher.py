@@ -160,37 +160,39 @@ class Batcher(Generic[T]):
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+        while await self._has_pending():
             head = self._pending[0]
             if head.arrived_while_busy and head.call is None and not self._closing:
                 await self._wait_for_company(loop)
             entries = self._take()
-            if not entries:
-                continue
-            self._busy = True
-            try:
-                outcomes: list[Any] = await loop.run_in_executor(self._executor, self._run, entries)
-            except asyncio.CancelledError:
-                for entry in entries:
-                    entry.future.cancel()
-                raise
-            except Exception:  # the executor itself failed: nobody may hang
-                logger.exception("Batcher %s could not run a batch", self.name)
-                outcomes = [PredictionFailedError.for_request() for _ in entries]
-            finally:
-                self._busy = False
-            for entry, outcome in zip(entries, outcomes, strict=True):
-                if entry.future.done():  # the caller went away
-                    continue
-                if isinstance(outcome, BaseException):
-                    entry.future.set_exception(outcome)
-                else:
-                    entry.future.set_result(outcome)
+            if entries:
+                _settle(entries, await self._run_batch(loop, entries))
+
+    async def _has_pending(self) -> bool:
+        """Wait until a request is queued: True, or False once closing with none left."""
+        while not self._pending:
+            if self._closing:
+                return False
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return True
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, entries: list[_Entry]) -> list[Any]:
+        """The outcome of each entry (its outputs, or the error to raise), from the model's
+        thread."""
+        self._busy = True
+        try:
+            outcomes: list[Any] = await loop.run_in_executor(self._executor, self._run, entries)
+        except asyncio.CancelledError:
+            for entry in entries:
+                entry.future.cancel()
+            raise
+        except Exception:  # the executor itself failed: nobody may hang
+            logger.exception("Batcher %s could not run a batch", self.name)
+            outcomes = [PredictionFailedError.for_request() for _ in entries]
+        finally:
+            self._busy = False
+        return outcomes
 
     async def _wait_for_company(self, loop: asyncio.AbstractEventLoop) -> None:
         """After a busy period, wait up to ``max_wait_seconds`` for the batch to fill (not
@@ -304,3 +306,14 @@ class Batcher(Generic[T]):
         if len(outputs) != len(records):
             raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(records)} rows")
         return outputs
+
+
+def _settle(entries: list[_Entry], outcomes: list[Any]) -> None:
+    """Hand each waiting caller its outcome: the outputs, or the error to raise."""
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        if entry.future.done():  # the caller went away
+            continue
+        if isinstance(outcome, BaseException):
+            entry.future.set_exception(outcome)
+        else:
+            entry.future.set_result(outcome)

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
+from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES, INTEGER_TYPES, ColumnType
 from serving.errors import ErrorDetail, InvalidRequestError
 from serving.model.store import InputColumn, LoadedModel, to_native
 
@@ -25,22 +26,20 @@ logger = logging.getLogger(__name__)
 Label = str | int | float | bool
 Record = dict[str, Any]
 
-_PYTHON_TYPES: dict[str, Any] = {
-    "double": Annotated[float, Field(strict=True, allow_inf_nan=False)],
-    "float": Annotated[float, Field(strict=True, allow_inf_nan=False)],
-    "long": Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)],
-    "integer": Annotated[int, Field(strict=True, ge=-(2**31), le=2**31 - 1)],
-    "string": Annotated[str, Field(strict=True)],
-    "boolean": Annotated[bool, Field(strict=True)],
-}
-_JSON_KINDS: dict[str, str] = {
-    "double": "a number",
-    "float": "a number",
-    "long": "an integer",
-    "integer": "an integer",
-    "string": "a string",
-    "boolean": "true or false",
-}
+
+def _python_type(column_type: ColumnType) -> Any:
+    """The strict pydantic type of a request field of ``column_type``."""
+    if column_type.kind == "float":
+        return Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    if column_type.kind == "integer":
+        limit = 2 ** (column_type.bits or 63)
+        return Annotated[int, Field(strict=True, ge=-limit, le=limit - 1)]
+    if column_type.kind == "boolean":
+        return Annotated[bool, Field(strict=True)]
+    return Annotated[str, Field(strict=True)]
+
+
+_PYTHON_TYPES: dict[str, Any] = {name: _python_type(t) for name, t in COLUMN_TYPES.items()}
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 _INPUT_FORM = 'Send one record as a JSON object of feature values, or {"records": [record, ...]}.'
 
@@ -68,15 +67,6 @@ class RegressionPrediction(BaseModel):
 Prediction = ClassPrediction | RegressionPrediction
 PredictionRow = dict[str, Any]
 """One prediction as JSON-ready data: the fields of ClassPrediction or RegressionPrediction."""
-
-_SYNTHETIC: dict[str, Any] = {
-    "double": 0.0,
-    "float": 0.0,
-    "long": 0,
-    "integer": 0,
-    "string": "",
-    "boolean": False,
-}
 
 
 @dataclass(frozen=True)
@@ -194,32 +184,44 @@ def parse_numeric_batch(models: RequestModels, payload: Any, min_rows: int) -> p
     the same bodies and names every problem.
     """
     columns = models.columns
+    records = _numeric_batch_records(columns, payload, min_rows)
+    rows = None if records is None else record_values(records, [c.name for c in columns])
+    found = None if rows is None else numeric_matrix(rows)
+    if found is None or not _all_values_fit(columns, *found):
+        return None
+    matrix = found[0]
+    return numeric_frame(columns, [matrix[:, i] for i in range(len(columns))], len(matrix))
+
+
+def _numeric_batch_records(
+    columns: Sequence[InputColumn], payload: Any, min_rows: int
+) -> list[Any] | None:
+    """The records of a ``{"records": [...]}`` batch the vectorised path may take: at least
+    ``min_rows`` objects, each with one value per input, all inputs double or float."""
     if not (isinstance(payload, dict) and len(payload) == 1 and "records" in payload):
         return None
     records = payload["records"]
     if not isinstance(records, list) or len(records) < max(min_rows, 1):
         return None
-    if not all(column.type in ("double", "float") for column in columns):
-        return None
-    if any(column.name == "records" for column in columns):
+    if not all(c.type in FLOAT_TYPES and c.name != "records" for c in columns):
         return None
     width = len(columns)
     if not all(type(record) is dict and len(record) == width for record in records):
         return None  # not an object, or an omitted or unknown field
-    rows = record_values(records, [column.name for column in columns])
-    found = None if rows is None else numeric_matrix(rows)
-    if found is None:
-        return None
-    matrix, nulls = found
+    return records
+
+
+def _all_values_fit(
+    columns: Sequence[InputColumn], matrix: np.ndarray, nulls: np.ndarray | None
+) -> bool:
+    """No value is infinite or NaN, and no required input is null."""
     problems = ~np.isfinite(matrix)
     if nulls is not None:
         required = np.array([column.required for column in columns])
         if (nulls & required).any():
-            return None
+            return False
         problems &= ~nulls
-    if problems.any():
-        return None
-    return numeric_frame(columns, [matrix[:, i] for i in range(width)], len(records))
+    return not problems.any()
 
 
 def record_values(records: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]] | None:
@@ -433,7 +435,7 @@ def warm_up_records(loaded: LoadedModel) -> tuple[list[Record], bool]:
     if loaded.input_example:
         return [dict(record) for record in loaded.input_example], True
     synthetic: Record = {
-        column.name: _SYNTHETIC[column.type] if column.required else None
+        column.name: COLUMN_TYPES[column.type].zero if column.required else None
         for column in loaded.columns
     }
     return [synthetic], False
@@ -450,66 +452,78 @@ def _row_getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any
 
 def _numeric_column(column: InputColumn, values: np.ndarray) -> pd.Series:
     """What :func:`_column` makes of the same values (NaN for missing ones)."""
-    if column.type in ("double", "float"):
-        return pd.Series(values, dtype="float32" if column.type == "float" else "float64")
+    if column.type in FLOAT_TYPES:
+        return pd.Series(values, dtype=COLUMN_TYPES[column.type].dtype)
     if values.dtype.kind == "f" and np.isnan(values).any():
         return pd.Series(values, dtype="float64")
-    return pd.Series(values.astype("int64" if column.type == "long" else "int32"))
+    return pd.Series(values.astype(COLUMN_TYPES[column.type].dtype))
 
 
 def _column(column: InputColumn, values: list[Any]) -> pd.Series:
     missing = any(value is None for value in values)
-    if column.type in ("double", "float"):
-        dtype = "float32" if column.type == "float" else "float64"
+    if column.type in FLOAT_TYPES:
+        dtype = COLUMN_TYPES[column.type].dtype
         return pd.Series([np.nan if v is None else v for v in values], dtype=dtype)
-    if column.type in ("long", "integer"):
+    if column.type in INTEGER_TYPES:
         if missing:
             return pd.Series([np.nan if v is None else v for v in values], dtype="float64")
-        return pd.Series(values, dtype="int64" if column.type == "long" else "int32")
+        return pd.Series(values, dtype=COLUMN_TYPES[column.type].dtype)
     if column.type == "boolean" and not missing:
         return pd.Series(values, dtype="bool")
     return pd.Series([np.nan if v is None else v for v in values], dtype=object)
 
 
 def _describe(error: ErrorDetails, columns: Sequence[InputColumn]) -> ErrorDetail:
+    """One pydantic error as a field path and a message that says how to fix it."""
     loc = error["loc"]
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    path = path or "body"
     name = str(loc[-1]) if loc else "body"
     column = next((c for c in columns if c.name == name), None)
-    kind, value = error["type"], error.get("input")
+    message = (
+        _shape_message(error, name, column, columns)
+        or (_value_message(error, name, column) if column is not None else None)
+        or _body_message(error, name)
+    )
+    return ErrorDetail(field=path or "body", message=message)
+
+
+def _shape_message(
+    error: ErrorDetails, name: str, column: InputColumn | None, columns: Sequence[InputColumn]
+) -> str | None:
+    """A field missing, unknown or not finite, whatever its column; else None."""
+    kind = error["type"]
     if kind == "missing":
         expected = f" ({column.type})" if column else ""
-        message = f"'{name}' is required{expected}: send a value for it."
-    elif kind == "extra_forbidden":
+        return f"'{name}' is required{expected}: send a value for it."
+    if kind == "extra_forbidden":
         expected = ", ".join(c.name for c in columns)
-        message = f"'{name}' is not an input of this model: remove it. Expected fields: {expected}."
-    elif kind == "finite_number":
-        message = f"'{name}' must be a finite number: NaN and Infinity are not accepted."
-    elif column is not None and value is None:
-        message = (
-            f"'{name}' is required and cannot be null: send {_JSON_KINDS[column.type]} "
-            f"({column.type})."
-        )
-    elif column is not None and (
-        kind in ("greater_than_equal", "less_than_equal")
-        or json_kind(value) == _JSON_KINDS[column.type]
-    ):
+        return f"'{name}' is not an input of this model: remove it. Expected fields: {expected}."
+    if kind == "finite_number":
+        return f"'{name}' must be a finite number: NaN and Infinity are not accepted."
+    return None
+
+
+def _value_message(error: ErrorDetails, name: str, column: InputColumn) -> str:
+    """A value of an input column that its type refuses."""
+    value, expected = error.get("input"), COLUMN_TYPES[column.type].json_kind
+    if value is None:
+        return f"'{name}' is required and cannot be null: send {expected} ({column.type})."
+    if error["type"] in ("greater_than_equal", "less_than_equal") or json_kind(value) == expected:
         # The right kind of value, refused anyway: beyond what the column's type can hold.
-        message = f"'{name}' is out of range for {column.type}: send a smaller value."
-    elif column is not None:
-        message = (
-            f"'{name}' must be {_JSON_KINDS[column.type]} ({column.type}), got {json_kind(value)}."
-        )
-    elif name == "records" and kind == "too_short":
-        message = "'records' is empty: send at least one record."
-    elif name == "records":
-        message = f"'records' must be a list of records (JSON objects), got {json_kind(value)}."
-    elif kind in ("model_type", "dict_type"):
-        message = f"each record must be a JSON object of feature values, got {json_kind(value)}."
-    else:
-        message = str(error["msg"])
-    return ErrorDetail(field=path, message=message)
+        return f"'{name}' is out of range for {column.type}: send a smaller value."
+    return f"'{name}' must be {expected} ({column.type}), got {json_kind(value)}."
+
+
+def _body_message(error: ErrorDetails, name: str) -> str:
+    """The body or its ``records`` list in the wrong shape."""
+    kind, value = error["type"], error.get("input")
+    if name == "records" and kind == "too_short":
+        return "'records' is empty: send at least one record."
+    if name == "records":
+        return f"'records' must be a list of records (JSON objects), got {json_kind(value)}."
+    if kind in ("model_type", "dict_type"):
+        return f"each record must be a JSON object of feature values, got {json_kind(value)}."
+    return str(error["msg"])
 
 
 def json_kind(value: Any) -> str:

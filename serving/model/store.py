@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from mlflow.models import Model
 from mlflow.types.schema import DataType
 from sklearn.base import is_classifier
 
+from pipeline.contracts import COLUMN_TYPES, TRUSTED_MODULE_PREFIXES, Task
 from serving.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -36,20 +37,6 @@ from serving.errors import (
 from serving.model.ref import ModelRef
 
 logger = logging.getLogger(__name__)
-
-ALLOWED_TYPE_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.", "scipy.")
-"""Modules whose types may be trusted when loading a skops file.
-
-Found by experiment: plain sklearn Pipelines (imputers, scalers, one-hot, linear models,
-trees and forests, boosting, k-NN, MLP, SVM, Gaussian processes) only need types from
-``sklearn.*`` (e.g. ``sklearn.tree._tree.Tree``) and ``numpy.*`` (``numpy.dtype``).
-"""
-
-SUPPORTED_TYPES: frozenset[str] = frozenset(
-    {"double", "float", "long", "integer", "string", "boolean"}
-)
-
-Task = Literal["classification", "regression"]
 
 _T = TypeVar("_T")
 
@@ -267,12 +254,12 @@ def _load_estimator(local_dir: Path, mlmodel: Model, label: str) -> Any:
     if not data_path.is_file() or local_dir.resolve() not in data_path.parents:
         raise UnsupportedModelError(f"The skops file of {label} is missing from its artifacts.")
     untrusted = skops.io.get_untrusted_types(file=data_path)
-    refused = [t for t in untrusted if not t.startswith(ALLOWED_TYPE_PREFIXES)]
+    refused = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
     if refused:
         raise UnsafeModelError(
             f"Refusing to load {label}: its skops file contains type(s) "
             f"{', '.join(refused)} outside the allowed modules "
-            f"({', '.join(ALLOWED_TYPE_PREFIXES)}). Re-train it with plain scikit-learn "
+            f"({', '.join(TRUSTED_MODULE_PREFIXES)}). Re-train it with plain scikit-learn "
             "components."
         )
     try:
@@ -308,10 +295,10 @@ def _input_columns(mlmodel: Model, label: str) -> tuple[InputColumn, ...]:
     columns = []
     for spec in schema.inputs:
         type_name = spec.type.name if isinstance(spec.type, DataType) else str(spec.type)
-        if type_name not in SUPPORTED_TYPES:
+        if type_name not in COLUMN_TYPES:
             raise UnsupportedModelError(
                 f"{label} input '{spec.name}' has type {type_name}; serving supports "
-                f"{', '.join(sorted(SUPPORTED_TYPES))}."
+                f"{', '.join(sorted(COLUMN_TYPES))}."
             )
         columns.append(InputColumn(name=str(spec.name), type=type_name, required=spec.required))
     return tuple(columns)

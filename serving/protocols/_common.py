@@ -13,6 +13,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES
 from serving.model.inference import json_kind
 from serving.model.store import InputColumn
 from serving.protocols.deps import ModelUnavailableError
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 Renderer = Callable[[int, str, str], Response]
 """Builds a protocol's error response from (status, short code, message)."""
 
-NUMERIC_TYPES = frozenset({"double", "float", "long", "integer"})
 _INT32_LIMIT = 2**31
 _MAX_EXACT_INT = 2**53
 """Integers below this size survive a trip through float64 unchanged."""
@@ -118,31 +118,45 @@ def coerce_value(column: InputColumn, value: Any) -> Any:
     if isinstance(value, list | dict):
         raise ValueCoercionError(f"expected a single {kind} value, got {json_kind(value)}")
     if is_missing(value):
-        if column.required and kind not in ("double", "float", "string"):
+        if column.required and kind not in (*FLOAT_TYPES, "string"):
             raise ValueCoercionError(f"a value is required ({kind}), got null")
         return None
-    if kind in ("double", "float"):
-        number = _as_number(value, kind)
-        if math.isinf(number):
-            raise ValueCoercionError(f"expected a finite number ({kind}), got {value!r}")
-        return number
-    if kind in ("long", "integer"):
-        number = _as_number(value, kind)
-        if isinstance(number, float) and not number.is_integer():
-            raise ValueCoercionError(f"expected an integer ({kind}), got {value!r}")
-        bits = 63 if kind == "long" else 31
-        if not -(2**bits) <= int(number) < 2**bits:
-            raise ValueCoercionError(f"{value!r} is out of range for {kind}")
-        return int(number)
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueCoercionError(f"expected true or false (boolean), got {value!r}")
-    return value  # string: MLflow passes any scalar through unchanged
+    coerce = _COERCERS.get(COLUMN_TYPES[kind].kind)
+    return value if coerce is None else coerce(kind, value)  # string: any scalar, unchanged
+
+
+def _coerce_float(kind: str, value: Any) -> float | int:
+    number = _as_number(value, kind)
+    if math.isinf(number):
+        raise ValueCoercionError(f"expected a finite number ({kind}), got {value!r}")
+    return number
+
+
+def _coerce_integer(kind: str, value: Any) -> int:
+    number = _as_number(value, kind)
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueCoercionError(f"expected an integer ({kind}), got {value!r}")
+    bits = COLUMN_TYPES[kind].bits or 63
+    if not -(2**bits) <= int(number) < 2**bits:
+        raise ValueCoercionError(f"{value!r} is out of range for {kind}")
+    return int(number)
+
+
+def _coerce_boolean(kind: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueCoercionError(f"expected true or false ({kind}), got {value!r}")
+
+
+_COERCERS: dict[str, Callable[[str, Any], Any]] = {
+    "float": _coerce_float,
+    "integer": _coerce_integer,
+    "boolean": _coerce_boolean,
+}
 
 
 def numeric_values_fit(column: InputColumn, values: np.ndarray) -> bool:
@@ -156,7 +170,7 @@ def numeric_values_fit(column: InputColumn, values: np.ndarray) -> bool:
         return kind != "integer" or _within(values, _INT32_LIMIT)
     if values.dtype.kind != "f":
         return False
-    if kind in ("double", "float"):
+    if kind in FLOAT_TYPES:
         return not bool(np.isinf(values).any())
     missing = np.isnan(values)
     if column.required and bool(missing.any()):

@@ -17,13 +17,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from pipeline.contracts import COLUMN_TYPES, NUMERIC_TYPES
 from serving.deps import log_predictions
 from serving.errors import InvalidRequestError
 from serving.middleware.request_id import adopt_request_id
 from serving.model.inference import ClassPrediction, Prediction
 from serving.model.store import InputColumn, LoadedModel
 from serving.protocols._common import (
-    NUMERIC_TYPES,
     ProtocolError,
     ValueCoercionError,
     coerce_value,
@@ -39,24 +39,20 @@ logger = logging.getLogger(__name__)
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
 
-DATATYPES: dict[str, str] = {
-    "double": "FP64",
-    "float": "FP32",
-    "long": "INT64",
-    "integer": "INT32",
-    "string": "BYTES",
-    "boolean": "BOOL",
-}
+DATATYPES: dict[str, str] = {name: t.kserve for name, t in COLUMN_TYPES.items()}
+"""The datatype of each signature column type's tensor."""
 _FLOATS = frozenset({"FP64", "FP32", "FP16"})
 _INTS = frozenset({"INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"})
-ACCEPTED: dict[str, frozenset[str]] = {
-    "double": _FLOATS | _INTS,
+_ACCEPTED_BY_KIND: dict[str, frozenset[str]] = {
     "float": _FLOATS | _INTS,
-    "long": _INTS,
     "integer": _INTS,
     "string": frozenset({"BYTES"}),
     "boolean": frozenset({"BOOL"}),
 }
+ACCEPTED: dict[str, frozenset[str]] = {
+    name: _ACCEPTED_BY_KIND[t.kind] for name, t in COLUMN_TYPES.items()
+}
+"""The tensor datatypes a column of each signature type takes."""
 ALL_DATATYPES = _FLOATS | _INTS | {"BYTES", "BOOL"}
 
 
@@ -283,10 +279,24 @@ def _check_value(name: str, datatype: str, value: Any) -> None:
 def _records_from_columns(
     tensors: Sequence[Tensor], columns: Sequence[InputColumn]
 ) -> list[Record]:
+    seen = _column_tensors(tensors, columns)
+    n_rows = _row_count(seen)
+    values: dict[str, list[Any]] = {}
+    for column in columns:
+        sent = seen.get(column.name)
+        if sent is None:
+            values[column.name] = [None] * n_rows
+            continue
+        values[column.name] = [_value(column, sent[2], v) for v in sent[3]]
+    return [{name: values[name][row] for name in values} for row in range(n_rows)]
+
+
+def _column_tensors(tensors: Sequence[Tensor], columns: Sequence[InputColumn]) -> dict[str, Tensor]:
+    """Each tensor by the column it holds, checked against it; every required one present."""
     by_name = {c.name: c for c in columns}
     seen: dict[str, Tensor] = {}
     for tensor in tensors:
-        name, shape, datatype, _ = tensor
+        name = tensor[0]
         column = by_name.get(name)
         if column is None:
             raise InferError(
@@ -301,16 +311,7 @@ def _records_from_columns(
             )
         if name in seen:
             raise InferError(400, f"input '{name}' is sent twice: send each column once.")
-        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
-            raise InferError(
-                400, f"input '{name}' has shape {shape}: a column tensor has shape [N] or [N, 1]."
-            )
-        if datatype not in ACCEPTED[column.type]:
-            raise InferError(
-                400,
-                f"input '{name}' has datatype {datatype}, but the column is {column.type}: "
-                f"send it as {DATATYPES[column.type]}.",
-            )
+        _check_column_tensor(tensor, column)
         seen[name] = tensor
     missing = [c.name for c in columns if c.required and c.name not in seen]
     if missing:
@@ -319,6 +320,25 @@ def _records_from_columns(
             f"Missing required input(s) {', '.join(map(repr, missing))}: send one tensor per "
             f"column; the model expects {expected_columns(columns)}.",
         )
+    return seen
+
+
+def _check_column_tensor(tensor: Tensor, column: InputColumn) -> None:
+    name, shape, datatype, _ = tensor
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise InferError(
+            400, f"input '{name}' has shape {shape}: a column tensor has shape [N] or [N, 1]."
+        )
+    if datatype not in ACCEPTED[column.type]:
+        raise InferError(
+            400,
+            f"input '{name}' has datatype {datatype}, but the column is {column.type}: "
+            f"send it as {DATATYPES[column.type]}.",
+        )
+
+
+def _row_count(seen: dict[str, Tensor]) -> int:
+    """The one number of rows every column tensor holds (at least one)."""
     rows = {shape[0] for _, shape, _, _ in seen.values()}
     if len(rows) != 1:
         raise InferError(
@@ -330,14 +350,7 @@ def _records_from_columns(
     n_rows = rows.pop()
     if n_rows == 0:
         raise InferError(400, "The inputs have no rows: send at least one.")
-    values: dict[str, list[Any]] = {}
-    for column in columns:
-        sent = seen.get(column.name)
-        if sent is None:
-            values[column.name] = [None] * n_rows
-            continue
-        values[column.name] = [_value(column, sent[2], v) for v in sent[3]]
-    return [{name: values[name][row] for name in values} for row in range(n_rows)]
+    return n_rows
 
 
 def _records_from_matrix(tensor: Tensor, columns: Sequence[InputColumn]) -> list[Record]:

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from mlflow.version import VERSION as MLFLOW_VERSION
 
+from pipeline.contracts import NUMERIC_TYPES
 from serving.deps import get_prediction_log, log_predictions
 from serving.errors import InvalidRequestError
 from serving.model.inference import (
@@ -36,7 +37,6 @@ from serving.model.inference import (
 )
 from serving.model.store import InputColumn, to_native
 from serving.protocols._common import (
-    NUMERIC_TYPES,
     ProtocolError,
     ValueCoercionError,
     coerce_value,
@@ -436,6 +436,10 @@ def _all_numeric(columns: Sequence[InputColumn]) -> bool:
     return all(column.type in NUMERIC_TYPES for column in columns)
 
 
+_Matrix = tuple[list[str], np.ndarray]
+"""The names of the columns sent and their values, one matrix column per name."""
+
+
 def _bulk_json_frame(
     key: str, data: Any, columns: Sequence[InputColumn], min_rows: int
 ) -> pd.DataFrame | None:
@@ -444,48 +448,65 @@ def _bulk_json_frame(
     ``dataframe_split``, records (``dataframe_records``, or ``instances``/``inputs`` as a list
     of records) and columns (``instances``/``inputs`` as ``{column: [values]}``).
     """
-    names: list[str]
     if key == DF_SPLIT:
-        names, rows = _split_parts(data)
-        if len(rows) < min_rows:
-            return None
-        _check_required(names, columns)
-        found = numeric_matrix(rows)
-        if found is None:  # perhaps only because of extra (ignored) columns of text
-            names, rows = _model_columns_only(names, rows, columns)
-            found = numeric_matrix(rows)
+        found = _split_matrix(data, columns, min_rows)
     elif isinstance(data, list):
-        if len(data) < min_rows or not all(type(row) is dict for row in data):
-            return None
-        names = [column.name for column in columns if column.name in data[0]]
-        if len(names) < len(columns):  # an input left out of the first record, or of all
-            sent = set().union(*data)
-            names = [column.name for column in columns if column.name in sent]
-        _check_required(names, columns)
-        # Each record must hold each of those (extra keys are ignored, as on the record way).
-        values = record_values(data, names)
-        found = None if values is None else numeric_matrix(values)
+        found = _records_matrix(data, columns, min_rows)
     elif isinstance(data, dict) and key in (INSTANCES, INPUTS):
-        if not all(isinstance(value, list) for value in data.values()):
-            return None  # scalars are broadcast on the record way
-        lengths = {len(value) for value in data.values()}
-        if len(lengths) != 1 or lengths.pop() < min_rows:
-            return None
-        _check_required(data, columns)
-        names = [column.name for column in columns if column.name in data]
-        found = numeric_matrix([data[name] for name in names])
-        found = None if found is None else (found[0].T, None)
+        found = _columns_matrix(data, columns, min_rows)
     else:
         return None
     if found is None:
         return None
-    matrix = found[0]
+    names, matrix = found
     position = {name: index for index, name in enumerate(names)}  # the last of duplicates
     arrays = [
         None if column.name not in position else matrix[:, position[column.name]]
         for column in columns
     ]
     return _checked_frame(columns, arrays, matrix.shape[0])
+
+
+def _split_matrix(data: Any, columns: Sequence[InputColumn], min_rows: int) -> _Matrix | None:
+    names, rows = _split_parts(data)
+    if len(rows) < min_rows:
+        return None
+    _check_required(names, columns)
+    found = numeric_matrix(rows)
+    if found is None:  # perhaps only because of extra (ignored) columns of text
+        names, rows = _model_columns_only(names, rows, columns)
+        found = numeric_matrix(rows)
+    return None if found is None else (names, found[0])
+
+
+def _records_matrix(
+    data: list[Any], columns: Sequence[InputColumn], min_rows: int
+) -> _Matrix | None:
+    if len(data) < min_rows or not all(type(row) is dict for row in data):
+        return None
+    names = [column.name for column in columns if column.name in data[0]]
+    if len(names) < len(columns):  # an input left out of the first record, or of all
+        sent = set().union(*data)
+        names = [column.name for column in columns if column.name in sent]
+    _check_required(names, columns)
+    # Each record must hold each of those (extra keys are ignored, as on the record way).
+    values = record_values(data, names)
+    found = None if values is None else numeric_matrix(values)
+    return None if found is None else (names, found[0])
+
+
+def _columns_matrix(
+    data: dict[str, Any], columns: Sequence[InputColumn], min_rows: int
+) -> _Matrix | None:
+    if not all(isinstance(value, list) for value in data.values()):
+        return None  # scalars are broadcast on the record way
+    lengths = {len(value) for value in data.values()}
+    if len(lengths) != 1 or lengths.pop() < min_rows:
+        return None
+    _check_required(data, columns)
+    names = [column.name for column in columns if column.name in data]
+    found = numeric_matrix([data[name] for name in names])
+    return None if found is None else (names, found[0].T)
 
 
 def _model_columns_only(

@@ -1,4 +1,7 @@
-"""Tiny real models in a throwaway MLflow store, and small factories around them.
+"""Fixtures: tiny real models in a throwaway MLflow store, and apps around them.
+
+The objects they hand out (``TinyStore``, ``TinyModel``) and shared request bodies live in
+``tests/serving/factories.py``, which test modules import like any module.
 
 Nothing here touches ./mlruns, ./mlflow.db or the network: every store lives under a
 pytest temporary directory and every model is fitted on data bundled with scikit-learn.
@@ -9,7 +12,6 @@ from __future__ import annotations
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,61 +38,7 @@ from sklearn.svm import LinearSVC
 
 from serving.app import create_app
 from serving.settings import Settings
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    """A fitted sklearn Pipeline, the frame it was trained on and where it was logged."""
-
-    estimator: Any
-    features: pd.DataFrame
-    model_uri: str
-    run_id: str
-    metrics: dict[str, float]
-
-
-@dataclass
-class TinyStore:
-    """A temporary MLflow store holding a few registered models."""
-
-    root: Path
-    tracking_uri: str
-    client: MlflowClient
-    experiment_id: str
-    models: dict[str, TinyModel] = field(default_factory=dict)
-
-    def register(
-        self, name: str, model: TinyModel, *, production: bool = False, alias: str | None = None
-    ) -> str:
-        """Register ``model`` as a new version of ``name``; return the version."""
-        try:
-            self.client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
-            self.client.create_registered_model(name)
-        # The registry resolves the logged-model source through the global tracking URI.
-        with _use_tracking_uri(self.tracking_uri):
-            version = self.client.create_model_version(
-                name, source=model.model_uri, run_id=model.run_id, tags={"run_id": model.run_id}
-            ).version
-        if production:
-            self.promote(name, str(version))
-        if alias is not None:
-            self.client.set_registered_model_alias(name, alias, str(version))
-        return str(version)
-
-    def promote(self, name: str, version: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            self.client.transition_model_version_stage(
-                name, version, "Production", archive_existing_versions=True
-            )
-        self.client.set_registered_model_alias(name, "champion", version)
-
-    def settings(self, **overrides: Any) -> Settings:
-        """Settings pointing at this store; keyword arguments override the rest."""
-        values: dict[str, Any] = {"tracking_uri": self.tracking_uri, "poll_seconds": 0.05}
-        values.update(overrides)
-        return Settings(**values)
+from tests.serving.factories import TinyModel, TinyStore
 
 
 class ShadyTransformer(TransformerMixin, BaseEstimator):

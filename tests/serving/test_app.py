@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -15,18 +15,8 @@ from fastapi.testclient import TestClient
 
 import serving.routes
 from serving.app import create_app
+from tests.serving.factories import SETOSA, MakeClient, TinyStore
 
-if TYPE_CHECKING:
-    from conftest import TinyStore
-
-MakeClient = Callable[..., TestClient]
-
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
 MIXED = {"age": 41.0, "rooms": 4, "city": "lyon", "owner": "yes"}
 
 

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,9 +23,7 @@ import serving.model.state
 from serving.app import create_app
 from serving.model.state import ModelHolder
 from serving.settings import Settings
-
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
+from tests.serving.factories import TinyModel, TinyStore
 
 pytestmark = pytest.mark.timeout(60)
 

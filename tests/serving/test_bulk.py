@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,11 +28,8 @@ from serving.model.inference import (
     to_frame,
 )
 from serving.model.store import InputColumn
+from tests.serving.factories import MakeClient, TinyModel, TinyStore
 
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
-
-MakeClient = Callable[..., TestClient]
 Pair = tuple[TestClient, TestClient]
 JSON = {"Content-Type": "application/json"}
 

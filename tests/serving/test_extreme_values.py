@@ -6,12 +6,10 @@ Found by review: an integer beyond 64 bits overflowed pandas (500), and finite d
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from fastapi.testclient import TestClient
+from tests.serving.factories import MakeClient
 
-MakeClient = Callable[..., TestClient]
 HUGE = 1e308
 DIABETES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 MIXED = {"age": 41.0, "city": "paris", "owner": "yes"}

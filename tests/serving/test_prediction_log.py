@@ -10,7 +10,7 @@ import errno
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -27,9 +27,7 @@ from serving.prediction_log import (
     feedback_schema,
     prediction_schema,
 )
-
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
+from tests.serving.factories import TinyModel, TinyStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,18 +18,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.prediction_log import PredictionLog
+from tests.serving.factories import SETOSA, MakeClient, TinyStore
 
-if TYPE_CHECKING:
-    from conftest import TinyStore
-
-MakeClient = Callable[..., TestClient]
-
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
 FEATURES = list(SETOSA)
 HEX32 = r"^[0-9a-f]{32}$"
 

@@ -6,7 +6,7 @@ import dataclasses
 import gc
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,17 +16,7 @@ from serving.errors import ModelLoadError
 from serving.model.ref import ModelRef
 from serving.model.state import ModelHolder, prepare
 from serving.model.store import LoadedModel, load_model
-
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
-
-MakeClient = Callable[..., TestClient]
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
+from tests.serving.factories import SETOSA, MakeClient, TinyModel, TinyStore
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:

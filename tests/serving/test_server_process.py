@@ -13,15 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
+from tests.serving.factories import TinyModel, TinyStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pandas as pd
@@ -28,20 +27,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import app_from_env, create_app
-
-if TYPE_CHECKING:
-    from conftest import TinyStore
+from tests.serving.factories import SETOSA, TinyStore
 
 pytestmark = pytest.mark.timeout(180)
 e2e = pytest.mark.e2e
 
 STARTUP_TIMEOUT = 90.0
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
 _WORKER = re.compile(r'^serving_worker_info\{pid="(\d+)"\} 1\.0$', re.MULTILINE)
 _PREDICTED = re.compile(
     r'^serving_requests_total\{method="POST",route="/predict",status="200"\} (\S+)$', re.MULTILINE

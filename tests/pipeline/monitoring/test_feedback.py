@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import PipelineConfig, load_config
+from pipeline.contracts import TIMESTAMP
 from pipeline.errors import DataValidationError
 from pipeline.monitoring import feedback
-from pipeline.monitoring.prediction_log import TIMESTAMP, PredictionLog, part_name
+from pipeline.monitoring.prediction_log import PredictionLog, part_name
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.contracts import TIMESTAMP
 from pipeline.errors import DataValidationError
-from pipeline.monitoring.prediction_log import TIMESTAMP, PredictionLog, part_name
+from pipeline.monitoring.prediction_log import PredictionLog, part_name
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 

@@ -10,32 +10,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 import serving.model.state
 from serving.app import create_app
 from serving.middleware.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
 from serving.settings import Settings
-
-if TYPE_CHECKING:
-    from conftest import TinyStore
+from tests.serving.factories import SETOSA, MakeClient, TinyStore
 
 pytestmark = pytest.mark.timeout(120)
 
-MakeClient = Callable[..., TestClient]
 
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
 GENEROUS = 15.0
 """Seconds: an upper bound on "promptly" that no loaded machine should ever miss."""
 

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-if TYPE_CHECKING:
-    from conftest import TinyStore
-
-MakeClient = Callable[..., TestClient]
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
-
+from tests.serving.factories import SETOSA, MakeClient, TinyStore
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -4,7 +4,6 @@ answer 401 in their own protocol's body; the other routes stay open; the key nev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,16 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.settings import Settings
-
-MakeClient = Callable[..., TestClient]
+from tests.serving.factories import SETOSA, MakeClient
 
 KEY = "s3cret-key-for-tests"
-SETOSA = {
-    "sepal length (cm)": 5.1,
-    "sepal width (cm)": 3.5,
-    "petal length (cm)": 1.4,
-    "petal width (cm)": 0.2,
-}
 
 
 @dataclass(frozen=True)

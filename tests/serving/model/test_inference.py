@@ -6,7 +6,7 @@ No HTTP here: these call the plain functions the routes call.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,9 +23,7 @@ from serving.model.inference import (
 )
 from serving.model.ref import ModelRef
 from serving.model.store import InputColumn, LoadedModel, load_model
-
-if TYPE_CHECKING:
-    from conftest import TinyStore
+from tests.serving.factories import TinyStore
 
 MIXED = (
     InputColumn("age", "double", required=False),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from pipeline.contracts import TRUSTED_MODULE_PREFIXES
 from serving.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -24,15 +24,8 @@ from serving.errors import (
     UnsafeModelError,
 )
 from serving.model.ref import ModelRef
-from serving.model.store import (
-    ALLOWED_TYPE_PREFIXES,
-    InputColumn,
-    load_model,
-    resolve_version,
-)
-
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
+from serving.model.store import InputColumn, load_model, resolve_version
+from tests.serving.factories import TinyModel, TinyStore
 
 
 def test_loads_the_production_version_with_its_metadata(store: TinyStore) -> None:
@@ -165,10 +158,10 @@ def test_plain_sklearn_pipelines_only_need_allowed_types(estimator: object) -> N
         pipeline.fit(features, target)
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
     assert untrusted
-    assert all(t.startswith(ALLOWED_TYPE_PREFIXES) for t in untrusted), untrusted
+    assert all(t.startswith(TRUSTED_MODULE_PREFIXES) for t in untrusted), untrusted
 
 
 def test_allowed_prefixes_are_whole_module_names() -> None:
-    assert all(prefix.endswith(".") for prefix in ALLOWED_TYPE_PREFIXES)
-    assert not "sklearnx.evil".startswith(ALLOWED_TYPE_PREFIXES)
-    assert LogisticRegression.__module__.startswith(ALLOWED_TYPE_PREFIXES)
+    assert all(prefix.endswith(".") for prefix in TRUSTED_MODULE_PREFIXES)
+    assert not "sklearnx.evil".startswith(TRUSTED_MODULE_PREFIXES)
+    assert LogisticRegression.__module__.startswith(TRUSTED_MODULE_PREFIXES)

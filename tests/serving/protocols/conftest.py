@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.settings import Settings
-
-if TYPE_CHECKING:
-    from conftest import TinyStore
+from tests.serving.factories import TinyStore
 
 
 @pytest.fixture

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-if TYPE_CHECKING:
-    from conftest import TinyStore
+from tests.serving.factories import MakeClient, TinyStore
 
-MakeClient = Callable[..., TestClient]
 INFER = "/v2/models/iris/infer"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,11 +27,8 @@ from serving.model.store import InputColumn
 from serving.protocols import mlflow_scoring
 from serving.protocols._common import numeric_values_fit
 from serving.settings import Settings
+from tests.serving.factories import MakeClient, TinyModel, TinyStore
 
-if TYPE_CHECKING:
-    from conftest import TinyModel, TinyStore
-
-MakeClient = Callable[..., TestClient]
 JSON = {"Content-Type": "application/json"}
 CSV = {"Content-Type": "text/csv"}
 Pair = tuple[TestClient, TestClient]

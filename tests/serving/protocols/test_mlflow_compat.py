@@ -12,14 +12,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-if TYPE_CHECKING:
-    from conftest import TinyStore
+from tests.serving.factories import TinyStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import mlflow
@@ -14,11 +13,8 @@ from fastapi.testclient import TestClient
 
 from serving.protocols import mlflow_scoring
 from serving.protocols.deps import Predictor, current_predictor
+from tests.serving.factories import MakeClient, TinyStore
 
-if TYPE_CHECKING:
-    from conftest import TinyStore
-
-MakeClient = Callable[..., TestClient]
 JSON = {"Content-Type": "application/json"}
 CSV = {"Content-Type": "text/csv"}
 MIXED = {"age": 41.0, "rooms": 4, "city": "lyon", "owner": "yes"}
