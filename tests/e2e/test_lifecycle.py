@@ -15,14 +15,10 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.factories import IRIS_SETOSA
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_CONFIGS = Path(__file__).resolve().parent / "configs"
-SETOSA = {
-    "sepal_length_cm": 5.1,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.4,
-    "petal_width_cm": 0.2,
-}
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +81,7 @@ def _production_version(project: Path) -> str:
 
 
 def test_the_served_production_model_answers_over_http(server: str) -> None:
-    response = httpx.post(f"{server}/predict", json=SETOSA, timeout=10)
+    response = httpx.post(f"{server}/predict", json=IRIS_SETOSA, timeout=10)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model_name"] == "iris"
@@ -97,7 +93,7 @@ def test_the_served_production_model_answers_over_http(server: str) -> None:
 
 def test_a_bad_request_gets_a_422_naming_the_field(server: str) -> None:
     response = httpx.post(
-        f"{server}/predict", json={**SETOSA, "petal_width_cm": "wide"}, timeout=10
+        f"{server}/predict", json={**IRIS_SETOSA, "petal_width_cm": "wide"}, timeout=10
     )
     assert response.status_code == 422
     assert "petal_width_cm" in response.text
@@ -116,7 +112,7 @@ def test_a_worse_candidate_is_registered_not_promoted_and_the_server_keeps_answe
     assert tags["gate.decision"] == "rejected"
     assert "< champion v1" in tags["gate.reason"]
     assert _production_version(trained) == "1"
-    response = httpx.post(f"{server}/predict", json=SETOSA, timeout=10)
+    response = httpx.post(f"{server}/predict", json=IRIS_SETOSA, timeout=10)
     assert response.status_code == 200
     assert response.json()["model_version"] == "1"
 

@@ -12,18 +12,13 @@ import httpx
 import pytest
 
 from pipeline.registry import production
+from tests.factories import IRIS_SETOSA
 
 if TYPE_CHECKING:
     from conftest import Team, TrainedVersion
 
 pytestmark = [pytest.mark.e2e, pytest.mark.team]
 
-SETOSA = {
-    "sepal_length_cm": 5.1,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.4,
-    "petal_width_cm": 0.2,
-}
 POLL_SECONDS = 1.0
 # Download, safe-load and warm-up of a small model, on a loaded 2-core machine.
 LOAD_SECONDS = 20.0
@@ -67,7 +62,7 @@ class Load:
 
     def _record(self, replica: int, client: httpx.Client) -> None:
         try:
-            response = client.post("/predict", json=SETOSA)
+            response = client.post("/predict", json=IRIS_SETOSA)
         except httpx.HTTPError as exc:
             answer = Answer(time.monotonic(), replica, None, f"{type(exc).__name__}: {exc}")
         else:
