@@ -65,6 +65,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.spatial.distance import jensenshannon
 
 from pipeline.config import DriftConfig
 from pipeline.errors import DataValidationError
@@ -203,14 +204,19 @@ class DriftReport:
             "drift.rows": float(self.rows),
         }
         for name, column in self.columns.items():
-            key = f"drift.{_METRIC_NAME_UNSAFE.sub('_', name)}"
             for stat in ("psi", "wasserstein", "js", "p_value"):
                 value = getattr(column, stat)
                 if value is not None and math.isfinite(value):
-                    result[f"{key}.{stat}"] = float(value)
+                    result[metric_key("drift", name, stat)] = float(value)
             if column.test != "none":
-                result[f"{key}.drifted"] = float(column.drifted)
+                result[metric_key("drift", name, "drifted")] = float(column.drifted)
         return result
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name built from parts (column names) that may hold characters MLflow
+    refuses in a metric name."""
+    return ".".join(_METRIC_NAME_UNSAFE.sub("_", part) for part in parts)
 
 
 class DriftAccumulator:
@@ -374,24 +380,10 @@ class _NumericColumn:
             "current_std": math.sqrt(self.m2 / self.n) if self.n else None,
         }
         if ref.n == 0:
-            return ColumnDrift(
-                **base,
-                **_no_stats(),
-                test="none",
-                drifted=False,
-                histogram=Histogram(reference=(), current=(), edges=()),
-                note="the reference has no values in this column: nothing to compare",
-            )
+            return _untested(base, Histogram(reference=(), current=(), edges=()))
         histogram = self._histogram()
         if self.n == 0:
-            return ColumnDrift(
-                **base,
-                **_no_stats(),
-                test="missing",
-                drifted=True,
-                histogram=histogram,
-                note=f"no values in this window ({self.missing} missing)",
-            )
+            return _untested(base, histogram)
         config = self.config
         reference_shares = np.asarray(ref.bin_counts, dtype=np.float64) / ref.n
         current_shares = _group(self.counts, self.edges, self.decile_edges) / self.n
@@ -636,26 +628,12 @@ class _CategoricalColumn:
         )
         current_counts = np.append(self.counts, self.unseen)
         if ref.n == 0:
-            return ColumnDrift(
-                **base,
-                **_no_stats(),
-                test="none",
-                drifted=False,
-                histogram=Histogram(reference=(), current=(), categories=()),
-                note="the reference has no values in this column: nothing to compare",
-            )
+            return _untested(base, Histogram(reference=(), current=(), categories=()))
         reference_shares = reference_counts / ref.n
         current_shares = current_counts / self.n if self.n else np.zeros_like(reference_shares)
         histogram = self._histogram(reference_shares, current_shares)
         if self.n == 0:
-            return ColumnDrift(
-                **base,
-                **_no_stats(),
-                test="missing",
-                drifted=True,
-                histogram=histogram,
-                note=f"no values in this window ({self.missing} missing)",
-            )
+            return _untested(base, histogram)
         config = self.config
         psi = _psi(reference_shares, current_shares, config.psi_epsilon)
         js = _js_distance(reference_shares, current_shares)
@@ -757,13 +735,10 @@ def _band(psi: float, config: DriftConfig) -> PsiBand:
 
 def _js_distance(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon distance, base 2 (0 identical, 1 disjoint); inputs are shares."""
-    middle = (p + q) / 2
-
-    def divergence(a: np.ndarray) -> float:
-        mask = a > 0
-        return float(np.sum(a[mask] * np.log2(a[mask] / middle[mask])))
-
-    return math.sqrt(min(max((divergence(p) + divergence(q)) / 2, 0.0), 1.0))
+    # Rounding can leave the divergence a hair below 0 (sqrt: NaN) or the distance above 1.
+    with np.errstate(invalid="ignore"):
+        value = float(jensenshannon(p, q, base=2))
+    return 0.0 if math.isnan(value) else min(value, 1.0)
 
 
 def _chi2(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -775,15 +750,29 @@ def _chi2(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def _no_stats() -> dict[str, Any]:
-    return {
-        "psi": None,
-        "psi_band": None,
-        "wasserstein": None,
-        "js": None,
-        "p_value": None,
-        "statistic": None,
-    }
+def _untested(base: dict[str, Any], histogram: Histogram) -> ColumnDrift:
+    """A column no statistic applies to: no reference values (not tested), or no current
+    values (drifted: the column went missing)."""
+    no_statistics: dict[str, Any] = dict.fromkeys(
+        ("psi", "psi_band", "wasserstein", "js", "p_value", "statistic")
+    )
+    if base["reference_n"] == 0:
+        return ColumnDrift(
+            **base,
+            **no_statistics,
+            test="none",
+            drifted=False,
+            histogram=histogram,
+            note="the reference has no values in this column: nothing to compare",
+        )
+    return ColumnDrift(
+        **base,
+        **no_statistics,
+        test="missing",
+        drifted=True,
+        histogram=histogram,
+        note=f"no values in this window ({base['missing']} missing)",
+    )
 
 
 def _finite_or_none(value: float) -> float | None:

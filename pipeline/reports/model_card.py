@@ -8,19 +8,19 @@ guessed, which keeps cards of versions made by older code truthful too.
 The HTML page is self-contained (inline CSS, plots as data URIs) because the MLflow UI shows
 an `.html` artifact in an iframe where relative links to other artifacts do not resolve. The
 Markdown page links the plots by their path relative to the card instead, for reading the
-artifacts as files.
+artifacts as files. This module gathers the card and turns it into rows of text; the
+templates `model_card.html.j2` and `model_card.md.j2` lay them out.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import posixpath
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
 from pipeline.registry import production
+from pipeline.reports.render import render
 from pipeline.steps.train import RESOLVED_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -536,181 +537,59 @@ def _metric_rows(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
     return [(name, _number(value)) for name, value in metrics.items()]
 
 
-# --- Markdown --------------------------------------------------------------------------------
-
-
-_FIELD_VALUE = ("Field", "Value")
+# --- rendering --------------------------------------------------------------------------------
 
 
 def render_markdown(card: ModelCardInput) -> str:
     """The card as Markdown; plots are linked by their path relative to the card's folder."""
-    out: list[str] = [f"# {_md(_title(card))}", ""]
-    out += _md_table(_FIELD_VALUE, _summary_rows(card))
-    out += ["## Gate decision", ""]
-    if card.gate is None:
-        out += ["No gate decision is recorded for this version.", ""]
-    else:
-        out += _md_table(_FIELD_VALUE, _gate_rows(card.gate))
-    out += ["## Held-out metrics", ""]
-    out += _md_table(("Metric", "Value"), _metric_rows(card.metrics)) or [NOT_RECORDED, ""]
-    if card.cv_metrics:
-        out += ["### Cross-validation on the training rows", ""]
-        out += _md_table(("Metric", "Value"), _metric_rows(card.cv_metrics))
-    out += ["## Plots", ""]
-    for plot in card.plots:
-        target = posixpath.relpath(plot.artifact_path, start=card.card_dir)
-        out += [f"### {_md(plot.title)}", "", f"![{_md(plot.title)}]({target})", ""]
-    if not card.plots:
-        out += [f"No plots: {NOT_RECORDED}.", ""]
-    out += ["## Data", ""]
-    out += _md_table(_FIELD_VALUE, _data_rows(card.data))
-    heading, header, rows = _target_rows(card)
-    out += [f"### {heading}", ""]
-    out += _md_table(header, rows) if rows else [f"{NOT_RECORDED}.", ""]
-    out += ["## Estimator", ""]
-    out += _md_table(_FIELD_VALUE, [("Class", _text(card.estimator))])
-    if card.search is not None:
-        out += ["### Hyperparameter search", ""]
-        out += _md_table(_FIELD_VALUE, _search_rows(card.search))
-    title = "Best parameters (chosen by the search)" if card.search else "Parameters"
-    out += [f"### {title}", ""]
-    out += _md_table(("Parameter", "Value"), list(card.estimator_params.items())) or [
-        f"{NOT_RECORDED}.",
-        "",
+    plots = [
+        {"title": plot.title, "link": posixpath.relpath(plot.artifact_path, start=card.card_dir)}
+        for plot in card.plots
     ]
-    out += ["## Lineage", ""]
-    out += _md_table(_FIELD_VALUE, _lineage_rows(card.lineage))
-    out += ["### Library versions", ""]
-    if card.lineage.libraries:
-        out += _md_table(("Library", "Version"), list(card.lineage.libraries.items()))
-    else:
-        out += [f"{NOT_RECORDED}.", ""]
-    out += ["## Configuration", ""]
-    if card.config_yaml is None:
-        out += [f"{NOT_RECORDED}.", ""]
-    else:
-        fence = "`" * max(3, _longest_backtick_run(card.config_yaml) + 1)
-        out += [f"{fence}yaml", card.config_yaml.rstrip("\n"), fence, ""]
-    return "\n".join(out)
-
-
-def _md(value: str) -> str:
-    # Markdown passes raw HTML through, so recorded text is entity-escaped like in the HTML
-    # card; pipes and line breaks would break a table row.
-    escaped = html.escape(value, quote=False).replace("|", "\\|")
-    return " ".join(escaped.split())
-
-
-def _md_table(header: tuple[str, str], rows: Iterable[tuple[str, str]] | None) -> list[str]:
-    rows = list(rows or [])
-    if not rows:
-        return []
-    lines = [f"| {_md(header[0])} | {_md(header[1])} |", "| --- | --- |"]
-    lines += [f"| {_md(key)} | {_md(value)} |" for key, value in rows]
-    return [*lines, ""]
-
-
-def _longest_backtick_run(text: str) -> int:
-    return max((len(run) for run in re.findall(r"`+", text)), default=0)
-
-
-# --- HTML ------------------------------------------------------------------------------------
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
-       max-width: 980px; padding: 0 1rem; color: #1f2328; line-height: 1.45; }
-h1 { font-size: 1.6rem; border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
-h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; }
-h3 { font-size: 1.05rem; }
-table { border-collapse: collapse; margin: .5rem 0 1rem; }
-th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: left;
-         vertical-align: top; }
-th { background: #f6f8fa; }
-code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: .85rem; }
-pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; border-radius: 6px; }
-.decision { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; color: #fff;
-            font-weight: 600; }
-.promoted { background: #1a7f37; } .rejected { background: #cf222e; }
-.missing { color: #6e7781; font-style: italic; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
-figcaption { color: #57606a; font-size: .9rem; }
-"""
+    config_yaml = None if card.config_yaml is None else card.config_yaml.rstrip("\n")
+    # A fence longer than any run of backticks in the YAML cannot be closed by it.
+    longest = max((len(run) for run in re.findall(r"`+", config_yaml or "")), default=0)
+    return render(
+        "model_card.md.j2",
+        **_context(card),
+        plots=plots,
+        config_yaml=config_yaml,
+        fence="`" * max(3, longest + 1),
+    )
 
 
 def render_html(card: ModelCardInput) -> str:
     """The card as one self-contained HTML page; every recorded string is escaped."""
-    body: list[str] = [f"<h1>{_h(_title(card))}</h1>", _html_table(_summary_rows(card))]
-    body.append("<h2>Gate decision</h2>")
-    if card.gate is None:
-        body.append('<p class="missing">No gate decision is recorded for this version.</p>')
-    else:
-        css = "promoted" if card.gate.decision == "promoted" else "rejected"
-        body.append(f'<p><span class="decision {css}">{_h(card.gate.decision)}</span></p>')
-        body.append(_html_table(_gate_rows(card.gate)))
-    body.append("<h2>Held-out metrics</h2>")
-    body.append(_html_table(_metric_rows(card.metrics), header=("Metric", "Value")))
-    if card.cv_metrics:
-        body.append("<h3>Cross-validation on the training rows</h3>")
-        body.append(_html_table(_metric_rows(card.cv_metrics), header=("Metric", "Value")))
-    body.append("<h2>Plots</h2>")
-    body += [_html_figure(plot) for plot in card.plots] or [_missing()]
-    body.append("<h2>Data</h2>")
-    body.append(_html_table(_data_rows(card.data)))
+    plots = [
+        {
+            "title": plot.title,
+            "path": plot.artifact_path,
+            "data": base64.b64encode(plot.png).decode("ascii"),
+        }
+        for plot in card.plots
+    ]
+    return render("model_card.html.j2", **_context(card), plots=plots, config_yaml=card.config_yaml)
+
+
+def _context(card: ModelCardInput) -> dict[str, Any]:
+    """What both renderings show, as (field, value) rows of text."""
     heading, header, rows = _target_rows(card)
-    body.append(f"<h3>{_h(heading)}</h3>")
-    body.append(_html_table(rows, header=header))
-    body.append("<h2>Estimator</h2>")
-    body.append(_html_table([("Class", _text(card.estimator))]))
-    if card.search is not None:
-        body.append("<h3>Hyperparameter search</h3>")
-        body.append(_html_table(_search_rows(card.search)))
-    title = "Best parameters (chosen by the search)" if card.search else "Parameters"
-    body.append(f"<h3>{_h(title)}</h3>")
-    body.append(_html_table(list(card.estimator_params.items()), header=("Parameter", "Value")))
-    body.append("<h2>Lineage</h2>")
-    body.append(_html_table(_lineage_rows(card.lineage)))
-    body.append("<h3>Library versions</h3>")
-    libraries = list(card.lineage.libraries.items()) if card.lineage.libraries else None
-    body.append(_html_table(libraries, header=("Library", "Version")))
-    body.append("<h2>Configuration</h2>")
-    body.append(_missing() if card.config_yaml is None else f"<pre>{_h(card.config_yaml)}</pre>")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_h(_title(card))}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
-
-
-def _h(value: str) -> str:
-    return html.escape(value, quote=True)
-
-
-def _missing() -> str:
-    return f'<p class="missing">{NOT_RECORDED}</p>'
-
-
-def _html_table(
-    rows: Iterable[tuple[str, str]] | None, header: tuple[str, str] | None = None
-) -> str:
-    rows = list(rows or [])
-    if not rows:
-        return _missing()
-    lines = ["<table>"]
-    if header is not None:
-        lines.append(f"<tr><th>{_h(header[0])}</th><th>{_h(header[1])}</th></tr>")
-    for key, value in rows:
-        css = ' class="missing"' if value == NOT_RECORDED else ""
-        lines.append(f"<tr><th>{_h(key)}</th><td{css}>{_h(value)}</td></tr>")
-    lines.append("</table>")
-    return "\n".join(lines)
-
-
-def _html_figure(plot: Plot) -> str:
-    data = base64.b64encode(plot.png).decode("ascii")
-    return (
-        f'<figure><img alt="{_h(plot.title)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{_h(plot.title)} &middot; <code>{_h(plot.artifact_path)}</code>"
-        "</figcaption></figure>"
-    )
+    return {
+        "not_recorded": NOT_RECORDED,
+        "title": _title(card),
+        "summary": _summary_rows(card),
+        "gate": None if card.gate is None else _gate_rows(card.gate),
+        "decision": None if card.gate is None else card.gate.decision,
+        "metrics": _metric_rows(card.metrics),
+        "cv_metrics": _metric_rows(card.cv_metrics),
+        "data": _data_rows(card.data),
+        "target_heading": heading,
+        "target_header": header,
+        "target_rows": rows,
+        "estimator": [("Class", _text(card.estimator))],
+        "search": None if card.search is None else _search_rows(card.search),
+        "params_title": "Best parameters (chosen by the search)" if card.search else "Parameters",
+        "params": list(card.estimator_params.items()),
+        "lineage": _lineage_rows(card.lineage),
+        "libraries": list(card.lineage.libraries.items()) if card.lineage.libraries else None,
+    }

@@ -184,6 +184,27 @@ def test_the_normalised_wasserstein_distance_matches_scipy_on_the_raw_samples(
     assert shifted_report.columns[column].wasserstein == pytest.approx(exact, abs=tolerance)
 
 
+@pytest.mark.parametrize("column", [*CATEGORICAL, PREDICTION])
+def test_the_js_distance_is_the_base_2_distance_between_the_category_shares(
+    shifted_report: DriftReport, reference: pd.DataFrame, shifted: pd.DataFrame, column: str
+) -> None:
+    labels = sorted({*reference[column], *shifted[column]})
+    p = reference[column].value_counts(normalize=True).reindex(labels, fill_value=0).to_numpy()
+    q = shifted[column].value_counts(normalize=True).reindex(labels, fill_value=0).to_numpy()
+    m = (p + q) / 2
+    divergence = sum(a * math.log2(a / b) for x in (p, q) for a, b in zip(x, m, strict=True) if a)
+    assert shifted_report.columns[column].js == pytest.approx(math.sqrt(divergence / 2), abs=1e-12)
+
+
+def test_the_js_distance_is_0_for_the_same_shares_and_1_for_disjoint_categories(
+    profile: ReferenceProfile, reference: pd.DataFrame
+) -> None:
+    same = detect_drift(profile, reference, DriftConfig()).columns["stable_category"]
+    disjoint = reference.assign(stable_category="zebra")
+    unseen = detect_drift(profile, disjoint, DriftConfig()).columns["stable_category"]
+    assert (same.js, unseen.js) == (0.0, 1.0)
+
+
 def test_a_small_window_is_tested_with_ks_as_scipy_would_on_the_raw_samples(
     profile: ReferenceProfile, reference: pd.DataFrame
 ) -> None:
