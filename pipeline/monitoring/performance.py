@@ -19,8 +19,8 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 
 from pipeline.config import LOWER_IS_BETTER, PerformanceMonitorConfig
+from pipeline.contracts import PROBA_PREFIX
 from pipeline.errors import ConfigError
-from pipeline.monitoring.prediction_log import PROBA_PREFIX
 from pipeline.monitoring.profile import PREDICTION, PerformanceReference
 from pipeline.steps.evaluate import prediction_metrics
 

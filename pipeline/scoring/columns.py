@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipeline.contracts import PROBA_PREFIX
 from pipeline.errors import DataValidationError
-from pipeline.monitoring.prediction_log import PROBA_PREFIX
 from pipeline.scoring.model import Feature, FeatureKind, LoadedModel
 from pipeline.scoring.source import Source
 

@@ -26,9 +26,10 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import PipelineConfig, load_config
+from pipeline.contracts import TIMESTAMP
 from pipeline.errors import DataValidationError, RegistryError
 from pipeline.monitoring import feedback, monitor, record
-from pipeline.monitoring.prediction_log import TIMESTAMP, part_name
+from pipeline.monitoring.prediction_log import part_name
 from pipeline.steps import evaluate, flow, train
 
 MODEL = "iris-test"
