@@ -1,5 +1,7 @@
 """`python -m pipeline <step>`: the command surface that `mlflow run`, make and the tests share."""
 
+# Each command imports the modules it needs when it runs: MLflow, scikit-learn and pandas take
+# seconds to import, and `--help` or a mistyped argument should answer at once.
 from __future__ import annotations
 
 import argparse
@@ -9,18 +11,12 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.monitoring import feedback, monitor, retrain
-from pipeline.registry import commands, production
-from pipeline.scoring import score
-from pipeline.steps import flow, ingest, reproduce, train
-from pipeline.tracking import configure_tracking, runs_table_url
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 logger = logging.getLogger("pipeline")
 
@@ -30,6 +26,10 @@ DEFAULT_CONFIG = "configs/iris.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import configure_tracking
+
     # Plots are written to files; never try to open a window.
     os.environ.setdefault("MPLBACKEND", "Agg")
     # MLflow's own download bars would interleave with our log lines on every artifact read.
@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.steps import ingest
+
     dataset = ingest.run(_config(args))
     print(
         f"OK: {dataset.source}: {dataset.rows} rows; numeric {list(dataset.numeric_features)}; "
@@ -55,6 +57,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.steps import ingest, train
+
     config = _config(args)
     dataset = ingest.run(config)
     result = train.run(config, dataset, run_id=_adopt_launcher_run(config))
@@ -63,24 +67,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.steps import flow
+
     result = flow.evaluate_run(_config(args), args.run_id)
     print("\n".join(f"{name}={value:.6g}" for name, value in result.metrics.items()))
     return 0
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
+    from pipeline.steps import flow
+
     result = flow.register_run(_config(args), args.run_id)
     print(f"registered {result.name} version {result.version}")
     return 0
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
+    from pipeline.steps import flow
+
     decision = flow.gate_version(_config(args), args.version)
     print(f"{decision.name} v{decision.version} {decision.decision}: {decision.reason}")
     return 0
 
 
 def _cmd_main(args: argparse.Namespace) -> int:
+    from pipeline.steps import flow
+
     config = _config(args)
     result = flow.run_all(config, run_id=_adopt_launcher_run(config), force=args.force)
     decision = result.decision
@@ -98,6 +110,8 @@ def _cmd_main(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from pipeline.steps import reproduce
+
     result = reproduce.run(args.name, args.version)
     print(
         f"reproduced {result.name} v{result.version} (run {result.original_run_id}) in run "
@@ -123,18 +137,26 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
+    from pipeline.registry import commands
+
     event = commands.promote(args.name, args.version, args.reason)
     print(f"{args.name}: Production is now version {event.to_version} (was {event.from_version})")
     return 0
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    from pipeline.registry import commands
+
     event = commands.rollback(args.name, args.reason)
     print(f"{args.name}: rolled back to version {event.to_version} (was {event.from_version})")
     return 0
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.registry import production
+
     events = production.history(MlflowClient(), args.name)
     if not events:
         print(f"{args.name}: Production has never changed")
@@ -158,13 +180,16 @@ NEEDS_ACTION_EXIT = 10
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.monitoring import monitor
+
     config = load_config(args.config)
     result = monitor.run(
         config,
         version=args.version or None,
         since=args.since,
         until=args.until,
-        run_id=_launcher_run(),
+        run_id=_launcher_run_id(),
     )
     print(result.summary())
     # A distinct status, not an error: schedulers branch on it (`monitor || retrain`).
@@ -172,12 +197,18 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.monitoring import feedback
+
     result = feedback.run(load_config(args.config), args.file)
     print(f"{result.model_name}: {result.rows} labels written to {result.path}")
     return 0
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.monitoring import retrain
+
     result = retrain.run(load_config(args.config), force=args.force, since=args.since)
     if result.pipeline is None:
         print(f"retrain: not retrained: {result.reason}")
@@ -195,6 +226,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from pipeline.scoring import score
+
     if not (args.model_uri or args.name):
         raise ConfigError("give --name (its Production version is used) or --model-uri")
     result = score.run(
@@ -205,7 +238,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             model_uri=args.model_uri or None,
             name=None if args.model_uri else args.name,
             engine=args.engine,
-            chunk_rows=args.chunk_rows,
+            chunk_rows=args.chunk_rows or score.DEFAULT_CHUNK_ROWS,
         )
     )
     version = f" v{result.model_version}" if result.model_version else ""
@@ -216,12 +249,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launcher_run() -> str | None:
-    """The run `mlflow run` created, so an entry point's run is not left empty beside ours."""
+def _launcher_run_id() -> str | None:
+    """The run `mlflow run` created for this entry point, taken out of the environment.
+
+    MLflow resumes the run named by MLFLOW_RUN_ID in every `start_run`; the steps decide
+    themselves which run they log to, so the variable must not leak into them.
+    """
     return os.environ.pop("MLFLOW_RUN_ID", None) or None
 
 
 def _cmd_ui_url(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_config
+    from pipeline.tracking import runs_table_url
+
     config = load_config(args.config)
     experiment = MlflowClient().get_experiment_by_name(config.experiment)
     if experiment is None:
@@ -233,16 +275,22 @@ def _cmd_ui_url(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_name(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
     print(load_config(args.config).registered_model)
     return 0
 
 
 def _cmd_experiment_name(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
     print(load_config(args.config).experiment)
     return 0
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
+    from pipeline.config import load_config
+
     config = load_config(args.config)
     return config.with_overrides(
         **{
@@ -259,9 +307,12 @@ def _adopt_launcher_run(config: PipelineConfig) -> str | None:
     `mlflow run` puts its run in the experiment named on its own command line; the config names
     ours. When they differ, the candidate gets its own run there and the launcher run points to it.
     """
-    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    if not launcher_id:
+    launcher_id = _launcher_run_id()
+    if launcher_id is None:
         return None
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     experiment = mlflow.set_experiment(config.experiment)
     if client.get_run(launcher_id).info.experiment_id == experiment.experiment_id:
@@ -416,7 +467,9 @@ def _parser() -> argparse.ArgumentParser:
     score_cmd.add_argument("--name", default="", help="registered model: its Production version")
     score_cmd.add_argument("--engine", choices=["pandas", "spark"], default="pandas")
     score_cmd.add_argument(
-        "--chunk-rows", type=_positive_int, default=score.DEFAULT_CHUNK_ROWS, help="pandas engine"
+        "--chunk-rows",
+        type=_positive_int,
+        help="rows per chunk (pandas engine); default: the scorer's",
     )
     step("ui-url", _cmd_ui_url, "print the MLflow UI link to the experiment's runs").add_argument(
         "--base-url", default="http://127.0.0.1:5000", help="where `make ui` serves the UI"

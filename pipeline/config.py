@@ -10,18 +10,24 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
-from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
-from sklearn.metrics import get_scorer_names
 
+from pipeline import metrics
 from pipeline.errors import ConfigError
 
-Task = Literal["classification", "regression"]
+# Re-exported until pipeline.monitoring.monitor imports it from pipeline.metrics.
+from pipeline.metrics import LOWER_IS_BETTER as LOWER_IS_BETTER
+from pipeline.metrics import Task
+
+if TYPE_CHECKING:
+    # The CLI imports this module: scikit-learn is imported by the validators that need it.
+    from sklearn.base import BaseEstimator
 
 SKLEARN_DATASETS: dict[str, Task] = {
     "iris": "classification",
@@ -29,11 +35,6 @@ SKLEARN_DATASETS: dict[str, Task] = {
     "breast_cancer": "classification",
     "diabetes": "regression",
 }
-
-CLASSIFICATION_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_log_loss")
-REGRESSION_METRICS = ("test_rmse", "test_mae", "test_r2")
-LOWER_IS_BETTER = frozenset({"test_log_loss", "test_rmse", "test_mae"})
-PROBABILITY_METRICS = frozenset({"test_log_loss", "test_roc_auc"})
 
 
 class _Strict(BaseModel):
@@ -147,18 +148,6 @@ class SearchRange(_Strict):
         return self
 
 
-# The sklearn scorer that matches each gate metric, so a search optimises what the gate judges.
-GATE_METRIC_SCORERS = {
-    "test_accuracy": "accuracy",
-    "test_f1_macro": "f1_macro",
-    "test_roc_auc": "roc_auc_ovr",
-    "test_log_loss": "neg_log_loss",
-    "test_rmse": "neg_root_mean_squared_error",
-    "test_mae": "neg_mean_absolute_error",
-    "test_r2": "r2",
-}
-
-
 class SearchConfig(_Strict):
     """Hyperparameter search over estimator parameters; each trial is a nested MLflow run."""
 
@@ -256,11 +245,11 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
-        metrics = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
-        if self.gate.metric not in metrics:
+        task_metrics = [m.held_out for m in metrics.for_task(self.task)]
+        if self.gate.metric not in task_metrics:
             raise ValueError(
                 f"gate.metric '{self.gate.metric}' does not fit task '{self.task}'; "
-                f"choose one of {', '.join(metrics)}"
+                f"choose one of {', '.join(task_metrics)}"
             )
         if self.data.dataset is not None and SKLEARN_DATASETS[self.data.dataset] != self.task:
             raise ValueError(
@@ -273,21 +262,7 @@ class PipelineConfig(_Strict):
                 "set it to false for a regression task"
             )
         estimator = self.estimator.build()
-        if self.gate.metric in PROBABILITY_METRICS and not hasattr(estimator, "predict_proba"):
-            raise ValueError(
-                f"gate.metric '{self.gate.metric}' needs class probabilities, but "
-                f"'{self.estimator.class_path}' has no predict_proba with these parameters; "
-                "choose test_accuracy or test_f1_macro, or an estimator with probabilities"
-            )
-        fits = (
-            is_classifier(estimator) if self.task == "classification" else is_regressor(estimator)
-        )
-        if not fits:
-            raise ValueError(
-                f"estimator '{self.estimator.class_path}' is not a "
-                f"{'classifier' if self.task == 'classification' else 'regressor'}; "
-                f"pick an estimator for task '{self.task}'"
-            )
+        _check_estimator_fits(self, estimator)
         if self.search is not None:
             _check_search(self.search, estimator, self.task)
         return self
@@ -306,7 +281,7 @@ class PipelineConfig(_Strict):
     def search_scoring(self) -> str:
         if self.search is not None and self.search.scoring is not None:
             return self.search.scoring
-        return GATE_METRIC_SCORERS[self.gate.metric]
+        return self.gate_metric.scorer
 
     @property
     def data_path(self) -> Path | None:
@@ -327,8 +302,12 @@ class PipelineConfig(_Strict):
     def stratified(self) -> bool:
         return self.task == "classification" and self.split.stratify is not False
 
+    @property
+    def gate_metric(self) -> metrics.Metric:
+        return metrics.metric(self.gate.metric)
+
     def gate_lower_is_better(self) -> bool:
-        return self.gate.metric in LOWER_IS_BETTER
+        return self.gate_metric.lower_is_better
 
     def config_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -351,7 +330,29 @@ class PipelineConfig(_Strict):
         return _validate(raw, self._base_dir, source=f"overrides {overrides}", name=self._name)
 
 
+def _check_estimator_fits(config: PipelineConfig, estimator: BaseEstimator) -> None:
+    from sklearn.base import is_classifier, is_regressor
+
+    gate_metric = config.gate_metric
+    if gate_metric.needs_proba and not hasattr(estimator, "predict_proba"):
+        without = " or ".join(m.held_out for m in metrics.cross_validated(config.task))
+        raise ValueError(
+            f"gate.metric '{config.gate.metric}' needs class probabilities, but "
+            f"'{config.estimator.class_path}' has no predict_proba with these parameters; "
+            f"choose {without}, or an estimator with probabilities"
+        )
+    classification = config.task == "classification"
+    if not (is_classifier(estimator) if classification else is_regressor(estimator)):
+        raise ValueError(
+            f"estimator '{config.estimator.class_path}' is not a "
+            f"{'classifier' if classification else 'regressor'}; "
+            f"pick an estimator for task '{config.task}'"
+        )
+
+
 def _check_search(search: SearchConfig, estimator: BaseEstimator, task: Task) -> None:
+    from sklearn.base import clone
+
     valid = estimator.get_params()
     unknown = sorted(set(search.space) - set(valid))
     if unknown:
@@ -363,35 +364,78 @@ def _check_search(search: SearchConfig, estimator: BaseEstimator, task: Task) ->
         for value in values if isinstance(values, list) else [values.low, values.high]:
             if isinstance(values, SearchRange) and values.type == "int":
                 value = int(value)
-            candidate = clone(estimator).set_params(**{name: value})
-            validate = getattr(candidate, "_validate_params", None)
-            if callable(validate):
-                try:
-                    validate()
-                except (ValueError, TypeError) as exc:
-                    raise ValueError(f"search.space.{name}: value {value!r}: {exc}") from exc
+            problem = _parameter_problem(clone(estimator).set_params(**{name: value}))
+            if problem is not None:
+                raise ValueError(f"search.space.{name}: value {value!r}: {problem}")
     if search.scoring is not None:
-        if search.scoring not in get_scorer_names():
+        scorer_task = metrics.scorer_task(search.scoring)
+        if scorer_task is None:
             raise ValueError(
                 f"search.scoring '{search.scoring}' is not a scikit-learn scorer; "
                 "e.g. accuracy, f1_macro, roc_auc_ovr, neg_root_mean_squared_error, r2"
             )
-        scorer_task = "regression" if search.scoring in _REGRESSION_SCORERS else "classification"
         if scorer_task != task:
             raise ValueError(
                 f"search.scoring '{search.scoring}' is a {scorer_task} scorer but task is '{task}'"
             )
 
 
-_REGRESSION_SCORERS = frozenset(
-    name
-    for name in get_scorer_names()
-    if name.startswith(("neg_mean", "neg_root", "neg_median", "neg_max", "r2", "explained"))
-    or name in {"max_error", "d2_absolute_error_score"}
-)
+class _DataReached(BaseException):
+    """Raised by `_Probe` when `fit` first touches its data: the parameters were accepted.
+
+    A BaseException, so an estimator's own `except Exception` cannot swallow it.
+    """
+
+
+class _Probe:
+    """Stands in for X and y: any use of it ends `fit` before any work is done."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise _DataReached
+
+    def __len__(self) -> int:
+        raise _DataReached
+
+    def __iter__(self) -> Any:
+        raise _DataReached
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _DataReached
+
+
+def _parameter_problem(estimator: BaseEstimator) -> str | None:
+    """Why scikit-learn refuses one of the estimator's parameters, or None if it accepts them.
+
+    scikit-learn has no public call that only validates parameters: `fit` checks each one
+    against its constraints first, before it reads the data. Fitting on a probe that stops
+    `fit` at the first touch of the data runs that check and no training. Only a parameter
+    outside its constraints is refused here; a combination `fit` rejects (a solver that cannot
+    fit a penalty) is a failed trial at training time, where search reports it.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Deprecation notes about parameters are shown once, when the model is trained.
+            warnings.simplefilter("ignore")
+            estimator.fit(_Probe(), _Probe())
+    except _DataReached:
+        return None
+    except (ValueError, TypeError) as exc:
+        return str(exc) if _is_constraint_error(exc) else None
+    except Exception:  # not a parameter error: training reports it with the data
+        return None
+    return None
+
+
+def _is_constraint_error(exc: Exception) -> bool:
+    # scikit-learn raises its InvalidParameterError for a value outside a parameter's
+    # constraints; the class is not exported, but it is a ValueError and a TypeError at once
+    # (for backward compatibility), unlike the plain ValueError of an estimator's own checks.
+    return isinstance(exc, ValueError) and isinstance(exc, TypeError)
 
 
 def _import_estimator(class_path: str) -> type[BaseEstimator]:
+    from sklearn.base import BaseEstimator
+
     module_name, _, class_name = class_path.rpartition(".")
     if not module_name:
         raise ValueError(
@@ -433,13 +477,9 @@ def _check_estimator_params(estimator_config: dict[str, Any]) -> None:
             f"estimator.params {unknown} are not parameters of {estimator_class.__name__}; "
             f"valid parameters: {', '.join(sorted(valid))}"
         )
-    estimator = estimator_class(**params)
-    validate = getattr(estimator, "_validate_params", None)
-    if callable(validate):
-        try:
-            validate()
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"estimator.params: {exc}") from exc
+    problem = _parameter_problem(estimator_class(**params))
+    if problem is not None:
+        raise ValueError(f"estimator.params: {problem}")
 
 
 def _format_validation_error(exc: ValidationError) -> str:

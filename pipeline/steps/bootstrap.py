@@ -9,6 +9,7 @@ resamples at once with matrix products instead of a Python loop per resample.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
-from pipeline.config import PROBABILITY_METRICS, BootstrapConfig
+from pipeline import metrics
+from pipeline.config import BootstrapConfig
 from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class Predictions:
 
     @classmethod
     def of(cls, model: Pipeline, X: pd.DataFrame, metric: str) -> Predictions:
-        proba = model.predict_proba(X) if metric in PROBABILITY_METRICS else None
+        proba = model.predict_proba(X) if metrics.metric(metric).needs_proba else None
         classes = tuple(getattr(model, "classes_", ()))
         return cls(predicted=np.asarray(model.predict(X)), proba=proba, classes=classes)
 
@@ -108,29 +110,43 @@ def paired_gain_interval(
 
 def _metric(metric: str, y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
     """`metric` for each row of `weights` (row counts of one resample), as sklearn defines it."""
+    try:
+        weighted = _WEIGHTED[metrics.metric(metric).name]
+    except KeyError:
+        raise PipelineError(f"no bootstrap for metric '{metric}'") from None
+    return weighted(y, model, weights)
+
+
+def _accuracy(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
+    return np.asarray(weights @ (model.predicted == y).astype(float) / weights.sum(axis=1))
+
+
+def _log_loss(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
+    return np.asarray(weights @ _row_log_loss(y, model) / weights.sum(axis=1))
+
+
+def _error(y: np.ndarray, model: Predictions) -> np.ndarray:
+    return np.asarray(model.predicted.astype(float) - y.astype(float))
+
+
+def _rmse(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
+    return np.asarray(np.sqrt(weights @ _error(y, model) ** 2 / weights.sum(axis=1)))
+
+
+def _mae(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
+    return np.asarray(weights @ np.abs(_error(y, model)) / weights.sum(axis=1))
+
+
+def _r2(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
     n = weights.sum(axis=1)
-    if metric == "test_accuracy":
-        return weights @ (model.predicted == y).astype(float) / n
-    if metric == "test_f1_macro":
-        return _f1_macro(y, model.predicted, weights)
-    if metric == "test_log_loss":
-        return weights @ _row_log_loss(y, model) / n
-    if metric == "test_roc_auc":
-        return _roc_auc(y, model, weights)
-    error = model.predicted.astype(float) - y.astype(float)
-    if metric == "test_rmse":
-        return np.sqrt(weights @ error**2 / n)
-    if metric == "test_mae":
-        return weights @ np.abs(error) / n
-    if metric == "test_r2":
-        target = y.astype(float)
-        total = weights @ target**2 - (weights @ target) ** 2 / n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray(1.0 - (weights @ error**2) / total)
-    raise PipelineError(f"no bootstrap for metric '{metric}'")
+    target = y.astype(float)
+    total = weights @ target**2 - (weights @ target) ** 2 / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(1.0 - (weights @ _error(y, model) ** 2) / total)
 
 
-def _f1_macro(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _f1_macro(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
+    predicted = model.predicted
     labels = np.unique(np.concatenate([y, predicted]).astype(str))
     y_hot = (y.astype(str)[:, None] == labels[None, :]).astype(float)
     p_hot = (predicted.astype(str)[:, None] == labels[None, :]).astype(float)
@@ -170,3 +186,15 @@ def _roc_auc(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarr
         except ValueError:
             continue  # a resample that lost a class has no AUC; it is left out
     return values
+
+
+# Every metric of pipeline.metrics as weighted sums over resamples (a test checks all are here).
+_WEIGHTED: dict[str, Callable[[np.ndarray, Predictions, np.ndarray], np.ndarray]] = {
+    "accuracy": _accuracy,
+    "f1_macro": _f1_macro,
+    "roc_auc": _roc_auc,
+    "log_loss": _log_loss,
+    "rmse": _rmse,
+    "mae": _mae,
+    "r2": _r2,
+}

@@ -15,9 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,7 +25,10 @@ from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
+from pipeline import artifacts
+from pipeline.artifacts import REFERENCE_PROFILE_PATH as REFERENCE_PROFILE_PATH
 from pipeline.config import PipelineConfig
+from pipeline.metrics import metric, prediction_metrics
 from pipeline.monitoring.profile import (
     PerformanceReference,
     ReferenceProfile,
@@ -34,9 +36,10 @@ from pipeline.monitoring.profile import (
 )
 from pipeline.steps.features import Split
 
-logger = logging.getLogger(__name__)
+# REFERENCE_PROFILE_PATH and prediction_metrics stay importable from here until
+# pipeline.monitoring.monitor imports them from pipeline.artifacts and pipeline.metrics.
 
-REFERENCE_PROFILE_PATH = "monitoring/reference_profile.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def run(
         client.log_metric(run_id, name, value)
     plots = _log_plots(client, config, run_id, model, data_split)
     profile = reference_profile(config, model, data_split)
-    client.log_dict(run_id, profile.to_dict(), REFERENCE_PROFILE_PATH)
+    client.log_dict(run_id, profile.to_dict(), artifacts.REFERENCE_PROFILE_PATH)
     logger.info(
         "Held-out metrics for run %s: %s",
         run_id,
@@ -71,60 +74,14 @@ def score(
     """The task's held-out metrics; the gate uses this too, so both sides score alike."""
     predicted = model.predict(X)
     with_proba = config.task == "classification" and hasattr(model, "predict_proba")
-    metrics = prediction_metrics(
+    scores = prediction_metrics(
         config.task,
         y,
         predicted,
         proba=model.predict_proba(X) if with_proba else None,
         classes=list(model.classes_) if with_proba else None,
     )
-    return {f"test_{name}": value for name, value in metrics.items()}
-
-
-def prediction_metrics(
-    task: str,
-    y: Sequence[Any] | np.ndarray,
-    predicted: Sequence[Any] | np.ndarray,
-    proba: np.ndarray | None = None,
-    classes: Sequence[Any] | None = None,
-) -> dict[str, float]:
-    """The task's metrics from predictions already made, named without the `test_` prefix.
-
-    The same sklearn functions and rules as `score`, for predictions read back from the
-    prediction log (monitoring) or made once for many chunks (the reference profile). A metric
-    that cannot be computed on these rows (r2 of one row, probabilities for a label outside
-    `classes`) is left out rather than guessed.
-    """
-    y = np.asarray(y)
-    predicted = np.asarray(predicted)
-    if len(y) == 0:
-        return {}
-    if task == "regression":
-        result = {
-            "rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
-            "mae": float(skm.mean_absolute_error(y, predicted)),
-        }
-        if len(y) >= 2:
-            result["r2"] = float(skm.r2_score(y, predicted))
-        return result
-    result = {
-        "accuracy": float(skm.accuracy_score(y, predicted)),
-        "f1_macro": float(skm.f1_score(y, predicted, average="macro")),
-    }
-    if proba is None or classes is None:
-        return result
-    labels = list(classes)
-    if not set(pd.unique(y)) <= set(labels):
-        return result
-    result["log_loss"] = float(skm.log_loss(y, proba, labels=labels))
-    present = len(pd.unique(y))
-    if present >= 2:
-        if len(labels) == 2:
-            positive = (y == labels[1]).astype(int)
-            result["roc_auc"] = float(skm.roc_auc_score(positive, proba[:, 1]))
-        elif present == len(labels):
-            result["roc_auc"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels))
-    return result
+    return {metric(name).held_out: value for name, value in scores.items()}
 
 
 def reference_profile(

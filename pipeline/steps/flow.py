@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline import model_io
+from pipeline import artifacts, model_io
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
+from pipeline.metrics import held_out
 from pipeline.registry import production
 from pipeline.reports import model_card
 from pipeline.steps import evaluate, features, gate, ingest, register, train
@@ -79,13 +80,13 @@ def _cached_run(config: PipelineConfig, key: str) -> Run | None:
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`cache.key` = '{key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{artifacts.CACHE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )
     gate_metric = config.gate.metric
     for run in runs:
-        if "reproduce.of_run" in run.data.tags:
+        if artifacts.REPRODUCE_OF_RUN in run.data.tags:
             continue  # a reproduction is never registered; the original is what to reuse
         if gate_metric in run.data.metrics and run.outputs and run.outputs.model_outputs:
             return run
@@ -124,12 +125,12 @@ def _reuse(
     else:
         registered = register_run(config, run_id)
         version = production.get_version(client, registered.name, registered.version)
-    if "gate.decision" in version.tags:
+    if artifacts.GATE_DECISION in version.tags:
         decision = gate.recorded_decision(config, version)
     else:
         decision = gate_version(config, registered.version)
         model_card.log_model_card(client, registered.name, registered.version)
-    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+    metrics = held_out(run.data.metrics)
     return PipelineResult(
         data_hash=dataset.data_hash,
         run_id=run_id,
@@ -152,7 +153,7 @@ def evaluate_run(config: PipelineConfig, run_id: str) -> evaluate.EvaluationResu
 def register_run(config: PipelineConfig, run_id: str) -> register.RegisteredVersion:
     """Register the model of an evaluated run."""
     run = MlflowClient().get_run(run_id)
-    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+    metrics = held_out(run.data.metrics)
     if not metrics:
         raise PipelineError(
             f"run {run_id} has no held-out metrics; evaluate it first "
@@ -163,7 +164,7 @@ def register_run(config: PipelineConfig, run_id: str) -> register.RegisteredVers
         run_id=run_id,
         model_uri=_model_uri_of_run(run_id),
         metrics=metrics,
-        data_hash=run.data.tags.get("data.hash", "unknown"),
+        data_hash=run.data.tags.get(artifacts.DATA_HASH, "unknown"),
     )
 
 
@@ -196,7 +197,7 @@ def _config_of_run(config: PipelineConfig, run_id: str) -> PipelineConfig:
 
 def _dataset_of_run(config: PipelineConfig, run_id: str) -> ingest.Dataset:
     dataset = ingest.run(config)
-    recorded = MlflowClient().get_run(run_id).data.tags.get("data.hash")
+    recorded = MlflowClient().get_run(run_id).data.tags.get(artifacts.DATA_HASH)
     if recorded and recorded != dataset.data_hash:
         raise PipelineError(
             f"the data changed since run {run_id} was trained (hash {recorded[:12]} then, "

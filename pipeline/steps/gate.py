@@ -20,11 +20,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
-from pipeline import model_io
+from pipeline import artifacts, model_io
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import production
-from pipeline.steps import bootstrap, evaluate, features, train
+from pipeline.steps import bootstrap, evaluate, features
 from pipeline.steps.features import Split
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def recorded_decision(config: PipelineConfig, version: ModelVersion) -> GateDeci
         value = tags.get(key)
         return None if value in (None, "none") else float(value)
 
-    decision = tags["gate.decision"]
+    decision = tags[artifacts.GATE_DECISION]
     return GateDecision(
         name=str(version.name),
         version=str(version.version),
@@ -206,7 +206,7 @@ def _unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
         try:
             local = mlflow.artifacts.download_artifacts(
                 run_id=run_id,
-                artifact_path=f"{train.TRAINING_ROWS_DIR}/{train.TRAINING_ROWS_FILE}",
+                artifact_path=artifacts.TRAINING_ROWS,
                 dst_path=tmp,
             )
         except Exception:  # any failure means the rows were not recorded
@@ -227,54 +227,66 @@ def _decide(
     champion: ModelVersion | None,
     comparison: _Comparison | None,
 ) -> tuple[bool, str]:
-    gate = config.gate
-    metric = gate.metric
-    lower = config.gate_lower_is_better()
-    if gate.threshold is not None:
-        fails = candidate > gate.threshold if lower else candidate < gate.threshold
-        if fails:
-            op = ">" if lower else "<"
-            return False, f"{metric} {candidate:.4f} {op} threshold {gate.threshold:.4f}"
+    """(passed, reason): the threshold first, then the first-model rule, then the champion."""
+    below = _below_threshold(config, candidate)
+    if below is not None:
+        return False, below
     if champion is None or comparison is None:
-        bar = "" if gate.threshold is None else f", meets threshold {gate.threshold:.4f}"
-        return True, f"first model: no champion yet; {metric} {candidate:.4f}{bar}"
+        threshold = config.gate.threshold
+        bar = "" if threshold is None else f", meets threshold {threshold:.4f}"
+        return True, f"first model: no champion yet; {config.gate.metric} {candidate:.4f}{bar}"
     if comparison.problem is not None or comparison.candidate is None:
         return False, (
             f"cannot compare with champion v{champion.version}: {comparison.problem}; "
             "promote by hand with `python -m pipeline promote` if intended"
         )
+    return _against_champion(config, str(champion.version), comparison)
+
+
+def _below_threshold(config: PipelineConfig, candidate: float) -> str | None:
+    threshold = config.gate.threshold
+    if threshold is None:
+        return None
+    lower = config.gate_lower_is_better()
+    fails = candidate > threshold if lower else candidate < threshold
+    if not fails:
+        return None
+    op = ">" if lower else "<"
+    return f"{config.gate.metric} {candidate:.4f} {op} threshold {threshold:.4f}"
+
+
+def _against_champion(
+    config: PipelineConfig, champion: str, comparison: _Comparison
+) -> tuple[bool, str]:
+    """The candidate must gain more than 0 and at least min_improvement (and be significant)."""
+    gate = config.gate
     ours, theirs = comparison.candidate, comparison.champion
-    assert theirs is not None
-    interval = comparison.interval
-    evidence = (
-        f"; gain {interval.describe()}"
-        if interval is not None
-        else f" (on {comparison.rows} held-out rows unseen by both)"
-    )
+    assert ours is not None and theirs is not None  # _decide handled the incomplete ones
+    lower = config.gate_lower_is_better()
     gain = theirs - ours if lower else ours - theirs
     op, sign = (">", "-") if lower else ("<", "+")
+    evidence = _evidence(comparison)
+    scores = f"{gate.metric} {ours:.4f} {{}} champion v{champion} {theirs:.4f}"
     if gain == 0 and gate.min_improvement == 0:
-        return False, (
-            f"{metric} {ours:.4f} equals champion v{champion.version} {theirs:.4f}: "
-            f"no improvement{evidence}"
-        )
+        return False, f"{scores.format('equals')}: no improvement{evidence}"
     if not (gain > 0 and gain >= gate.min_improvement):
-        return False, (
-            f"{metric} {ours:.4f} {op} champion v{champion.version} "
-            f"{theirs:.4f} {sign} {gate.min_improvement:.4f}{evidence}"
-        )
-    beats = (
-        f"{metric} {ours:.4f} beats champion v{champion.version} "
-        f"{theirs:.4f} {sign} {gate.min_improvement:.4f}"
-    )
+        return False, f"{scores.format(op)} {sign} {gate.min_improvement:.4f}{evidence}"
+    beats = f"{scores.format('beats')} {sign} {gate.min_improvement:.4f}"
+    interval = comparison.interval
     if gate.require_significant_gain and (interval is None or interval.lower <= 0):
         return False, f"{beats}, but the gain is within noise{evidence}"
     return True, f"{beats}{evidence}"
 
 
+def _evidence(comparison: _Comparison) -> str:
+    if comparison.interval is not None:
+        return f"; gain {comparison.interval.describe()}"
+    return f" (on {comparison.rows} held-out rows unseen by both)"
+
+
 def _tag(client: MlflowClient, decision: GateDecision) -> None:
     tags = {
-        "gate.decision": decision.decision,
+        artifacts.GATE_DECISION: decision.decision,
         "gate.reason": decision.reason,
         "gate.metric": decision.metric,
         "gate.candidate_value": f"{decision.candidate_value:.6g}",

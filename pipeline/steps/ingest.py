@@ -154,32 +154,45 @@ def _validate(raw: pd.DataFrame, config: PipelineConfig, data_hash: str) -> Data
 def _feature_columns(
     raw: pd.DataFrame, config: PipelineConfig
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(numeric, categorical): each kind as the config lists it, else inferred from dtypes."""
     declared = config.data.features
-    target = config.data.target
+    _require_declared_columns(raw, config)
+    inferred_numeric, inferred_categorical = _infer_undeclared(raw, config)
+    numeric = inferred_numeric if declared.numeric is None else tuple(declared.numeric)
+    categorical = (
+        inferred_categorical if declared.categorical is None else tuple(declared.categorical)
+    )
+    if not numeric and not categorical:
+        raise DataValidationError(
+            f"'{config.source_description}' has no feature columns besides the target "
+            f"'{config.data.target}'"
+        )
+    return numeric, categorical
+
+
+def _require_declared_columns(raw: pd.DataFrame, config: PipelineConfig) -> None:
+    declared = config.data.features
     for column in (*(declared.numeric or ()), *(declared.categorical or ())):
         if column not in raw.columns:
             raise DataValidationError(
                 f"feature column '{column}' declared in the config is not in "
                 f"'{config.source_description}'; columns are: {', '.join(map(str, raw.columns))}"
             )
-    listed = {*(declared.numeric or ()), *(declared.categorical or ())}
-    undeclared = [c for c in raw.columns if c != target and c not in listed]
+
+
+def _infer_undeclared(
+    raw: pd.DataFrame, config: PipelineConfig
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Kinds of the columns the config does not list, by dtype; none if it lists both kinds."""
+    declared = config.data.features
     if declared.numeric is not None and declared.categorical is not None:
-        undeclared = []  # both kinds listed: the config chose the features, others are ignored
-    inferred_numeric = [c for c in undeclared if _is_numeric(raw[c])]
-    inferred_categorical = [c for c in undeclared if not _is_numeric(raw[c])]
-    for column in inferred_categorical:
+        return (), ()  # both kinds listed: the config chose the features, others are ignored
+    listed = {config.data.target, *(declared.numeric or ()), *(declared.categorical or ())}
+    undeclared = [column for column in raw.columns if column not in listed]
+    numeric = tuple(column for column in undeclared if _is_numeric(raw[column]))
+    categorical = tuple(column for column in undeclared if not _is_numeric(raw[column]))
+    for column in categorical:
         _refuse_ambiguous_column(raw[column], column)
-    numeric = tuple(declared.numeric) if declared.numeric is not None else tuple(inferred_numeric)
-    categorical = (
-        tuple(declared.categorical)
-        if declared.categorical is not None
-        else tuple(inferred_categorical)
-    )
-    if not numeric and not categorical:
-        raise DataValidationError(
-            f"'{config.source_description}' has no feature columns besides the target '{target}'"
-        )
     return numeric, categorical
 
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import artifacts
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
+from pipeline.metrics import held_out
 
 logger = logging.getLogger(__name__)
 
@@ -34,19 +36,16 @@ def run(
     client = MlflowClient()
     name = config.registered_model
     _ensure_registered_model(client, config)
+    scores = held_out(metrics)
     tags = {
         "run_id": run_id,
-        "data.hash": data_hash,
+        artifacts.DATA_HASH: data_hash,
         "config.hash": config.config_hash(),
         "task": config.task,
         "estimator": config.estimator.class_path,
-        **{
-            metric: f"{value:.6g}"
-            for metric, value in metrics.items()
-            if metric.startswith("test_")
-        },
+        **{metric: f"{value:.6g}" for metric, value in scores.items()},
     }
-    headline = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in scores.items())
     version = client.create_model_version(
         name,
         source=model_uri,

@@ -18,6 +18,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import artifacts, metrics
 from pipeline.config import config_from_mapping
 from pipeline.errors import DataValidationError, PipelineError
 from pipeline.registry import production
@@ -64,12 +65,12 @@ def run(name: str, version: str) -> ReproduceResult:
     tags = original.data.tags
     config = config_from_mapping(
         _recorded_config(original.info.run_id),
-        base_dir=tags.get("config.dir"),
+        base_dir=tags.get(artifacts.CONFIG_DIR),
         source=f"the config recorded on run {original.info.run_id}",
-        name=tags.get("config.name", "config"),
+        name=tags.get(artifacts.CONFIG_NAME, "config"),
     )
     dataset = ingest.run(config)
-    recorded_hash = tags.get("data.hash")
+    recorded_hash = tags.get(artifacts.DATA_HASH)
     if recorded_hash != dataset.data_hash:
         raise DataValidationError(
             f"the data of {name} v{version} changed: {config.source_description} hashes to "
@@ -81,13 +82,12 @@ def run(name: str, version: str) -> ReproduceResult:
         logger.warning("Reproducing %s v%s with different code: %s", name, version, change)
     training = train.run(config, dataset)
     client.set_tag(training.run_id, "mlflow.runName", f"reproduce-{name}-v{version}")
-    client.set_tag(training.run_id, "reproduce.of_run", original.info.run_id)
+    client.set_tag(training.run_id, artifacts.REPRODUCE_OF_RUN, original.info.run_id)
     client.set_tag(training.run_id, "reproduce.of_version", f"{name}/{version}")
     evaluation = evaluate.run(config, training.run_id, training.model, training.split)
     checks = tuple(
         MetricCheck(metric, recorded, evaluation.metrics.get(metric))
-        for metric, recorded in sorted(original.data.metrics.items())
-        if metric.startswith("test_")
+        for metric, recorded in sorted(metrics.held_out(original.data.metrics).items())
     )
     result = ReproduceResult(
         name=name,
@@ -104,10 +104,10 @@ def run(name: str, version: str) -> ReproduceResult:
 
 def _recorded_config(run_id: str) -> Mapping[str, object]:
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{train.RESOLVED_CONFIG}")
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{artifacts.RESOLVED_CONFIG}")
     except MlflowException as exc:
         raise PipelineError(
-            f"run {run_id} recorded no resolved config ({train.RESOLVED_CONFIG}); it was "
+            f"run {run_id} recorded no resolved config ({artifacts.RESOLVED_CONFIG}); it was "
             "trained by an older pipeline and cannot be reproduced from the registry"
         ) from exc
     recorded = yaml.safe_load(text)
@@ -119,13 +119,14 @@ def _recorded_config(run_id: str) -> Mapping[str, object]:
 def _code_changes(tags: Mapping[str, str]) -> tuple[str, ...]:
     changes = []
     commit, dirty = git_state()
-    if tags.get("git.commit") not in (None, commit):
-        changes.append(f"git commit {tags['git.commit'][:12]} then, {commit[:12]} now")
-    if tags.get("git.dirty") == "true" or dirty == "true":
-        changes.append(f"uncommitted changes (dirty then: {tags.get('git.dirty')}, now: {dirty})")
-    if tags.get("code.hash") not in (None, code_hash()):
+    recorded_commit, recorded_dirty = tags.get(artifacts.GIT_COMMIT), tags.get(artifacts.GIT_DIRTY)
+    if recorded_commit not in (None, commit):
+        changes.append(f"git commit {str(recorded_commit)[:12]} then, {commit[:12]} now")
+    if recorded_dirty == "true" or dirty == "true":
+        changes.append(f"uncommitted changes (dirty then: {recorded_dirty}, now: {dirty})")
+    if tags.get(artifacts.CODE_HASH) not in (None, code_hash()):
         changes.append("the pipeline's source differs from the one that trained it")
-    recorded_libraries = json.loads(tags.get("lineage.libraries", "{}"))
+    recorded_libraries = json.loads(tags.get(artifacts.LIBRARIES, "{}"))
     for library, now in library_versions().items():
         then = recorded_libraries.get(library)
         if then is not None and then != now:

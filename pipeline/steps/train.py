@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
@@ -21,25 +21,17 @@ from mlflow.models import infer_signature
 from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
-from pipeline.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, PipelineConfig
+from pipeline import artifacts, metrics
+from pipeline.artifacts import RESOLVED_CONFIG as RESOLVED_CONFIG
+from pipeline.config import PipelineConfig
 from pipeline.steps import features, search
 from pipeline.steps.ingest import Dataset
 from pipeline.tracking import code_hash, git_state, library_versions, publish_runs_table_view
 
+# RESOLVED_CONFIG stays importable from here until pipeline.reports.model_card imports it
+# from pipeline.artifacts.
+
 logger = logging.getLogger(__name__)
-
-RESOLVED_CONFIG = "config/resolved_config.yaml"
-TRAINING_ROWS_DIR = "split"
-TRAINING_ROWS_FILE = "training_rows.npz"
-
-_CV_SCORING = {
-    "classification": {"accuracy": "accuracy", "f1_macro": "f1_macro"},
-    "regression": {
-        "rmse": "neg_root_mean_squared_error",
-        "mae": "neg_mean_absolute_error",
-        "r2": "r2",
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -81,7 +73,7 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
                 data_split,
                 parent_run_id=active.info.run_id,
                 experiment_id=active.info.experiment_id,
-                cv_scoring=_CV_SCORING[config.task],
+                cv_scoring={m.name: m.scorer for m in metrics.cross_validated(config.task)},
             )
             model.set_params(**{f"model__{k}": v for k, v in searched.best_params.items()})
             mlflow.log_params(_search_params(searched))
@@ -97,7 +89,7 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
                 name=config.registered_model,
             )
             mlflow.log_input(data_input, context="training")
-        mlflow.log_dict(config.model_dump(mode="json"), RESOLVED_CONFIG)
+        mlflow.log_dict(config.model_dump(mode="json"), artifacts.RESOLVED_CONFIG)
         # The best trial was cross-validated on the same folds already; do not pay twice.
         cv_metrics = (
             dict(searched.best.cv_metrics)
@@ -110,7 +102,10 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
         publish_runs_table_view(
             active.info.experiment_id,
             params=_headline_params(config),
-            metrics=[*_test_metrics(config), *(k for k in cv_metrics if k.endswith("_mean"))],
+            metrics=[
+                *(m.held_out for m in metrics.for_task(config.task)),
+                *(k for k in cv_metrics if k.endswith("_mean")),
+            ],
         )
         model.fit(data_split.X_train, data_split.y_train)
         model_uri = _log_model(model, data_split, dataset)
@@ -148,7 +143,7 @@ def _lineage_tags(
 ) -> dict[str, str]:
     commit, dirty = git_state()
     tags = {
-        "data.hash": dataset.data_hash,
+        artifacts.DATA_HASH: dataset.data_hash,
         "data.rows": str(dataset.rows),
         "data.source": dataset.source,
         "data.columns": json.dumps(
@@ -157,15 +152,15 @@ def _lineage_tags(
                 "categorical": list(dataset.categorical_features),
             }
         ),
-        "git.commit": commit,
-        "git.dirty": dirty,
+        artifacts.GIT_COMMIT: commit,
+        artifacts.GIT_DIRTY: dirty,
         "config.hash": config.config_hash(),
-        "config.name": config.name,
+        artifacts.CONFIG_NAME: config.name,
         # Where a relative data.path resolves from, so `reproduce` finds the same file.
-        "config.dir": str(config.base_dir),
-        "code.hash": code_hash(),
-        "lineage.libraries": json.dumps(library_versions(), sort_keys=True),
-        "cache.key": cache_key(config, dataset),
+        artifacts.CONFIG_DIR: str(config.base_dir),
+        artifacts.CODE_HASH: code_hash(),
+        artifacts.LIBRARIES: json.dumps(library_versions(), sort_keys=True),
+        artifacts.CACHE_KEY: cache_key(config, dataset),
         "task": config.task,
         "estimator": estimator,
         "registered_model": config.registered_model,
@@ -228,10 +223,6 @@ def _headline_params(config: PipelineConfig) -> list[str]:
     return ["estimator", *(f"model.{name}" for name in names), "split.seed"]
 
 
-def _test_metrics(config: PipelineConfig) -> tuple[str, ...]:
-    return CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
-
-
 def _dataset_source(config: PipelineConfig) -> str:
     if config.data_path is not None:
         return str(config.data_path)
@@ -247,7 +238,7 @@ def _cross_validate(
         if config.task == "classification"
         else KFold(n_splits=folds, shuffle=True, random_state=config.split.seed)
     )
-    scoring = _CV_SCORING[config.task]
+    scoring = {m.name: m for m in metrics.cross_validated(config.task)}
     with warnings.catch_warnings():
         # A fold may miss a rare class; the held-out evaluation is what the gate trusts.
         warnings.simplefilter("ignore", UserWarning)
@@ -256,18 +247,17 @@ def _cross_validate(
             data_split.X_train,
             data_split.y_train,
             cv=cv,
-            scoring=scoring,
+            scoring={name: m.scorer for name, m in scoring.items()},
             n_jobs=1,
             error_score="raise",
         )
-    metrics: dict[str, float] = {}
-    for name in scoring:
-        values = np.asarray(scores[f"test_{name}"], dtype=float)
-        if name in {"rmse", "mae"}:
-            values = -values  # sklearn maximizes, so it reports errors negated
-        metrics[f"cv_{name}_mean"] = float(values.mean())
-        metrics[f"cv_{name}_std"] = float(values.std())
-    return metrics
+    result: dict[str, float] = {}
+    for name, metric in scoring.items():
+        # cross_validate names each scorer's fold scores test_<name>: its prefix, not ours.
+        values = metric.scorer_sign * np.asarray(scores[f"test_{name}"], dtype=float)
+        result[f"cv_{name}_mean"] = float(values.mean())
+        result[f"cv_{name}_std"] = float(values.std())
+    return result
 
 
 def _log_training_rows(data_split: features.Split, dataset: Dataset) -> None:
@@ -275,10 +265,11 @@ def _log_training_rows(data_split: features.Split, dataset: Dataset) -> None:
     # never saw, even when the challenger was trained on newer or re-split data.
     columns = sorted(dataset.features)
     hashes = features.row_hashes(data_split.X_train, data_split.y_train, columns)
+    artifact = PurePosixPath(artifacts.TRAINING_ROWS)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / TRAINING_ROWS_FILE
+        path = Path(tmp) / artifact.name
         np.savez_compressed(path, hashes=hashes, columns=np.array(columns, dtype=str))
-        mlflow.log_artifact(str(path), artifact_path=TRAINING_ROWS_DIR)
+        mlflow.log_artifact(str(path), artifact_path=str(artifact.parent))
 
 
 def _log_model(model: Pipeline, data_split: features.Split, dataset: Dataset) -> str:

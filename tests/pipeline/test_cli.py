@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from pipeline import model_io
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.steps import evaluate, features, ingest
+from tests.pipeline.factories import REPO_ROOT
 
 
 def _printed_run_id(capsys: pytest.CaptureFixture[str]) -> str:
@@ -158,3 +161,23 @@ def test_model_name_prints_the_registered_model_of_a_config(
 ) -> None:
     assert main(["model-name", "--config", str(write_config(iris_config()))]) == 0
     assert capsys.readouterr().out.strip() == "iris-test"
+
+
+def test_help_of_the_cli_and_of_every_command_imports_no_heavy_library() -> None:
+    # Start-up time itself is measured by bench/cli.py; this keeps its cause from coming back.
+    code = """
+import argparse, contextlib, io, sys
+from pipeline.cli import _parser, main
+commands = next(
+    a.choices for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)
+)
+for argv in (["--help"], *([name, "--help"] for name in commands)):
+    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+        main(argv)
+print(len(commands), sorted({"mlflow", "sklearn", "pandas", "numpy"} & set(sys.modules)))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split(maxsplit=1)[1].strip() == "[]"
+    assert int(result.stdout.split()[0]) >= 17

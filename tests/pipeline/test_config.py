@@ -8,9 +8,9 @@ import pytest
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ConfigError
+from tests.pipeline.factories import CONFIGS, diabetes_config, shipped_config
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+SHIPPED_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 
 
 def test_the_repository_ships_the_four_documented_configs() -> None:
@@ -26,8 +26,8 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 
 def test_a_csv_config_resolves_its_data_path_against_the_config_file() -> None:
-    config = load_config(REPO_ROOT / "configs" / "customers.yaml")
-    assert config.data_path == REPO_ROOT / "configs" / "data" / "customers.csv"
+    config = shipped_config("customers")
+    assert config.data_path == CONFIGS / "data" / "customers.csv"
 
 
 def test_config_hash_changes_when_a_hyperparameter_changes(
@@ -200,15 +200,7 @@ def test_a_probability_metric_for_an_estimator_without_probabilities_is_refused(
 
 
 def test_stratifying_a_regression_split_is_refused(write_config: Callable[..., Path]) -> None:
-    config = {
-        "experiment": "r",
-        "registered_model": "r",
-        "task": "regression",
-        "data": {"dataset": "diabetes", "target": "progression"},
-        "estimator": {"class_path": "sklearn.linear_model.Ridge"},
-        "split": {"stratify": True},
-        "gate": {"metric": "test_rmse"},
-    }
+    config = diabetes_config(split={"stratify": True})
     assert "split.stratify: true only applies to classification" in _refused(write_config, config)
 
 

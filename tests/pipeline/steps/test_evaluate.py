@@ -10,28 +10,16 @@ from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 
 from pipeline.config import load_config
-from pipeline.steps import evaluate, features, ingest, train
+from pipeline.steps import evaluate, ingest, train
+from tests.pipeline.factories import diabetes_config, fitted
 
 
 def test_regression_scores_are_rmse_mae_and_r2_of_the_held_out_rows(
     write_config: Callable[..., Path],
 ) -> None:
-    config = load_config(
-        write_config(
-            {
-                "experiment": "d",
-                "registered_model": "d",
-                "task": "regression",
-                "data": {"dataset": "diabetes", "target": "progression"},
-                "estimator": {"class_path": "sklearn.linear_model.Ridge"},
-                "split": {"cv_folds": 2},
-                "gate": {"metric": "test_rmse"},
-            }
-        )
-    )
-    dataset = ingest.run(config)
-    data_split = features.split(config, dataset)
-    model = features.build_model(config, dataset).fit(data_split.X_train, data_split.y_train)
+    config = load_config(write_config(diabetes_config()))
+    diabetes = fitted(config)
+    model, data_split = diabetes.model, diabetes.split
     scores = evaluate.score(config, model, data_split.X_test, data_split.y_test)
     predicted = model.predict(data_split.X_test)
     assert scores["test_rmse"] == pytest.approx(
@@ -54,10 +42,8 @@ def test_a_classifier_without_probabilities_gets_no_probability_metrics(
             )
         )
     )
-    dataset = ingest.run(config)
-    data_split = features.split(config, dataset)
-    model = features.build_model(config, dataset).fit(data_split.X_train, data_split.y_train)
-    scores = evaluate.score(config, model, data_split.X_test, data_split.y_test)
+    svc = fitted(config)
+    scores = evaluate.score(config, svc.model, svc.split.X_test, svc.split.y_test)
     assert set(scores) == {"test_accuracy", "test_f1_macro"}
 
 

@@ -10,12 +10,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipeline.config import load_config
 from pipeline.steps import features, ingest
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.pipeline.factories import fitted, shipped_config
 
 
 def test_the_model_is_one_pipeline_of_preprocessing_and_the_configured_estimator() -> None:
-    config = load_config(REPO_ROOT / "configs" / "customers.yaml")
+    config = shipped_config("customers")
     dataset = ingest.run(config)
     model = features.build_model(config, dataset)
     assert list(model.named_steps) == ["preprocess", "model"]
@@ -30,11 +29,9 @@ def test_the_model_is_one_pipeline_of_preprocessing_and_the_configured_estimator
 
 
 def test_unknown_categories_and_gaps_at_prediction_time_are_handled() -> None:
-    config = load_config(REPO_ROOT / "configs" / "customers.yaml")
-    dataset = ingest.run(config)
-    data_split = features.split(config, dataset)
-    model = features.build_model(config, dataset).fit(data_split.X_train, data_split.y_train)
-    row = data_split.X_test.head(1).copy()
+    customers = fitted(shipped_config("customers"))
+    model, dataset = customers.model, customers.dataset
+    row = customers.split.X_test.head(1).copy()
     row["contract"] = "lifetime"  # never seen in training
     row["monthly_charges"] = np.nan
     assert model.predict(row)[0] in set(dataset.y)
@@ -55,8 +52,7 @@ def test_the_split_is_the_same_for_the_same_config_and_data(
 
 
 def test_row_hashes_change_with_any_value_of_a_row() -> None:
-    config = load_config(REPO_ROOT / "configs" / "iris.yaml")
-    dataset = ingest.run(config)
+    dataset = ingest.run(shipped_config("iris"))
     columns = sorted(dataset.features)
     hashes = features.row_hashes(dataset.X, dataset.y, columns)
     changed = dataset.X.copy()

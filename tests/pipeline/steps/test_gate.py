@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import production
 from pipeline.steps import features, flow, ingest
+from tests.pipeline.factories import diabetes_config
 
 DUMMY = {"class_path": "sklearn.dummy.DummyClassifier", "params": {"strategy": "most_frequent"}}
 WEAK = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
@@ -133,15 +134,11 @@ def test_regression_gates_on_an_error_metric_where_lower_is_better(
     mlflow_store: str, write_config: Callable[..., Path]
 ) -> None:
     def config(estimator: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "experiment": "diabetes-test",
-            "registered_model": "diabetes-test",
-            "task": "regression",
-            "data": {"dataset": "diabetes", "target": "progression"},
-            "estimator": estimator,
-            "split": {"test_size": 0.25, "seed": 0, "stratify": False, "cv_folds": 2},
-            "gate": {"metric": "test_rmse", "threshold": None},
-        }
+        return diabetes_config(
+            estimator=estimator,
+            split={"test_size": 0.25, "seed": 0, "stratify": False, "cv_folds": 2},
+            gate={"metric": "test_rmse", "threshold": None},
+        )
 
     first = flow.run_all(
         load_config(write_config(config({"class_path": "sklearn.linear_model.Ridge"})))
@@ -271,15 +268,7 @@ def test_a_config_for_another_task_cannot_reuse_a_registered_model_name(
     run_config: RunConfig, write_config: Callable[..., Path]
 ) -> None:
     run_config()
-    regression = {
-        "experiment": "iris-test",
-        "registered_model": "iris-test",
-        "task": "regression",
-        "data": {"dataset": "diabetes", "target": "progression"},
-        "estimator": {"class_path": "sklearn.linear_model.Ridge"},
-        "split": {"cv_folds": 2},
-        "gate": {"metric": "test_rmse"},
-    }
+    regression = diabetes_config(experiment="iris-test", registered_model="iris-test")
     with pytest.raises(PipelineError, match="holds classification models but this config"):
         flow.run_all(load_config(write_config(regression)))
     assert len(MlflowClient().search_model_versions("name='iris-test'")) == 1

@@ -12,8 +12,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import DataValidationError
 from pipeline.steps import features, ingest
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.pipeline.factories import shipped_config
 
 GOOD_CSV = """age,income,city,bought
 31,52000,paris,yes
@@ -48,7 +47,7 @@ def _refused(path: Path) -> str:
 
 
 def test_bundled_iris_loads_with_real_label_names_and_snake_case_columns() -> None:
-    dataset = ingest.run(load_config(REPO_ROOT / "configs" / "iris.yaml"))
+    dataset = ingest.run(shipped_config("iris"))
     assert dataset.rows == 150
     assert set(dataset.y.unique()) == {"setosa", "versicolor", "virginica"}
     assert "sepal_length_cm" in dataset.numeric_features
@@ -63,7 +62,7 @@ def test_features_are_inferred_from_dtypes_when_not_listed(csv_config: Callable[
 
 
 def test_the_shipped_csv_has_categorical_columns_and_gaps() -> None:
-    dataset = ingest.run(load_config(REPO_ROOT / "configs" / "customers.yaml"))
+    dataset = ingest.run(shipped_config("customers"))
     assert dataset.categorical_features == ("contract", "payment_method", "senior")
     assert dataset.frame["payment_method"].isna().sum() > 0
     assert dataset.frame["monthly_charges"].isna().sum() > 0

@@ -8,18 +8,12 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-from sklearn.datasets import load_iris
 
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import DataValidationError
 from pipeline.steps import flow, reproduce
-
-
-def _iris_csv() -> str:
-    frame = load_iris(as_frame=True).frame
-    frame["target"] = frame["target"].map(dict(enumerate(["setosa", "versicolor", "virginica"])))
-    return frame.to_csv(index=False)
+from tests.pipeline.factories import iris_csv
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def registered_from_csv(
         "params": {"n_estimators": 10},
     }
     config_path = write_config(
-        iris_config(data={"target": "target"}, estimator=forest), csv_text=_iris_csv(), name="csv"
+        iris_config(data={"target": "target"}, estimator=forest), csv_text=iris_csv(), name="csv"
     )
     flow.run_all(load_config(config_path))
     return config_path

@@ -15,8 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import model_io
 from pipeline.config import load_config
 from pipeline.steps import ingest, train
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.pipeline.factories import shipped_config
 
 
 @pytest.fixture
@@ -80,9 +79,7 @@ def test_the_logged_model_is_skops_with_a_signature_and_loads_back_identically(
 
 
 def test_columns_with_gaps_in_training_are_optional_in_the_signature(mlflow_store: str) -> None:
-    config = load_config(REPO_ROOT / "configs" / "customers.yaml").with_overrides(
-        **{"split.cv_folds": 2}
-    )
+    config = shipped_config("customers").with_overrides(**{"split.cv_folds": 2})
     result = train.run(config, ingest.run(config))
     local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
     columns = {c.name: c for c in Model.load(local / "MLmodel").get_input_schema().inputs}

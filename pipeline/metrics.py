@@ -1,0 +1,195 @@
+"""Every metric the pipeline knows, in one table: how it is computed, scored and compared.
+
+A metric is named without a prefix (``rmse``) where monitoring reads it from a production
+window, ``test_rmse`` where it was measured on held-out rows (run metrics, version tags,
+``gate.metric``) and ``cv_rmse_mean`` / ``cv_rmse_std`` in cross-validation.
+
+The config and the CLI import this module, so it imports no heavy library at import time:
+numpy, pandas and scikit-learn are imported by the functions that compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Task = Literal["classification", "regression"]
+
+HELD_OUT_PREFIX = "test_"
+
+# (y, predicted, proba, labels) -> value, or None when these rows cannot give it.
+Compute = Callable[["np.ndarray", "np.ndarray", "np.ndarray | None", "list[Any]"], "float | None"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    task: Task
+    scorer: str
+    """The scikit-learn scorer of the same metric: CV and search optimise what the gate judges."""
+    lower_is_better: bool
+    needs_proba: bool
+    compute: Compute
+
+    @property
+    def held_out(self) -> str:
+        """Its name as a held-out metric: ``test_<name>``."""
+        return f"{HELD_OUT_PREFIX}{self.name}"
+
+    @property
+    def scorer_sign(self) -> float:
+        """-1 for scorers that report the metric negated (sklearn maximises every scorer)."""
+        return -1.0 if self.scorer.startswith("neg_") else 1.0
+
+
+def _accuracy(y: np.ndarray, predicted: np.ndarray, proba: Any, labels: Any) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(y, predicted))
+
+
+def _f1_macro(y: np.ndarray, predicted: np.ndarray, proba: Any, labels: Any) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, predicted, average="macro"))
+
+
+def _roc_auc(
+    y: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None, labels: list[Any]
+) -> float | None:
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    present = len(pd.unique(y))
+    if proba is None or present < 2:
+        return None
+    if len(labels) == 2:
+        positive = (y == labels[1]).astype(int)
+        return float(roc_auc_score(positive, proba[:, 1]))
+    if present < len(labels):
+        return None  # one-vs-rest needs every class among the rows
+    return float(roc_auc_score(y, proba, multi_class="ovr", labels=labels))
+
+
+def _log_loss(
+    y: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None, labels: list[Any]
+) -> float | None:
+    from sklearn.metrics import log_loss
+
+    return None if proba is None else float(log_loss(y, proba, labels=labels))
+
+
+def _rmse(y: np.ndarray, predicted: np.ndarray, proba: Any, labels: Any) -> float:
+    from sklearn.metrics import root_mean_squared_error
+
+    return float(root_mean_squared_error(y, predicted))
+
+
+def _mae(y: np.ndarray, predicted: np.ndarray, proba: Any, labels: Any) -> float:
+    from sklearn.metrics import mean_absolute_error
+
+    return float(mean_absolute_error(y, predicted))
+
+
+def _r2(y: np.ndarray, predicted: np.ndarray, proba: Any, labels: Any) -> float | None:
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(y, predicted)) if len(y) >= 2 else None  # undefined on one row
+
+
+METRICS: Mapping[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("accuracy", "classification", "accuracy", False, False, _accuracy),
+        Metric("f1_macro", "classification", "f1_macro", False, False, _f1_macro),
+        Metric("roc_auc", "classification", "roc_auc_ovr", False, True, _roc_auc),
+        Metric("log_loss", "classification", "neg_log_loss", True, True, _log_loss),
+        Metric("rmse", "regression", "neg_root_mean_squared_error", True, False, _rmse),
+        Metric("mae", "regression", "neg_mean_absolute_error", True, False, _mae),
+        Metric("r2", "regression", "r2", False, False, _r2),
+    )
+}
+
+
+def metric(name: str) -> Metric:
+    """The metric called `name`, with or without the held-out prefix (``rmse``, ``test_rmse``)."""
+    found = METRICS.get(name.removeprefix(HELD_OUT_PREFIX))
+    if found is None:
+        raise KeyError(f"unknown metric '{name}'; known: {', '.join(METRICS)}")
+    return found
+
+
+def for_task(task: str) -> tuple[Metric, ...]:
+    return tuple(m for m in METRICS.values() if m.task == task)
+
+
+def cross_validated(task: str) -> tuple[Metric, ...]:
+    """The task's metrics any estimator can be cross-validated on (no probabilities needed)."""
+    return tuple(m for m in for_task(task) if not m.needs_proba)
+
+
+def is_held_out(name: str) -> bool:
+    return name.startswith(HELD_OUT_PREFIX)
+
+
+def held_out(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The held-out (``test_*``) metrics of a run's or version's metrics, in their order."""
+    return {name: value for name, value in metrics.items() if is_held_out(name)}
+
+
+# Held-out names, for code that still compares sets of names; new code asks `metric(name)`.
+LOWER_IS_BETTER = frozenset(m.held_out for m in METRICS.values() if m.lower_is_better)
+
+
+def prediction_metrics(
+    task: str,
+    y: Sequence[Any] | np.ndarray,
+    predicted: Sequence[Any] | np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, float]:
+    """The task's metrics from predictions already made, named without the `test_` prefix.
+
+    For held-out rows (evaluate, gate), predictions read back from the prediction log
+    (monitoring) or made once for many chunks (the reference profile). A metric that cannot be
+    computed on these rows (r2 of one row, probabilities for a label outside `classes`) is
+    left out rather than guessed.
+    """
+    import numpy as np
+    import pandas as pd
+
+    y = np.asarray(y)
+    predicted = np.asarray(predicted)
+    if len(y) == 0:
+        return {}
+    labels = list(classes) if classes is not None else []
+    # Probabilities only mean something for rows whose label is one of the model's classes.
+    with_proba = proba is not None and classes is not None and set(pd.unique(y)) <= set(labels)
+    result: dict[str, float] = {}
+    for entry in for_task(task):
+        if entry.needs_proba and not with_proba:
+            continue
+        value = entry.compute(y, predicted, proba, labels)
+        if value is not None:
+            result[entry.name] = value
+    return result
+
+
+_REGRESSION_SCORER_PREFIXES = ("neg_mean", "neg_root", "neg_median", "neg_max", "r2", "explained")
+
+
+def scorer_task(scorer: str) -> Task | None:
+    """The task a scikit-learn scorer belongs to, or None if scikit-learn has no such scorer."""
+    from sklearn.metrics import get_scorer_names
+
+    if scorer not in get_scorer_names():
+        return None
+    regression = scorer.startswith(_REGRESSION_SCORER_PREFIXES) or scorer in {
+        "max_error",
+        "d2_absolute_error_score",
+    }
+    return "regression" if regression else "classification"
