@@ -19,10 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline import metrics
+from pipeline.contracts import PREDICTION_LOG_DIR
 from pipeline.errors import ConfigError
-
-# Re-exported until pipeline.monitoring.monitor imports it from pipeline.metrics.
-from pipeline.metrics import LOWER_IS_BETTER as LOWER_IS_BETTER
 from pipeline.metrics import Task
 
 if TYPE_CHECKING:
@@ -221,7 +219,7 @@ class PerformanceMonitorConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    log_dir: str = Field(default="prediction_log", min_length=1)
+    log_dir: str = Field(default=PREDICTION_LOG_DIR, min_length=1)
     experiment: str | None = Field(default=None, description="default: <experiment>-monitoring")
     chunk_rows: int = Field(default=200_000, ge=1, description="rows read per streaming chunk")
     drift: DriftConfig = DriftConfig()

@@ -4,12 +4,13 @@ Serving may import this module and nothing else from ``pipeline`` (an import-lin
 ``pyproject.toml``), so it imports only the standard library, NumPy and pyarrow: no MLflow,
 scikit-learn or pandas, nothing that makes the server slow to start.
 
-Three contracts live here:
+What lives here:
 
 - the prediction log: its layout on disk, its columns and their Arrow types, written by the
   server (predictions and labels) and by ``python -m pipeline feedback`` (labels), read by
   monitoring, retraining and live comparison (``docs/prediction-log.md``);
 - the skops types a logged model may hold to be loaded, by the pipeline and by the server;
+- the naming of held-out metrics, which the server shows for the version it answers with;
 - the MLflow signature column types a model may take, and what each means on the wire.
 """
 
@@ -116,6 +117,13 @@ Plain containers (dict, list, OrderedDict ...) skops trusts by itself, so ``buil
 ``collections.`` are not needed, and trusting them would let a file name any builtin
 function (``builtins.eval``) as a trusted type.
 """
+
+
+# --- registry records the server reads -------------------------------------------------------
+
+HELD_OUT_PREFIX = "test_"
+"""Prefix of held-out metrics on a run and in version tags (``test_accuracy``); the server's
+``/model`` shows those of the version it answers with."""
 
 
 # --- signature column types ------------------------------------------------------------------

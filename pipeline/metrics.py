@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from pipeline.contracts import HELD_OUT_PREFIX
+
 if TYPE_CHECKING:
     import numpy as np
 
 Task = Literal["classification", "regression"]
 
-HELD_OUT_PREFIX = "test_"
 
 # (y, predicted, proba, labels) -> value, or None when these rows cannot give it.
 Compute = Callable[["np.ndarray", "np.ndarray", "np.ndarray | None", "list[Any]"], "float | None"]
@@ -139,10 +140,6 @@ def is_held_out(name: str) -> bool:
 def held_out(metrics: Mapping[str, float]) -> dict[str, float]:
     """The held-out (``test_*``) metrics of a run's or version's metrics, in their order."""
     return {name: value for name, value in metrics.items() if is_held_out(name)}
-
-
-# Held-out names, for code that still compares sets of names; new code asks `metric(name)`.
-LOWER_IS_BETTER = frozenset(m.held_out for m in METRICS.values() if m.lower_is_better)
 
 
 def prediction_metrics(

@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.artifacts import REFERENCE_PROFILE_PATH
 from pipeline.config import PipelineConfig
 from pipeline.errors import DataValidationError, PipelineError, RegistryError
 from pipeline.monitoring.drift import DriftAccumulator, DriftReport
@@ -29,7 +30,6 @@ from pipeline.monitoring.prediction_log import PredictionLog, describe_window, u
 from pipeline.monitoring.profile import ReferenceProfile
 from pipeline.monitoring.record import log_monitor_run
 from pipeline.registry import production
-from pipeline.steps.evaluate import REFERENCE_PROFILE_PATH
 
 logger = logging.getLogger(__name__)
 

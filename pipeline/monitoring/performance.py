@@ -18,11 +18,12 @@ from typing import Any
 import pandas as pd
 from pandas.api.types import union_categoricals
 
-from pipeline.config import LOWER_IS_BETTER, PerformanceMonitorConfig
+from pipeline.config import PerformanceMonitorConfig
 from pipeline.contracts import PROBA_PREFIX
 from pipeline.errors import ConfigError
+from pipeline.metrics import metric as metric_info
+from pipeline.metrics import prediction_metrics
 from pipeline.monitoring.profile import PREDICTION, PerformanceReference
-from pipeline.steps.evaluate import prediction_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def _checks(
             reference_std=std,
             lower=mean - sigma * std,
             upper=mean + sigma * std,
-            lower_is_better=f"test_{metric}" in LOWER_IS_BETTER,
+            lower_is_better=metric_info(metric).lower_is_better,
         )
     return checks
 

@@ -30,10 +30,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import artifacts, metrics
 from pipeline.errors import PipelineError
 from pipeline.registry import production
 from pipeline.reports.render import render
-from pipeline.steps.train import RESOLVED_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def build_model_card_input(client: MlflowClient, name: str, version: str) -> Mod
             "was it deleted? A model card needs the training run"
         ) from exc
     version_tags = dict(model_version.tags)
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    params, run_metrics, tags = run.data.params, run.data.metrics, run.data.tags
     created = datetime.fromtimestamp(model_version.creation_timestamp / 1000, tz=UTC)
     data = _data_section(params, tags)
     return ModelCardInput(
@@ -212,9 +212,9 @@ def build_model_card_input(client: MlflowClient, name: str, version: str) -> Mod
         },
         search=_search_summary(client, run),
         data=data,
-        config_yaml=_artifact_text(client, run_id, RESOLVED_CONFIG),
-        metrics={k: v for k, v in sorted(metrics.items()) if k.startswith("test_")},
-        cv_metrics={k: v for k, v in sorted(metrics.items()) if k.startswith("cv_")},
+        config_yaml=_artifact_text(client, run_id, artifacts.RESOLVED_CONFIG),
+        metrics=dict(sorted(metrics.held_out(run_metrics).items())),
+        cv_metrics={k: v for k, v in sorted(run_metrics.items()) if k.startswith("cv_")},
         plots=_plots(client, run_id),
         gate=_gate_section(version_tags),
         lineage=Lineage(
@@ -242,7 +242,7 @@ def _data_section(params: Mapping[str, str], tags: Mapping[str, str]) -> DataSec
     summary = _json_tag(tags, TARGET_SUMMARY_TAG)
     return DataSection(
         source=tags.get("data.source"),
-        data_hash=tags.get("data.hash"),
+        data_hash=tags.get(artifacts.DATA_HASH),
         rows=_int(tags.get("data.rows")),
         numeric_columns=numeric,
         categorical_columns=categorical,
@@ -349,7 +349,7 @@ def _plots(client: MlflowClient, run_id: str) -> tuple[Plot, ...]:
 
 
 def _gate_section(tags: Mapping[str, str]) -> GateSection | None:
-    decision = tags.get("gate.decision")
+    decision = tags.get(artifacts.GATE_DECISION)
     if decision is None:
         return None
     return GateSection(

@@ -26,7 +26,6 @@ from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts
-from pipeline.artifacts import REFERENCE_PROFILE_PATH as REFERENCE_PROFILE_PATH
 from pipeline.config import PipelineConfig
 from pipeline.metrics import metric, prediction_metrics
 from pipeline.monitoring.profile import (
@@ -35,9 +34,6 @@ from pipeline.monitoring.profile import (
     build_reference_profile,
 )
 from pipeline.steps.features import Split
-
-# REFERENCE_PROFILE_PATH and prediction_metrics stay importable from here until
-# pipeline.monitoring.monitor imports them from pipeline.artifacts and pipeline.metrics.
 
 logger = logging.getLogger(__name__)
 

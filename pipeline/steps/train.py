@@ -22,14 +22,10 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts, metrics
-from pipeline.artifacts import RESOLVED_CONFIG as RESOLVED_CONFIG
 from pipeline.config import PipelineConfig
 from pipeline.steps import features, search
 from pipeline.steps.ingest import Dataset
 from pipeline.tracking import code_hash, git_state, library_versions, publish_runs_table_view
-
-# RESOLVED_CONFIG stays importable from here until pipeline.reports.model_card imports it
-# from pipeline.artifacts.
 
 logger = logging.getLogger(__name__)
 

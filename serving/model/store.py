@@ -25,7 +25,7 @@ from mlflow.models import Model
 from mlflow.types.schema import DataType
 from sklearn.base import is_classifier
 
-from pipeline.contracts import COLUMN_TYPES, TRUSTED_MODULE_PREFIXES, Task
+from pipeline.contracts import COLUMN_TYPES, HELD_OUT_PREFIX, TRUSTED_MODULE_PREFIXES, Task
 from serving.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -309,7 +309,7 @@ def _held_out_metrics(
 ) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for key, raw in (version.tags or {}).items():
-        if key.startswith("test_"):
+        if key.startswith(HELD_OUT_PREFIX):
             try:
                 metrics[key] = float(raw)
             except ValueError:
@@ -320,5 +320,7 @@ def _held_out_metrics(
         except MlflowException:
             logger.warning("Run %s of model %s not found; metrics from tags", run_id, version.name)
         else:
-            metrics.update({k: float(v) for k, v in run_metrics.items() if k.startswith("test_")})
+            metrics.update(
+                {k: float(v) for k, v in run_metrics.items() if k.startswith(HELD_OUT_PREFIX)}
+            )
     return dict(sorted(metrics.items()))

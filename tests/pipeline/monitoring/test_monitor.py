@@ -25,12 +25,13 @@ from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from sklearn.pipeline import Pipeline
 
+from pipeline import artifacts, metrics
 from pipeline.config import PipelineConfig, load_config
 from pipeline.contracts import TIMESTAMP
 from pipeline.errors import DataValidationError, RegistryError
 from pipeline.monitoring import feedback, monitor, record
 from pipeline.monitoring.prediction_log import part_name
-from pipeline.steps import evaluate, flow, train
+from pipeline.steps import flow, train
 
 MODEL = "iris-test"
 START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -335,7 +336,7 @@ def test_the_reference_profile_holds_the_evaluate_metrics_per_held_out_chunk(
 ) -> None:
     training = trained.training
     local = mlflow.artifacts.download_artifacts(
-        run_id=training.run_id, artifact_path=evaluate.REFERENCE_PROFILE_PATH, dst_path=tmp_path
+        run_id=training.run_id, artifact_path=artifacts.REFERENCE_PROFILE_PATH, dst_path=tmp_path
     )
     profile = json.loads(Path(local).read_text())
     chunks = profile["performance"]["metric_chunks"]
@@ -349,7 +350,7 @@ def test_the_reference_profile_holds_the_evaluate_metrics_per_held_out_chunk(
     # The monitor's metric function and the evaluate step's agree on the same rows.
     split = training.split
     model = training.model
-    same = evaluate.prediction_metrics(
+    same = metrics.prediction_metrics(
         "classification",
         split.y_test,
         model.predict(split.X_test),
