@@ -6,6 +6,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV := $(BIN)/uv
+# Every install is uv.lock, with these extras; `make lock` writes the lock after a dependency change.
+EXTRAS := --extra dev --extra spark --extra team
 CONFIG ?= configs/iris.yaml
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -22,19 +25,32 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export SERVING_HOST ?= $(HOST)
 export SERVING_PORT ?= $(PORT)
 
-.PHONY: help venv run pipeline serve ui test lint format clean bench-serving bench-monitor \
-	bench-score tracking-server monitor retrain
+.PHONY: help venv lock run pipeline serve ui test test-fast lint format clean bench-serving \
+	bench-cli bench-monitor bench-score tracking-server monitor retrain
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# pip only brings uv, at the release uv.lock pins; uv then makes .venv exactly the lock (the project
+# editable, uv itself kept) with the interpreter found above: it never downloads one ([tool.uv]).
+# --locked refuses a uv.lock that no longer matches pyproject.toml rather than install it.
+# --compile-bytecode: uv leaves compiling to the first import, and with PYTHONDONTWRITEBYTECODE set
+# (as on CI machines) every process would compile mlflow again: 4 s more per CLI call.
+$(UV):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,spark,team]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		"uv==$$($(PYTHON) tools/lockfile.py uv-version)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --compile-bytecode $(EXTRAS) --python $(BIN)/python
 	@touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install the project with its dev tools
+venv: $(STAMP) ## create .venv and install the project with its dev tools from uv.lock
+
+# The lock names PyPI as every package's source, so it installs the same on any machine.
+lock: | $(UV) ## resolve pyproject.toml into uv.lock, write conda.yaml from it (LOCK_ARGS=--upgrade)
+	$(UV) lock --python $(BIN)/python $(LOCK_ARGS)
+	$(BIN)/python tools/lockfile.py conda
 
 run: $(STAMP) ## train, register and promote on CONFIG, then serve the Production model
 	$(MAKE) --no-print-directory pipeline
@@ -59,24 +75,34 @@ ui: $(STAMP) ## start the MLflow UI on UI_PORT and print the runs-table link
 	@echo "Runs table: $$($(BIN)/python -m pipeline ui-url --config $(CONFIG) --base-url http://$(HOST):$(UI_PORT) 2>/dev/null || echo 'run make pipeline first')"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root ./mlruns --host $(HOST) --port $(UI_PORT)
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check pipeline serving tests bench
-	$(BIN)/ruff format --check pipeline serving tests bench
+lint: $(STAMP) ## ruff (lint + format check), mypy and the import contracts
+	$(BIN)/ruff check pipeline serving tests bench tools
+	$(BIN)/ruff format --check pipeline serving tests bench tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix pipeline serving tests bench
-	$(BIN)/ruff format pipeline serving tests bench
+	$(BIN)/ruff check --fix pipeline serving tests bench tools
+	$(BIN)/ruff format pipeline serving tests bench tools
 
 # Many tests wait on real processes (servers, mlflow CLI, PostgreSQL); two workers overlap them.
 TEST_WORKERS ?= 2
 
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) lint ## lint, then the whole test suite (TEST_WORKERS=0 runs it in one process)
-	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/pytest $(XDIST)
+
+# The developer loop: no lint, and none of the tests that start mlflow/uvicorn processes, Spark
+# or a PostgreSQL-backed server. `make test` runs everything before a push.
+test-fast: $(STAMP) ## the quick loop: tests without e2e, spark and team markers, no lint
+	$(BIN)/pytest $(XDIST) -m "not e2e and not spark and not team"
 
 bench-serving: $(STAMP) ## benchmark our server against `mlflow models serve` (a few minutes)
-	$(BIN)/python bench/serving.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+bench-cli: $(STAMP) ## start-up time of the pipeline CLI commands
+	$(BIN)/python bench/cli.py $(BENCH_ARGS)
 
 bench-monitor: $(STAMP) ## streaming drift over a 10M-row prediction log (about 3 min the first time)
 	$(BIN)/python bench/monitor.py $(BENCH_ARGS)

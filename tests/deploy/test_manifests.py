@@ -9,6 +9,7 @@ make targets against the Makefile, config paths against `configs/`.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import importlib.util
@@ -49,6 +50,7 @@ K8S = REPO_ROOT / "deploy" / "k8s"
 SCRIPT = REPO_ROOT / "deploy" / "monitor-retrain.sh"
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 MAKEFILE = REPO_ROOT / "Makefile"
+CI_RUN = REPO_ROOT / ".ci" / "run"
 
 IMAGE = "mlops-pipeline"
 """The image every container of ours runs (compose tags it mlops-pipeline:local)."""
@@ -981,6 +983,54 @@ def test_the_build_context_sends_every_file_the_dockerfile_copies() -> None:
             assert not _dockerignore_excludes(file.relative_to(REPO_ROOT).as_posix()), file
 
 
+def _build_copies() -> list[str]:
+    """Repository paths the build stage copies (the runtime stage copies /opt/venv from it)."""
+    values = [i.value for i in _dockerfile() if i.keyword == "COPY" and i.stage == 0]
+    return [source for value in values for source in shlex.split(value)[:-1]]
+
+
+def _in_image(path: str) -> bool:
+    copied = any(path == s or path.startswith(s.rstrip("/") + "/") for s in _build_copies())
+    return copied and not _dockerignore_excludes(path)
+
+
+def _pipeline_modules_serving_imports() -> set[str]:
+    found = set()
+    for file in (REPO_ROOT / "serving").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found |= {name for name in names if name.split(".")[0] == "pipeline"}
+    return found
+
+
+def test_the_image_holds_every_pipeline_module_serving_imports() -> None:
+    # pipeline.contracts is the one module the import contracts let serving share.
+    for module in {"pipeline.contracts"} | _pipeline_modules_serving_imports():
+        parts = module.split(".")
+        files = [f"{'/'.join(parts[:i])}/__init__.py" for i in range(1, len(parts))]
+        files.append(f"{'/'.join(parts)}.py")
+        for file in files:
+            assert (REPO_ROOT / file).is_file(), f"{module}: no {file}"
+            assert _in_image(file), f"serving imports {module}, but the image lacks {file}"
+
+
+def test_the_image_installs_exactly_the_lock_with_the_uv_release_it_pins() -> None:
+    assert {"pyproject.toml", "uv.lock", "tools/lockfile.py"} <= set(_build_copies())
+    runs = [i.value for i in _dockerfile() if i.keyword == "RUN" and i.stage == 0]
+    (bootstrap,) = [run for run in runs if "pip install" in run]
+    assert '"uv==$(python tools/lockfile.py uv-version)"' in bootstrap
+    syncs = [run for run in runs if "uv sync" in run]
+    assert syncs, "the image does not install with uv sync"
+    assert all("--locked" in run for run in syncs), "an install that may ignore uv.lock"
+    # The runtime stage copies only /opt/venv: the project must be a real install, not a link.
+    assert "--no-install-project" not in syncs[-1]
+    assert all("--no-editable" in run for run in syncs)
+    build_env = " ".join(i.value for i in _dockerfile() if i.keyword == "ENV" and i.stage == 0)
+    assert "UV_COMPILE_BYTECODE=1" in build_env
+
+
 def test_the_image_serves_with_python_dash_m_serving() -> None:
     assert _image_cmd() == ["python", "-m", "serving"]
     assert _runs_serving(_command(_pod_spec(_serving_deployment())["containers"][0]))
@@ -1025,6 +1075,25 @@ def test_the_workflow_runs_on_pull_requests_with_the_postgres_the_team_tests_exp
     assert postgres["env"]["POSTGRES_DB"] == "test"
     assert "5432:5432" in postgres["ports"]
     assert any("GITHUB_STEP_SUMMARY" in run for _, run, _env in _workflow_runs())
+
+
+def test_make_installs_from_the_lock_whenever_it_or_pyproject_changes() -> None:
+    makefile = MAKEFILE.read_text()
+    assert re.search(r"^\$\(STAMP\): pyproject\.toml uv\.lock\b", makefile, flags=re.M)
+    (sync,) = re.findall(r"^\t.*\$\(UV\) sync .*$", makefile, flags=re.M)
+    assert "--locked" in sync
+    # uv compiles nothing by default; under PYTHONDONTWRITEBYTECODE every import would recompile.
+    assert "--compile-bytecode" in sync
+    extras = re.search(r"^EXTRAS := (.*)$", makefile, flags=re.M)
+    assert extras is not None and "$(EXTRAS)" in sync
+    assert extras.group(1).split() == ["--extra", "dev", "--extra", "spark", "--extra", "team"]
+
+
+def test_ci_runs_exactly_make_test() -> None:
+    commands = [
+        line.strip() for line in CI_RUN.read_text().splitlines() if line.strip().startswith("make ")
+    ]
+    assert commands == ["make test"]
 
 
 def test_the_deployment_guide_documents_every_serving_setting() -> None:
