@@ -119,6 +119,12 @@ function (``builtins.eval``) as a trusted type.
 """
 
 
+def refused_types(types: Sequence[str]) -> list[str]:
+    """The skops types in ``types`` outside :data:`TRUSTED_MODULE_PREFIXES`: a model holding
+    any of them is not loaded."""
+    return [name for name in types if not name.startswith(TRUSTED_MODULE_PREFIXES)]
+
+
 # --- registry records the server reads -------------------------------------------------------
 
 HELD_OUT_PREFIX = "test_"

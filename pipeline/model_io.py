@@ -17,7 +17,7 @@ import skops.io
 import yaml
 from sklearn.pipeline import Pipeline
 
-from pipeline.contracts import TRUSTED_MODULE_PREFIXES
+from pipeline.contracts import refused_types
 from pipeline.errors import RegistryError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def load_model(model_uri: str) -> Pipeline:
             )
         model_file = local / flavor["pickled_model"]
         untrusted = skops.io.get_untrusted_types(file=model_file)
-        foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+        foreign = refused_types(untrusted)
         if foreign:
             raise RegistryError(
                 f"model '{model_uri}' contains types outside scikit-learn/numpy/scipy "

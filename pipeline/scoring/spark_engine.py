@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from mlflow.models import Model
 
-from pipeline.contracts import PROBA_PREFIX, TRUSTED_MODULE_PREFIXES
+from pipeline.contracts import PROBA_PREFIX, refused_types
 from pipeline.errors import ConfigError, DataValidationError, PipelineError, RegistryError
 from pipeline.scoring.columns import (
     INTEGER_PATTERN,
@@ -310,7 +310,7 @@ def _check_pyfunc_loader(model: LoadedModel) -> None:
     pyfunc = flavors.get("python_function", {})
     sklearn = flavors.get("sklearn", {})
     trusted = sklearn.get("skops_trusted_types") or []
-    foreign = [t for t in trusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    foreign = refused_types(trusted)
     if pyfunc.get("loader_module") != "mlflow.sklearn" or pyfunc.get("code") or foreign:
         raise RegistryError(
             f"model '{model.uri}' loads through {pyfunc.get('loader_module')!r} with code "

@@ -25,7 +25,13 @@ from mlflow.models import Model
 from mlflow.types.schema import DataType
 from sklearn.base import is_classifier
 
-from pipeline.contracts import COLUMN_TYPES, HELD_OUT_PREFIX, TRUSTED_MODULE_PREFIXES, Task
+from pipeline.contracts import (
+    COLUMN_TYPES,
+    HELD_OUT_PREFIX,
+    TRUSTED_MODULE_PREFIXES,
+    Task,
+    refused_types,
+)
 from serving.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -254,7 +260,7 @@ def _load_estimator(local_dir: Path, mlmodel: Model, label: str) -> Any:
     if not data_path.is_file() or local_dir.resolve() not in data_path.parents:
         raise UnsupportedModelError(f"The skops file of {label} is missing from its artifacts.")
     untrusted = skops.io.get_untrusted_types(file=data_path)
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    refused = refused_types(untrusted)
     if refused:
         raise UnsafeModelError(
             f"Refusing to load {label}: its skops file contains type(s) "
