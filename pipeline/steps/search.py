@@ -10,25 +10,24 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import effective_n_jobs
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from scipy import stats
 from sklearn.base import clone
-from sklearn.metrics import get_scorer
 from sklearn.model_selection import (
     BaseCrossValidator,
+    GridSearchCV,
     KFold,
     ParameterGrid,
     ParameterSampler,
     StratifiedKFold,
-    cross_validate,
 )
 from sklearn.pipeline import Pipeline
 
@@ -91,7 +90,15 @@ def run(
         if config.stratified
         else KFold(n_splits=folds, shuffle=True, random_state=seed)
     )
-    scorers = {SCORE: get_scorer(scoring), **{k: get_scorer(v) for k, v in cv_scoring.items()}}
+    # Scores only, no refit: the caller fits the best setting. A failed fit scores NaN.
+    searcher = GridSearchCV(
+        model,
+        param_grid={},
+        scoring={SCORE: scoring, **{f"cv_{k}": v for k, v in cv_scoring.items()}},
+        n_jobs=search.n_jobs,
+        refit=False,
+        cv=cv,
+    )
     logger.info(
         "Searching %d %s settings by %s with %d-fold CV (n_jobs=%d)",
         len(settings),
@@ -101,16 +108,13 @@ def run(
         search.n_jobs,
     )
     started = time.monotonic()
-    outcomes = Parallel(n_jobs=search.n_jobs, return_as="generator")(
-        delayed(_cross_validate)(model, params, data_split, cv, scorers) for params in settings
-    )
     client = MlflowClient()
     parent_name = client.get_run(parent_run_id).info.run_name or "search"
     trials = [
         _log_trial(client, experiment_id, parent_run_id, parent_name, number, params, outcome)
         for number, (params, outcome) in enumerate(
             progress.bar(
-                zip(settings, outcomes, strict=True),
+                zip(settings, _outcomes(searcher, settings, data_split), strict=True),
                 total=len(settings),
                 desc="search",
                 unit="trial",
@@ -183,39 +187,60 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class _Outcome:
-    scores: Mapping[str, tuple[float, float]]
+    metrics: Mapping[str, float]  # the cv_* and search_score_* means and stds
     error: str | None
 
 
-def _cross_validate(
-    model: Pipeline,
-    params: Mapping[str, Any],
-    data_split: Split,
-    cv: BaseCrossValidator,
-    scorers: Mapping[str, Any],
-) -> _Outcome:
-    candidate = clone(model).set_params(**{f"model__{k}": v for k, v in params.items()})
+def _outcomes(
+    searcher: GridSearchCV, settings: list[dict[str, Any]], data_split: Split
+) -> Iterator[_Outcome]:
+    # One setting per worker at a time keeps every worker busy, as a single search over all the
+    # settings would, while trials are logged and the progress bar moves as the search goes.
+    batch = effective_n_jobs(searcher.n_jobs)
+    for start in range(0, len(settings), batch):
+        chunk = settings[start : start + batch]
+        try:
+            scored = _scores(searcher, chunk, data_split)
+        except ValueError:  # sklearn raises, rather than scoring NaN, when every fit failed
+            scored = [{} for _ in chunk]
+        for setting, metrics in zip(chunk, scored, strict=True):
+            if math.isnan(metrics.get(f"{SCORE}_mean", math.nan)):
+                yield _explain(searcher, setting, data_split)
+            else:
+                yield _Outcome(metrics=metrics, error=None)
+
+
+def _explain(searcher: GridSearchCV, setting: dict[str, Any], data_split: Split) -> _Outcome:
+    """A setting that scored NaN, again in this process and stopping at its first error."""
+    # Raised in a worker, the error would kill the pool; here it costs the fits up to it.
+    strict = clone(searcher).set_params(n_jobs=1, error_score="raise")
     try:
-        with warnings.catch_warnings():
-            # Convergence and rare-class warnings per fold would drown the progress bar.
-            warnings.simplefilter("ignore")
-            result = cross_validate(
-                candidate,
-                data_split.X_train,
-                data_split.y_train,
-                cv=cv,
-                scoring=dict(scorers),
-                n_jobs=1,
-                error_score="raise",
-            )
+        [metrics] = _scores(strict, [setting], data_split)
     except (ValueError, TypeError, ArithmeticError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return _Outcome(scores={}, error=message)
-    scores = {}
-    for name in scorers:
-        values = np.asarray(result[f"test_{name}"], dtype=float)
-        scores[name] = (float(values.mean()), float(values.std()))
-    return _Outcome(scores=scores, error=None)
+        return _Outcome(metrics={}, error=message)
+    return _Outcome(metrics=metrics, error=None)  # no error: the scorer itself gave NaN
+
+
+def _scores(
+    searcher: GridSearchCV, settings: list[dict[str, Any]], data_split: Split
+) -> list[dict[str, float]]:
+    """Each setting's means and stds of every scorer, from the search's `cv_results_`."""
+    # One grid per setting, so the candidates are exactly `settings`, in their order.
+    grid = [{f"model__{k}": [v] for k, v in setting.items()} for setting in settings]
+    with warnings.catch_warnings():
+        # Convergence and rare-class warnings per fold would drown the progress bar.
+        warnings.simplefilter("ignore")
+        fitted = clone(searcher).set_params(param_grid=grid)
+        results = fitted.fit(data_split.X_train, data_split.y_train).cv_results_
+    scores: list[dict[str, float]] = [{} for _ in settings]
+    for name, scorer in searcher.scoring.items():
+        # sklearn negates errors to maximise them; the search score stays as it ranks.
+        sign = -1.0 if name != SCORE and scorer.startswith("neg_") else 1.0
+        for i, metrics in enumerate(scores):
+            metrics[f"{name}_mean"] = sign * float(results[f"mean_test_{name}"][i])
+            metrics[f"{name}_std"] = float(results[f"std_test_{name}"][i])
+    return scores
 
 
 def _log_trial(
@@ -234,37 +259,20 @@ def _log_trial(
     )
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    cv_metrics = _cv_metrics(outcome)
-    metrics = [Metric(k, v, now, 0) for k, v in cv_metrics.items()]
-    if SCORE in outcome.scores:
-        mean, std = outcome.scores[SCORE]
-        metrics += [Metric(f"{SCORE}_mean", mean, now, 0), Metric(f"{SCORE}_std", std, now, 0)]
     tags = [] if outcome.error is None else [RunTag("search.error", outcome.error[:5000])]
     client.log_batch(
         run_id,
-        metrics=metrics,
+        metrics=[Metric(k, v, now, 0) for k, v in outcome.metrics.items()],
         params=[Param(f"model.{k}", str(v)[:250]) for k, v in params.items()],
         tags=[*tags, RunTag(MLFLOW_RUN_NAME, f"{parent_name}-trial-{number:03d}")],
     )
     client.set_terminated(run_id, "FAILED" if outcome.error else "FINISHED")
-    score = outcome.scores.get(SCORE)
     return Trial(
         number=number,
         params=dict(params),
         run_id=run_id,
-        score_mean=score[0] if score else None,
-        score_std=score[1] if score else None,
-        cv_metrics=cv_metrics,
+        score_mean=outcome.metrics.get(f"{SCORE}_mean"),
+        score_std=outcome.metrics.get(f"{SCORE}_std"),
+        cv_metrics={k: v for k, v in outcome.metrics.items() if k.startswith("cv_")},
         error=outcome.error,
     )
-
-
-def _cv_metrics(outcome: _Outcome) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    for name, (mean, std) in outcome.scores.items():
-        if name == SCORE:
-            continue
-        sign = -1.0 if name in {"rmse", "mae"} else 1.0  # sklearn negates errors to maximise
-        metrics[f"cv_{name}_mean"] = sign * mean
-        metrics[f"cv_{name}_std"] = std
-    return metrics

@@ -13,6 +13,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pipeline.config import SearchConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.steps import flow, search
+from tests.pipeline.factories import diabetes_config
 
 GRID = {
     "strategy": "grid",
@@ -117,6 +118,48 @@ def test_failing_trials_are_recorded_and_an_all_failing_search_stops_before_regi
     with pytest.raises(PipelineError, match=r"all 1 search trials failed; the first error: "):
         flow.run_all(config)
     assert MlflowClient().search_model_versions("name = 'iris-test'") == []
+
+
+def test_parallel_trials_that_fail_keep_their_own_error_and_spare_the_others(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> None:
+    # Two workers take two settings at a time: the first pair half fails, the second fails whole.
+    mixed = {
+        "strategy": "grid",
+        "n_jobs": 2,
+        "space": {"penalty": ["l2", "l1"], "solver": ["lbfgs", "liblinear"]},
+    }
+    result = flow.run_all(load_config(write_config(iris_config(search=mixed))))
+    client = MlflowClient()
+    trials = _trials(client, result.run_id)
+    key = [(t.data.params["model.penalty"], t.data.params["model.solver"]) for t in trials]
+    error = {k: t.data.tags.get("search.error") for k, t in zip(key, trials, strict=True)}
+    status = {k: t.info.status for k, t in zip(key, trials, strict=True)}
+    assert (status.pop(("l2", "lbfgs")), error[("l2", "lbfgs")]) == ("FINISHED", None)
+    assert set(status.values()) == {"FAILED"}
+    assert "l1 penalty" in error[("l1", "lbfgs")]
+    assert "multiclass" in error[("l2", "liblinear")]
+    assert "multiclass" in error[("l1", "liblinear")]
+    parent = client.get_run(result.run_id).data.params
+    assert (parent["search.failed_trials"], parent["model.penalty"]) == ("3", "l2")
+
+
+def test_a_regression_search_ranks_by_the_negated_error_and_logs_the_error_itself(
+    mlflow_store: str, write_config: Callable[..., Path]
+) -> None:
+    ridge = {"strategy": "grid", "space": {"alpha": [0.01, 100.0]}}
+    result = flow.run_all(load_config(write_config(diabetes_config(search=ridge))))
+    trials = _trials(MlflowClient(), result.run_id)
+    for trial in trials:
+        metrics = trial.data.metrics
+        assert metrics["cv_rmse_mean"] > 0
+        # The gate's test_rmse is searched by sklearn's neg_root_mean_squared_error.
+        assert metrics["search_score_mean"] == pytest.approx(-metrics["cv_rmse_mean"])
+    best = min(trials, key=lambda t: t.data.metrics["cv_rmse_mean"])
+    parent = MlflowClient().get_run(result.run_id).data.params
+    assert parent["model.alpha"] == best.data.params["model.alpha"]
 
 
 @pytest.mark.parametrize(
