@@ -93,10 +93,10 @@ XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: $(STAMP) lint ## lint, then the whole test suite (TEST_WORKERS=0 runs it in one process)
 	$(BIN)/pytest $(XDIST)
 
-# The developer loop: no lint, and none of the tests that start mlflow/uvicorn processes, Spark
-# or a PostgreSQL-backed server. `make test` runs everything before a push.
-test-fast: $(STAMP) ## the quick loop: tests without e2e, spark and team markers, no lint
-	$(BIN)/pytest $(XDIST) -m "not e2e and not spark and not team"
+# The developer loop: no lint, and none of the tests that start mlflow/uvicorn or other fresh
+# Python processes, Spark or a PostgreSQL-backed server. `make test` runs everything before a push.
+test-fast: $(STAMP) ## the quick loop: no lint; no e2e, spark, team or process tests
+	$(BIN)/pytest $(XDIST) -m "not e2e and not spark and not team and not process"
 
 bench-serving: $(STAMP) ## benchmark our server against `mlflow models serve` (a few minutes)
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)

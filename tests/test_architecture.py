@@ -13,6 +13,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.process
+
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 SERVING_CONTRACT = "serving imports nothing from pipeline but the shared contracts"
 

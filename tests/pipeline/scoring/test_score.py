@@ -230,6 +230,7 @@ def test_an_unknown_model_name_is_a_registry_error_that_says_what_to_do(store: S
     assert _leftovers(store.root, "unknown.parquet") == []
 
 
+@pytest.mark.process
 def test_the_cli_scores_by_name_in_a_real_process(store: Store) -> None:
     env = {
         **os.environ,
