@@ -127,6 +127,13 @@ class GateConfig(_Strict):
         description="also require the lower confidence bound of the gain to be above 0",
     )
     bootstrap: BootstrapConfig = BootstrapConfig()
+    allow_schema_change: bool = Field(
+        default=False,
+        description=(
+            "promote a candidate whose input signature breaks requests Production accepts "
+            "(a column removed or retyped, a required column added); by default it is rejected"
+        ),
+    )
 
 
 class SearchRange(_Strict):
@@ -528,7 +535,59 @@ def load_config(path: str | Path) -> PipelineConfig:
     if not config_path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass an existing YAML file")
     try:
-        raw = yaml.safe_load(config_path.read_text())
+        raw = _load_yaml(config_path.read_text(), source=str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
     return _validate(raw, config_path.resolve().parent, source=str(path), name=config_path.stem)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _load_yaml(text: str, *, source: str) -> Any:
+    """`yaml.safe_load`, refusing a key given twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys, so a second `gate:` section pasted below
+    the first would replace it unnoticed. The check runs on the composed node tree, where
+    every key still has its line and its place in the document, before any value is built.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, (), source, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(
+    node: yaml.Node, path: tuple[str, ...], source: str, visited: set[int]
+) -> None:
+    if id(node) in visited:  # an alias of a node already checked (or a recursive one)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, (*path, f"[{index}]"), source, visited)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[tuple[str, str], int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            # Keys merged in with `<<` may be overridden on purpose: only explicit ones count.
+            _refuse_duplicate_keys(value_node, path, source, visited)
+            continue
+        # The resolved tag tells `1` (an int) from `"1"` (a string), as the loaded dict would.
+        key = (key_node.tag, str(key_node.value))
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            dotted = ".".join((*path, key[1])).replace(".[", "[")
+            raise ConfigError(
+                f"config key '{dotted}' appears twice in {source} "
+                f"(lines {lines[key]} and {line}); keep one"
+            )
+        lines[key] = line
+        _refuse_duplicate_keys(value_node, (*path, key[1]), source, visited)

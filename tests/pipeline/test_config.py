@@ -208,3 +208,67 @@ def test_a_negative_seed_is_refused_naming_the_key(
     write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
 ) -> None:
     assert "split.seed" in _refused(write_config, iris_config(split={"seed": -1}))
+
+
+_DUPLICATED_GATE = """\
+experiment: iris-test
+registered_model: iris-test
+task: classification
+data: {dataset: iris, target: species}
+estimator:
+  class_path: sklearn.linear_model.LogisticRegression
+gate:
+  metric: test_accuracy
+  threshold: 0.8
+  metric: test_f1_macro
+"""
+
+
+def test_a_key_given_twice_in_a_section_is_refused_naming_it_the_file_and_both_lines(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(_DUPLICATED_GATE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"config key 'gate.metric' appears twice in {path} (lines 8 and 10); keep one"
+    )
+
+
+def test_a_top_level_section_given_twice_is_refused_rather_than_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "two_gates.yaml"
+    path.write_text(_DUPLICATED_GATE.replace("  metric: test_f1_macro\n", "") + "gate: {}\n")
+    with pytest.raises(ConfigError, match=r"config key 'gate' appears twice .*\(lines 7 and 10\)"):
+        load_config(path)
+
+
+def test_a_duplicate_key_deep_in_a_flow_mapping_is_refused_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    gate = "  bootstrap: {resamples: 200, seed: 1, seed: 2}\n"
+    path.write_text(_DUPLICATED_GATE.replace("  metric: test_f1_macro\n", gate))
+    with pytest.raises(
+        ConfigError, match=r"'gate\.bootstrap\.seed' appears twice .*lines 10 and 10"
+    ):
+        load_config(path)
+
+
+def test_equal_keys_in_different_sections_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "same_names.yaml"
+    path.write_text(
+        _DUPLICATED_GATE.replace("  metric: test_f1_macro\n", "")
+        + "split: {seed: 3}\nsearch: {strategy: grid, seed: 3, space: {C: [0.1, 1.0]}}\n"
+    )
+    config = load_config(path)
+    assert (config.split.seed, config.search and config.search.seed) == (3, 3)
+
+
+def test_schema_changes_are_refused_by_the_gate_unless_the_config_allows_them(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    assert load_config(write_config(iris_config())).gate.allow_schema_change is False
+    gate = {"metric": "test_f1_macro", "allow_schema_change": True}
+    assert load_config(write_config(iris_config(gate=gate))).gate.allow_schema_change is True
+    assert "gate.allow_schema_change" in _refused(
+        write_config, iris_config(gate={**gate, "allow_schema_change": "yes please"})
+    )
