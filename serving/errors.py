@@ -108,6 +108,18 @@ class NoVersionInStageError(ModelLoadError):
     error_type = "no_version_in_stage"
 
 
+class RegistryUnavailableError(ModelLoadError):
+    """The MLflow registry (tracking store) could not be asked: down, moved or not answering."""
+
+    error_type = "registry_unavailable"
+
+
+class ModelArtifactError(ModelLoadError):
+    """A version's artifacts are missing or unreadable (deleted directory, corrupt file)."""
+
+    error_type = "model_artifact_error"
+
+
 class UnsafeModelError(ModelLoadError):
     """The model file holds a type outside the allowed modules; it was not loaded."""
 

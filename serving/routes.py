@@ -34,6 +34,7 @@ from serving.model.state import ModelHolder
 from serving.model.store import LoadedModel
 from serving.schemas import (
     FEEDBACK_REQUEST_BODY,
+    DegradedPublic,
     ErrorPublic,
     FeedbackPublic,
     InputColumnPublic,
@@ -153,20 +154,31 @@ async def live() -> LivePublic:
 
 @router.get(
     "/health/ready",
-    response_model=ReadyPublic,
-    responses={503: {"model": NotReadyPublic, "description": "No model is loaded yet."}},
-    summary="A model is loaded and answering (and whether the last reload failed)",
+    response_model=ReadyPublic | DegradedPublic,
+    responses={
+        200: {
+            "description": "A model answers: 'ready', or 'degraded' while the registry cannot "
+            "be asked or the version it designates fails to load (the reason and since when)."
+        },
+        503: {"model": NotReadyPublic, "description": "No model is loaded yet."},
+    },
+    summary="A model is loaded and answering (degraded: the registry or a new version fails)",
 )
-async def ready(holder: HolderDep) -> ReadyPublic | JSONResponse:
+async def ready(holder: HolderDep) -> ReadyPublic | DegradedPublic | JSONResponse:
     if holder.active is None:
         return JSONResponse(
             status_code=503, content=NotReadyPublic(reason=holder.reason).model_dump()
         )
     loaded = holder.active.loaded
-    return ReadyPublic(
+    error = _reload_error(holder)
+    if error is None:
+        return ReadyPublic(model_name=loaded.name, model_version=loaded.version)
+    return DegradedPublic(
         model_name=loaded.name,
         model_version=loaded.version,
-        last_reload_error=_reload_error(holder),
+        reason=error.message,
+        since=error.since,
+        last_reload_error=error,
     )
 
 
@@ -211,8 +223,13 @@ def _reload_error(holder: ModelHolder) -> ReloadErrorPublic | None:
     error = holder.last_reload_error
     if error is None:
         return None
-    at = datetime.fromtimestamp(error.at, tz=UTC)
-    return ReloadErrorPublic(version=error.version, message=error.message, at=at)
+    return ReloadErrorPublic(
+        version=error.version,
+        type=error.error_type,
+        message=error.message,
+        since=datetime.fromtimestamp(error.since, tz=UTC),
+        at=datetime.fromtimestamp(error.at, tz=UTC),
+    )
 
 
 def _finite(value: Any) -> Any:

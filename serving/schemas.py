@@ -32,19 +32,34 @@ class ReloadErrorPublic(BaseModel):
     version: str | None = Field(
         description="The version that failed to load; null if the registry could not be asked."
     )
+    type: str = Field(
+        description="What failed: registry_unavailable, model_artifact_error, unsafe_model, "
+        "unsupported_model, model_not_found, no_version_in_stage or model_load_error."
+    )
     message: str = Field(description="Why it failed, and what to do about it.")
-    at: datetime = Field(description="When it failed (UTC).")
+    since: datetime = Field(description="When this fault was first seen (UTC).")
+    at: datetime = Field(description="When the latest attempt failed (UTC).")
 
 
 class ReadyPublic(BaseModel):
     status: Literal["ready"] = "ready"
     model_name: str
     model_version: str
-    last_reload_error: ReloadErrorPublic | None = Field(
-        default=None,
-        description="Set while the newest version designated in the registry fails to load: "
-        "the version above keeps answering.",
+    last_reload_error: None = Field(
+        default=None, description="Always null when ready; see the degraded answer."
     )
+
+
+class DegradedPublic(BaseModel):
+    """A model answers, but the registry cannot be asked or the version it designates
+    cannot be loaded: the version below keeps answering (still HTTP 200)."""
+
+    status: Literal["degraded"] = "degraded"
+    model_name: str
+    model_version: str
+    reason: str = Field(description="What failed, and what to do about it.")
+    since: datetime = Field(description="Since when (UTC).")
+    last_reload_error: ReloadErrorPublic
 
 
 class NotReadyPublic(BaseModel):

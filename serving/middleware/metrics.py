@@ -10,7 +10,10 @@ Series (text exposition format on ``GET /metrics``):
 - ``serving_queue_depth``: requests waiting for a batch right now.
 - ``serving_model_info{name, version}``: 1 for the version answering predictions.
 - ``serving_model_reloads_total{result="success"|"failure"}``: model loads and swaps.
-- ``serving_model_reload_failing``: 1 while the last load attempt failed (see /health/ready).
+- ``serving_model_reload_failing``: 1 while the registry cannot be asked or the version it
+  designates cannot be loaded (``/health/ready`` says why and since when); 0 once it can.
+- ``serving_model_fault{type}``: 1 for the kind of that fault (``registry_unavailable``,
+  ``model_artifact_error``, ...), no series while there is none.
 
 With the prediction log on (see :mod:`serving.prediction_log`), ``kind`` being ``prediction``
 or ``feedback``:
@@ -103,7 +106,14 @@ class ServingMetrics:
             self.reloads.labels(result=result)
         self.reload_failing = Gauge(
             "serving_model_reload_failing",
-            "1 while the last attempt to load a new version failed (the old one keeps serving).",
+            "1 while the registry cannot be asked or the version it designates fails to load "
+            "(the old one keeps serving); 0 once both work again.",
+            registry=self.registry,
+        )
+        self.fault = Gauge(
+            "serving_model_fault",
+            "1 for the type of the current registry or model fault (see /health/ready).",
+            ("type",),
             registry=self.registry,
         )
         self._queue_depth: Callable[[], int] = lambda: 0
@@ -121,11 +131,18 @@ class ServingMetrics:
         self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
         self.reloads.labels(result="success").inc()
-        self.reload_failing.set(0)
+        self.fault_cleared()
 
-    def model_load_failed(self) -> None:
+    def model_load_failed(self, fault_type: str = "model_load_error") -> None:
         self.reloads.labels(result="failure").inc()
         self.reload_failing.set(1)
+        self.fault.clear()
+        self.fault.labels(type=fault_type).set(1)
+
+    def fault_cleared(self) -> None:
+        """The registry answers and the version it designates is the one serving."""
+        self.reload_failing.set(0)
+        self.fault.clear()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -6,13 +6,19 @@ type skops does not trust by default must come from an allowed module before it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
+import re
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
@@ -33,9 +39,11 @@ from pipeline.contracts import (
     refused_types,
 )
 from serving.errors import (
+    ModelArtifactError,
     ModelLoadError,
     ModelNotFoundError,
     NoVersionInStageError,
+    RegistryUnavailableError,
     ServingError,
     UnsafeModelError,
     UnsupportedModelError,
@@ -45,6 +53,9 @@ from serving.model.ref import ModelRef
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+_REASON_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -117,29 +128,26 @@ def load_model(ref: ModelRef, tracking_uri: str) -> LoadedModel:
     Raises:
         ModelNotFoundError: the registered model, alias or version does not exist.
         NoVersionInStageError: no version is in the requested stage yet.
+        RegistryUnavailableError: the registry could not be asked (down, moved, unreadable).
+        ModelArtifactError: the version's artifacts are missing or a file in them is corrupt.
         UnsafeModelError: the model is not skops or holds a type outside the allowed modules.
         UnsupportedModelError: no sklearn flavor or no named input signature.
-        ModelLoadError: the registry or artifact store could not be reached.
+        ModelLoadError: the registry refused a request.
     """
     client = _client(tracking_uri)
     version = _registry_call(tracking_uri, lambda: _find_version(client, ref))
     label = f"model '{version.name}' version {version.version}"
-    download_uri = _registry_call(
+    source = _registry_call(
         tracking_uri,
         lambda: client.get_model_version_download_uri(version.name, str(version.version)),
     )
-    logger.info("Loading %s from %s", label, download_uri)
+    # Debug only: a version that fails to load is retried every poll, and the holder logs
+    # the failure once, not each attempt.
+    logger.debug("Loading %s from %s", label, source)
     with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
-        local_dir = Path(
-            _registry_call(
-                tracking_uri,
-                lambda: download_artifacts(
-                    artifact_uri=download_uri, dst_path=tmp, tracking_uri=tracking_uri
-                ),
-            )
-        )
-        mlmodel = _read_mlmodel(local_dir, label)
-        estimator = _load_estimator(local_dir, mlmodel, label)
+        local_dir = _download(source, tmp, tracking_uri, label)
+        mlmodel = _read_mlmodel(local_dir, label, source)
+        estimator = _load_estimator(local_dir, mlmodel, label, source)
         example = _input_example(local_dir, mlmodel, label)
     columns = _input_columns(mlmodel, label)
     run_id = version.run_id or mlmodel.run_id
@@ -168,32 +176,143 @@ def to_native(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+@contextlib.contextmanager
+def bounded_mlflow_calls(timeout_seconds: float) -> Iterator[None]:
+    """While the context lasts, MLflow's HTTP client tries each request once, for at most
+    ``timeout_seconds``, and draws no download progress bars, unless the operator set these
+    variables.
+
+    By default MLflow retries a dead tracking server with exponential backoff for about two
+    minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``, read at
+    every request), and meanwhile the server could not tell anyone the registry is down. The
+    poll loop is the retry loop here: a failed request is reported, then asked again at the
+    next poll. The only MLflow requests a serving process makes are its registry polls and
+    model downloads. What was set is removed on exit.
+    """
+    limits = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_seconds))),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per retried download
+    }
+    applied = {k: v for k, v in limits.items() if k not in os.environ}
+    os.environ.update(applied)
+    try:
+        yield
+    finally:
+        for key, value in applied.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
+
+
 def _client(tracking_uri: str) -> MlflowClient:
-    """A client bound to ``tracking_uri``; refuses to create a missing SQLite store."""
+    """A client bound to ``tracking_uri``; refuses a SQLite store that is not there.
+
+    MLflow keeps its SQLite connections open, so a store moved or deleted while the server
+    runs still answers from the moved file: without this check the outage would be invisible.
+    And a new connection to a missing path would create an empty store there.
+    """
     if tracking_uri.startswith("sqlite:///"):
         db_path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-        if db_path and db_path != ":memory:" and not Path(db_path).is_file():
-            raise ModelLoadError(
-                f"No MLflow store at {db_path} (tracking URI {tracking_uri}). Run "
-                "`make pipeline` to create it, or point SERVING_TRACKING_URI at the store."
-            )
+        if db_path and db_path != ":memory:":
+            _check_sqlite_store(Path(db_path), tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def _check_sqlite_store(db: Path, tracking_uri: str) -> None:
+    unreachable = f"The MLflow registry at {tracking_uri} is unreachable"
+    if not db.is_file():
+        raise RegistryUnavailableError(
+            f"{unreachable}: no MLflow store at {db} (moved or deleted?). Put the store back, "
+            "run `make pipeline` to create it, or point SERVING_TRACKING_URI at the store."
+        )
+    if not os.access(db, os.R_OK):
+        raise RegistryUnavailableError(
+            f"{unreachable}: the store {db} is not readable by this process (permissions)."
+        )
+    if db.stat().st_size == 0:
+        raise RegistryUnavailableError(
+            f"{unreachable}: {db} is an empty file, not an MLflow store. Put the store back, "
+            "or point SERVING_TRACKING_URI at the store."
+        )
+
+
 def _registry_call(tracking_uri: str, call: Callable[[], _T]) -> _T:
+    """Run a registry request; a failure says whether the registry could not be reached or
+    refused, with the reason in one stable line (the same fault reads the same every poll)."""
     try:
         return call()
     except ServingError:
         raise
     except MlflowException as exc:
+        if _transport_failure(exc):
+            raise RegistryUnavailableError(
+                f"The MLflow registry at {tracking_uri} is unreachable: {_reason(exc)}. "
+                "Check that the tracking server is up and SERVING_TRACKING_URI."
+            ) from exc
         raise ModelLoadError(
-            f"The MLflow registry at {tracking_uri} refused the request: {exc.message}. "
+            f"The MLflow registry at {tracking_uri} refused the request: {_reason(exc)}. "
             "Check SERVING_TRACKING_URI (or MLFLOW_TRACKING_URI)."
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(
-            f"Could not reach the MLflow registry at {tracking_uri}: {exc}. "
+        raise RegistryUnavailableError(
+            f"The MLflow registry at {tracking_uri} could not be read: {_reason(exc)}. "
             "Check SERVING_TRACKING_URI (or MLFLOW_TRACKING_URI) and that the store is up."
+        ) from exc
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes; MLflow's REST client raises from inside ``except`` without
+    ``from``, so the transport error is its context."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _transport_failure(exc: BaseException) -> bool:
+    """Whether the request never got an answer (refused, reset, timed out): requests' and
+    urllib3's errors are OSErrors too."""
+    return any(isinstance(e, OSError) for e in _chain(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a call failed, short and stable: no object addresses, first line only."""
+    for error in _chain(exc):
+        if isinstance(error, ConnectionRefusedError) or "Connection refused" in str(error):
+            return "connection refused"
+        if isinstance(error, TimeoutError) or "timed out" in str(error).lower():
+            return "no answer before the timeout"
+    message = exc.message if isinstance(exc, MlflowException) else str(exc)
+    first = (message.strip().splitlines() or [type(exc).__name__])[0]
+    return _ADDRESS.sub("", first)[:_REASON_CHARS]
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local directory an artifact URI names, or None when it is remote."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def _download(source: str, dst: str, tracking_uri: str, label: str) -> Path:
+    """Download the version's artifacts into ``dst``; a failure names where they should be."""
+    try:
+        return Path(
+            download_artifacts(artifact_uri=source, dst_path=dst, tracking_uri=tracking_uri)
+        )
+    except Exception as exc:
+        local = _local_path(source)
+        if local is not None and not local.is_dir():
+            raise ModelArtifactError(
+                f"The artifacts of {label} are missing at {local}: the directory was moved or "
+                "deleted. Restore it, or promote another version."
+            ) from exc
+        raise ModelArtifactError(
+            f"Could not download the artifacts of {label} from {source}: {_reason(exc)}. "
+            "Check that the artifact store is up and readable."
         ) from exc
 
 
@@ -237,14 +356,23 @@ def _find_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
         ) from exc
 
 
-def _read_mlmodel(local_dir: Path, label: str) -> Model:
+def _read_mlmodel(local_dir: Path, label: str, source: str) -> Model:
     path = local_dir / "MLmodel"
     if not path.is_file():
-        raise UnsupportedModelError(f"The artifacts of {label} have no MLmodel file: re-log it.")
-    return Model.load(str(path))
+        raise ModelArtifactError(
+            f"The MLmodel file of {label} is missing at {source}/MLmodel: re-log the model, "
+            "or promote another version."
+        )
+    try:
+        return Model.load(str(path))
+    except Exception as exc:
+        raise ModelArtifactError(
+            f"The MLmodel file of {label} at {source}/MLmodel is not valid ({_reason(exc)}): "
+            "re-log the model, or promote another version."
+        ) from exc
 
 
-def _load_estimator(local_dir: Path, mlmodel: Model, label: str) -> Any:
+def _load_estimator(local_dir: Path, mlmodel: Model, label: str, source: str) -> Any:
     flavor = mlmodel.flavors.get("sklearn")
     if flavor is None:
         raise UnsupportedModelError(
@@ -256,10 +384,23 @@ def _load_estimator(local_dir: Path, mlmodel: Model, label: str) -> Any:
             "loaded, because pickle can run arbitrary code. Re-log it with "
             'serialization_format="skops".'
         )
-    data_path = (local_dir / str(flavor.get("pickled_model", "model.skops"))).resolve()
-    if not data_path.is_file() or local_dir.resolve() not in data_path.parents:
-        raise UnsupportedModelError(f"The skops file of {label} is missing from its artifacts.")
-    untrusted = skops.io.get_untrusted_types(file=data_path)
+    relative = str(flavor.get("pickled_model", "model.skops"))
+    data_path = (local_dir / relative).resolve()
+    where = f"{source.rstrip('/')}/{relative}"
+    if local_dir.resolve() not in data_path.parents:
+        raise UnsafeModelError(f"The skops file of {label} ({relative}) is outside its artifacts.")
+    if not data_path.is_file():
+        raise ModelArtifactError(
+            f"The skops file of {label} is missing at {where}: re-log the model, or promote "
+            "another version."
+        )
+    try:
+        untrusted = skops.io.get_untrusted_types(file=data_path)
+    except Exception as exc:  # zipfile.BadZipFile, a truncated or foreign file
+        raise ModelArtifactError(
+            f"The skops file of {label} at {where} is not a valid skops archive "
+            f"({_reason(exc)}): re-log the model, or promote another version."
+        ) from exc
     refused = refused_types(untrusted)
     if refused:
         raise UnsafeModelError(
@@ -271,7 +412,10 @@ def _load_estimator(local_dir: Path, mlmodel: Model, label: str) -> Any:
     try:
         estimator = skops.io.load(data_path, trusted=untrusted)
     except Exception as exc:
-        raise ModelLoadError(f"Could not load the skops file of {label}: {exc}") from exc
+        raise ModelArtifactError(
+            f"The skops file of {label} at {where} could not be loaded ({_reason(exc)}): "
+            "re-log the model, or promote another version."
+        ) from exc
     if not hasattr(estimator, "predict"):
         raise UnsupportedModelError(f"{label} has no predict method.")
     return estimator

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,10 +126,12 @@ def test_a_version_with_missing_artifacts_keeps_the_old_one_serving_and_is_repor
     ready = client.get("/health/ready")
     assert ready.status_code == 200
     body = ready.json()
-    assert body["model_version"] == "1"
+    assert (body["status"], body["model_version"]) == ("degraded", "1")
     error = body["last_reload_error"]
-    assert error["version"] == "2"
-    assert "skops file" in error["message"] and "missing" in error["message"]
+    assert (error["version"], error["type"]) == ("2", "model_artifact_error")
+    assert "skops file" in error["message"] and "missing at file://" in error["message"]
+    assert body["reason"] == error["message"]
+    assert body["since"] == error["since"] <= error["at"]
     assert error["at"].startswith("20")
     response = client.post("/predict", json=SETOSA)
     assert response.status_code == 200
@@ -138,25 +142,79 @@ def test_a_version_with_missing_artifacts_keeps_the_old_one_serving_and_is_repor
     store.register(unique_name, store.models["iris_svc"], production=True)
     wait_until(lambda: client.get("/health/ready").json()["model_version"] == "3")
     assert client.get("/health/ready").json()["last_reload_error"] is None
+    assert client.get("/health/ready").json()["status"] == "ready"
     assert metric(client, "serving_model_reload_failing") == 0
 
 
-def test_an_unreachable_registry_keeps_the_model_serving_and_is_reported(
-    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+def test_a_rollback_to_the_serving_version_clears_the_fault_and_the_gauge(
+    make_client: MakeClient, store: TinyStore, unique_name: str, broken_model: TinyModel
 ) -> None:
-    client = make_client(model_name="iris")
-
-    def unreachable(*_args: Any) -> None:
-        raise ModelLoadError("Could not reach the MLflow registry at sqlite:///gone.db: down.")
-
-    monkeypatch.setattr(serving.model.state, "resolve_version", unreachable)
-    wait_until(lambda: client.get("/health/ready").json()["last_reload_error"] is not None)
-    body = client.get("/health/ready").json()
-    assert body["model_version"] == "1"
-    assert body["last_reload_error"]["version"] is None
-    assert "Could not reach the MLflow registry" in body["last_reload_error"]["message"]
-    assert client.post("/predict", json=SETOSA).status_code == 200
+    store.register(unique_name, store.models["iris"], production=True)
+    client = make_client(model_name=unique_name)
+    store.register(unique_name, broken_model, production=True)
+    wait_until(lambda: client.get("/health/ready").json()["status"] == "degraded")
     assert metric(client, "serving_model_reload_failing") == 1
+
+    store.promote(unique_name, "1")  # nothing to load: the registry now names what serves
+    wait_until(lambda: client.get("/health/ready").json()["status"] == "ready")
+    assert client.get("/health/ready").json()["last_reload_error"] is None
+    assert metric(client, "serving_model_reload_failing") == 0
+    assert "serving_model_fault{" not in client.get("/metrics").text
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_tracking_server_is_reported_at_start_not_after_mlflow_retries(
+    make_client: MakeClient,
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    # Startup waits for the first attempt; unbounded, MLflow's retries would outlast it.
+    client = make_client(model_name="iris", tracking_uri=uri)
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    reason = ready.json()["reason"]
+    assert f"The MLflow registry at {uri} is unreachable: connection refused" in reason
+    assert metric(client, "serving_model_reload_failing") == 1
+    assert metric(client, 'serving_model_fault{type="registry_unavailable"}') == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_registry_that_never_answers_is_reported_after_the_deadline_without_piling_threads(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The floor keeps sub-second polls from reading a slow store as an outage; lowered here
+    # only so the test is quick. The fault itself is real: a registry whose connections are
+    # accepted (the listen backlog) and never answered.
+    monkeypatch.setattr(serving.model.state, "REGISTRY_DEADLINE_FLOOR_SECONDS", 0.5)
+    client = make_client(model_name="iris")
+    holder: ModelHolder = client.app.state.models  # type: ignore[attr-defined]
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        threads_before = threading.active_count()
+        holder.tracking_uri = uri  # the registry now hangs
+
+        def reason() -> str:
+            body = client.get("/health/ready").json()
+            assert body["model_version"] == "1"  # the old model keeps answering
+            return str(body.get("reason"))
+
+        wait_until(lambda: f"The MLflow registry at {uri} did not answer within 0.5s" in reason())
+        wait_until(lambda: "has not answered for" in reason())  # the first request still hangs
+        # One request in flight at a time, not one more per poll.
+        assert threading.active_count() <= threads_before + 4
+        # MLflow's own timeout (bounded by the poller) ends that request, so a later poll
+        # asks again instead of waiting on it for minutes.
+        wait_until(lambda: "did not answer within 0.5s" in reason())
+        assert client.post("/predict", json=SETOSA).headers["X-Model-Version"] == "1"
+        assert metric(client, "serving_model_reload_failing") == 1
+        faults = [r for r in caplog.records if r.levelname == "WARNING" and "Keeping" in r.msg]
+        assert len(faults) == 1  # one line, however many polls
+        holder.tracking_uri = client.app.state.settings.tracking_uri  # type: ignore[attr-defined]
+        wait_until(lambda: client.get("/health/ready").json()["status"] == "ready")
+        assert metric(client, "serving_model_reload_failing") == 0
 
 
 def test_a_swapped_in_model_and_everything_alive_then_are_kept_out_of_full_gc_passes(

@@ -79,6 +79,7 @@ def test_metrics_expose_batch_sizes_queue_depth_model_version_and_reloads(
     assert value(found, "serving_model_reloads_total", result="success") == 1
     assert value(found, "serving_model_reloads_total", result="failure") == 0
     assert value(found, "serving_model_reload_failing") == 0
+    assert not [name for name, _ in found if name == "serving_model_fault"]
     assert value(found, "serving_batch_fallbacks_total") == 0
 
 
@@ -99,3 +100,4 @@ def test_metrics_report_no_model_info_while_no_model_is_loaded(
     assert not [name for name, _ in found if name == "serving_model_info"]
     assert value(found, "serving_model_reloads_total", result="failure") >= 1
     assert value(found, "serving_model_reload_failing") == 1
+    assert value(found, "serving_model_fault", type="no_version_in_stage") == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 import warnings
 from pathlib import Path
 
@@ -18,14 +21,16 @@ from sklearn.preprocessing import OneHotEncoder
 
 from pipeline.contracts import TRUSTED_MODULE_PREFIXES
 from serving.errors import (
-    ModelLoadError,
+    ModelArtifactError,
     ModelNotFoundError,
     NoVersionInStageError,
+    RegistryUnavailableError,
     UnsafeModelError,
 )
 from serving.model.ref import ModelRef
-from serving.model.store import InputColumn, load_model, resolve_version
+from serving.model.store import InputColumn, bounded_mlflow_calls, load_model, resolve_version
 from tests.serving.factories import TinyModel, TinyStore
+from tests.serving.faults import corrupt_skops, delete_artifacts, log_iris_copy, private_store
 
 
 def test_loads_the_production_version_with_its_metadata(store: TinyStore) -> None:
@@ -102,10 +107,76 @@ def test_missing_model_alias_or_version_is_model_not_found(
 
 def test_missing_sqlite_store_is_reported_and_not_created(tmp_path: Path) -> None:
     db = tmp_path / "absent" / "mlflow.db"
-    with pytest.raises(ModelLoadError, match="No MLflow store at") as info:
+    with pytest.raises(RegistryUnavailableError, match="no MLflow store at") as info:
         load_model(ModelRef.from_uri("models:/iris/1"), f"sqlite:///{db}")
     assert "SERVING_TRACKING_URI" in info.value.message
     assert not db.exists()
+
+
+def test_a_sqlite_store_moved_away_is_unreachable_though_mlflow_would_still_answer(
+    store: TinyStore, tmp_path: Path
+) -> None:
+    private = private_store(store, tmp_path / "store")
+    ref = ModelRef.from_uri("models:/iris/Production")
+    assert resolve_version(ref, private.tracking_uri).version == "1"
+    db = tmp_path / "store" / "mlflow.db"
+    db.rename(tmp_path / "moved.db")
+    # MLflow's pooled connection still reads the moved file: the outage would be invisible.
+    assert str(private.client.get_model_version("iris", "1").version) == "1"
+    with pytest.raises(RegistryUnavailableError) as info:
+        resolve_version(ref, private.tracking_uri)
+    assert f"The MLflow registry at {private.tracking_uri} is unreachable" in info.value.message
+    assert f"no MLflow store at {db} (moved or deleted?)" in info.value.message
+    assert not db.exists()  # and nothing created an empty store in its place
+
+    db.touch()  # what a fresh SQLite connection to the missing path would have left
+    with pytest.raises(RegistryUnavailableError, match="is an empty file, not an MLflow store"):
+        resolve_version(ref, private.tracking_uri)
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_tracking_server_is_unreachable_at_once_when_mlflow_calls_are_bounded() -> None:
+    with socket.socket() as sock:  # a port nobody listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    # Unbounded, MLflow would retry for minutes and this test would time out.
+    with bounded_mlflow_calls(2), pytest.raises(RegistryUnavailableError) as info:
+        resolve_version(ModelRef.from_uri("models:/iris/Production"), uri)
+    assert info.value.message.startswith(f"The MLflow registry at {uri} is unreachable: ")
+    assert "connection refused" in info.value.message
+    assert " at 0x" not in info.value.message  # stable from one poll to the next
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_a_corrupt_skops_file_is_named_with_its_version_and_place(
+    store: TinyStore, unique_name: str
+) -> None:
+    model = log_iris_copy(store)
+    corrupt_skops(store, model)
+    version = store.register(unique_name, model)
+    with pytest.raises(ModelArtifactError) as info:
+        load_model(ModelRef.from_uri(f"models:/{unique_name}/{version}"), store.tracking_uri)
+    message = info.value.message
+    assert f"The skops file of model '{unique_name}' version {version} at file://" in message
+    assert "/model.skops is not a valid skops archive (File is not a zip file)" in message
+    assert info.value.error_type == "model_artifact_error"
+
+
+def test_a_deleted_artifact_directory_is_named_and_not_blamed_on_the_registry(
+    store: TinyStore, unique_name: str
+) -> None:
+    model = log_iris_copy(store)
+    path = delete_artifacts(store, model)
+    version = store.register(unique_name, model)
+    with pytest.raises(ModelArtifactError) as info:
+        load_model(ModelRef.from_uri(f"models:/{unique_name}/{version}"), store.tracking_uri)
+    message = info.value.message
+    assert f"The artifacts of model '{unique_name}' version {version} are missing at {path}" in (
+        message
+    )
+    assert "registry" not in message and "TRACKING_URI" not in message
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def test_refuses_a_skops_file_with_a_type_outside_the_allowed_modules_naming_it(
