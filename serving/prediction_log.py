@@ -3,17 +3,30 @@
 A request hands over references to what it already holds (its validated records or frame,
 and the model's answers) in one append to a bounded in-memory queue: it never waits for the
 log and never fails because of it. When ``queue_size`` records are waiting, further records
-are dropped and counted. A background thread takes what is queued every ``flush_seconds``,
-turns it into Arrow columns and writes rotating Parquet parts::
+are dropped and counted. A background thread takes what is queued every ``poll_seconds``
+(and again between two files it writes), turns it into Arrow columns and writes Parquet
+parts::
 
     <log_dir>/<model_name>/predictions/part-<UTC %Y%m%dT%H%M%S%f>-<pid>-<seq>.parquet
     <log_dir>/<model_name>/feedback/part-<UTC %Y%m%dT%H%M%S%f>-<pid>-<seq>.parquet
 
-A part is written when it holds ``rotate_rows`` rows, when its first row is
-``rotate_seconds`` old, when the model's columns change, and at shutdown; it is written whole
-to ``.<name>.tmp`` and then renamed, so a reader never sees half a file. A part that cannot be
-written (disk full, no permission) loses its records, which are counted and logged; serving
-goes on. The columns are the contract in ``docs/prediction-log.md``.
+**A crash loses at most ``rotate_seconds``.** A Parquet file is readable only once closed,
+so a part is *grown by replacement*: no record waits in memory longer than
+``rotate_seconds`` before the whole part (its rows already on disk plus the new ones) is
+written again to ``.<name>.tmp``, synced to disk and renamed over ``<name>``. The rename is
+atomic and is the only change a reader can see, so whenever the process dies every part on
+disk is whole and holds each row once. There are no small parts to compact, hence no
+compaction that a crash could leave half done (rows twice, or missing, for a reader that
+reads every ``part-*.parquet``). Each write keeps the row groups already on disk (one row
+group per write) and appends one, so the bytes of a part's older version are a prefix of the
+newer one: a reader that read the footer before a replacement reads the rows it promised.
+
+A part is closed, and the next rows start another, when it holds ``rotate_rows`` rows, when
+it is ``part_seconds`` old, when the model's columns change, and at shutdown; so the number
+of files grows with rows / ``rotate_rows`` or time / ``part_seconds``, whichever is more,
+never with the number of flushes. A part that cannot be written (disk full, no permission)
+loses the records not yet on disk, which are counted and logged; the rows it held before
+stay, and serving goes on. The columns are the contract in ``docs/prediction-log.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -55,14 +69,21 @@ logger = logging.getLogger(__name__)
 Kind = Literal["prediction", "feedback"]
 KINDS: tuple[Kind, ...] = ("prediction", "feedback")
 DIRECTORIES: Mapping[Kind, str] = {"prediction": PREDICTIONS_DIR, "feedback": FEEDBACK_DIR}
-FLUSH_SECONDS = 0.2
+POLL_SECONDS = 0.2
 """How often the writer takes what is queued (and checks whether a part is due)."""
+_TAKE_WHILE_WRITING_SECONDS = 0.05
+"""While a file is written, how often the writer takes the queue: 50 ms of bulk traffic
+(~10,000 rows) is far below the queue's size."""
+PART_SECONDS = 600.0
+"""Longest a part stays open for more rows: a quiet server closes one part per this."""
 
 Sink = Callable[[pa.Table, Path], None]
-"""Writes a table to a file: ``pyarrow.parquet.write_table`` unless a test says otherwise."""
+"""Writes a table to a file: one Parquet row group per chunk unless a test says otherwise."""
 
 _PART_NUMBERS = itertools.count()
 """Part sequence numbers, shared by every log of the process, so names never collide."""
+_TEMPORARY = re.compile(r"^\.part-\d{8}T\d{12}-(\d+)-\d+\.parquet\.tmp$")
+"""A part being written (``contracts.temporary_path``), with the writer's process id."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,9 @@ class PredictionLogStats:
     failed: Mapping[Kind, int]
     """Records lost because their part could not be built or written."""
     write_errors: int
-    """Parts that could not be written."""
+    """Part writes that failed."""
     parts: int
-    """Parts written."""
+    """Part files created (a part written again with more rows counts once)."""
     queued: int
     """Records waiting for the writer right now."""
 
@@ -113,24 +134,77 @@ class _Labels(NamedTuple):
 _Item = _Predictions | _Labels
 
 
-@dataclass
+@dataclass(eq=False)  # parts are compared by identity, never by their rows
 class _Part:
-    """Rows converted but not written yet, for one kind and one model name."""
+    """The rows of one open part (one kind, one model name): all of them, as Arrow tables
+    (one per write, then one per batch taken since), since each write of the part writes
+    them all again."""
 
     kind: Kind
     model_name: str
     schema: pa.Schema
     started: float
+    """Clock time of its first row: the part closes ``part_seconds`` later."""
+    path: Path | None = None
+    """Its name on disk, chosen at its first write."""
     tables: list[pa.Table] = field(default_factory=list)
+    added: list[float] = field(default_factory=list)
+    """Clock time each table was added."""
     rows: int = 0
+    stored_tables: int = 0
+    """How many of ``tables`` (a prefix) the file at ``path`` holds."""
+    stored_rows: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.rows - self.stored_rows
+
+    @property
+    def waiting_since(self) -> float | None:
+        """When the oldest row not yet on disk was added; None when all are on disk."""
+        return self.added[self.stored_tables] if self.pending else None
+
+    def append(self, table: pa.Table, now: float) -> None:
+        self.tables.append(table)
+        self.added.append(now)
+        self.rows += table.num_rows
+
+    def merge_pending(self) -> int:
+        """The rows not on disk yet as one table, so one row group: a part written every
+        ``rotate_seconds`` gets one row group per write, not one per batch taken. Returns
+        how many tables the part has now (what a write started now covers)."""
+        pending = self.tables[self.stored_tables :]
+        if len(pending) > 1:
+            self.tables[self.stored_tables :] = [pa.concat_tables(pending).combine_chunks()]
+            del self.added[self.stored_tables + 1 :]
+        return len(self.tables)
+
+    def stored(self, tables: int) -> int:
+        """The first ``tables`` tables are on disk; returns how many rows that added."""
+        rows = sum(t.num_rows for t in self.tables[:tables])
+        added, self.stored_tables, self.stored_rows = rows - self.stored_rows, tables, rows
+        return added
+
+    def forget(self, tables: int) -> int:
+        """The tables after the stored ones, up to ``tables``, could not be written: drop
+        them (tables added since stay). Returns how many rows were dropped."""
+        lost = sum(t.num_rows for t in self.tables[self.stored_tables : tables])
+        del self.tables[self.stored_tables : tables]
+        del self.added[self.stored_tables : tables]
+        self.rows -= lost
+        return lost
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    # Dictionary encoding for text only (ids, versions, labels, categories): on continuous
-    # numbers Parquet tries it, gives up and writes them plain, at 4x the CPU of the whole
-    # part written this way, and in a larger file.
+    # One row group per chunk (one per write of the part), so writing a part again with more rows
+    # leaves the bytes of its older rows unchanged: a reader holding the older footer still
+    # reads them. Dictionary encoding for text only (ids, versions, labels, categories): on
+    # continuous numbers Parquet tries it, gives up and writes them plain, at 4x the CPU of
+    # the whole part written this way, and in a larger file.
     text = [f.name for f in table.schema if pa.types.is_string(f.type)]
-    pq.write_table(table, path, use_dictionary=text)
+    with pq.ParquetWriter(path, table.schema, use_dictionary=text) as writer:
+        for batch in table.to_batches():
+            writer.write_batch(batch, row_group_size=batch.num_rows)
 
 
 class PredictionLog:
@@ -145,23 +219,31 @@ class PredictionLog:
         log_dir: Path,
         *,
         queue_size: int = 50_000,
-        rotate_rows: int = 100_000,
-        rotate_seconds: float = 60.0,
-        flush_seconds: float = FLUSH_SECONDS,
+        rotate_rows: int = 50_000,
+        rotate_seconds: float = 2.0,
+        part_seconds: float = PART_SECONDS,
+        held_rows: int = 200_000,
+        poll_seconds: float = POLL_SECONDS,
         sink: Sink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if queue_size < 1 or rotate_rows < 1 or rotate_seconds <= 0 or flush_seconds <= 0:
+        if min(queue_size, rotate_rows, rotate_seconds, part_seconds, held_rows, poll_seconds) <= 0:
             raise ValueError(
-                "queue_size, rotate_rows, rotate_seconds and flush_seconds must be > 0"
+                "queue_size, rotate_rows, rotate_seconds, part_seconds, held_rows and "
+                "poll_seconds must be > 0"
             )
         self.log_dir = log_dir
         self.queue_size = queue_size
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
-        self.flush_seconds = flush_seconds
+        self.part_seconds = part_seconds
+        # Rows taken from the queue (compact Arrow columns) but not on disk yet: taking goes
+        # on while a file is written, so a slow write does not fill the queue; beyond this,
+        # taken rows are dropped (counted): the disk cannot keep up.
+        self.held_rows = held_rows
+        self.poll_seconds = poll_seconds
         self._sink = sink or _write_parquet
-        # Measures the age of a part (rotate_seconds); tests turn it by hand.
+        # Measures the age of rows and parts; tests turn it by hand.
         self._clock = clock
         self._queue: deque[_Item] = deque()
         # Each counter has one writing thread, so no lock is needed: the request side owns
@@ -174,6 +256,9 @@ class PredictionLog:
         self._write_errors = 0
         self._parts_written = 0
         self._parts: dict[tuple[Kind, str], _Part] = {}
+        self._closed: deque[_Part] = deque()  # full or old parts with rows not on disk yet
+        self._dropping = False  # whether the last rows taken were dropped (held_rows reached)
+        self._swept: set[Path] = set()
         self._closing = False
         self._wake = threading.Event()
         self._flush_requests: deque[threading.Event] = deque()
@@ -236,15 +321,16 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
         logger.info(
-            "Prediction log: %s (parts of %d rows or %gs; queue of %d records)",
+            "Prediction log: %s (on disk within %gs; parts of %d rows or %gs; queue of %d records)",
             self.log_dir,
-            self.rotate_rows,
             self.rotate_seconds,
+            self.rotate_rows,
+            self.part_seconds,
             self.queue_size,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Write everything queued or held now as parts; True once done within ``timeout``."""
+        """Write everything queued or held now; True once done within ``timeout``."""
         if not self.running:
             self._write_pending(force=True)
             return True
@@ -268,7 +354,7 @@ class PredictionLog:
                     self.stats.queued,
                 )
             return
-        self._write_pending(force=True)
+        self._write_pending(force=True, final=True)
 
     def write_due(self) -> None:
         """Take what is queued and write the parts that are due: one pass of the writer
@@ -277,37 +363,46 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.flush_seconds)
+            self._wake.wait(self.poll_seconds)
             self._wake.clear()
             closing = self._closing
             waiting: list[threading.Event] = []
             while self._flush_requests:
                 waiting.append(self._flush_requests.popleft())
-            self._write_pending(force=closing or bool(waiting))
+            self._write_pending(force=closing or bool(waiting), final=closing)
             for done in waiting:
                 done.set()
             if closing:
                 return
 
-    def _write_pending(self, *, force: bool) -> None:
-        """Take the queue, convert it, and write the parts that are due (all with ``force``).
+    def _write_pending(self, *, force: bool, final: bool = False) -> None:
+        """Take the queue, convert it, and write the parts that are due (all with ``force``);
+        close the parts that are full or old (all when ``final``).
 
         Never raises: the writer thread must outlive any bad record or failing disk.
         """
         with self._writing:
             try:
                 self._take_queued()
-                now = self._clock()
+                self._write_closed()
                 for key, part in list(self._parts.items()):
-                    if (
-                        force
-                        or part.rows >= self.rotate_rows
-                        or (now - part.started >= self.rotate_seconds)
-                    ):
-                        del self._parts[key]
+                    now = self._clock()
+                    if force or self._due(part, now):
                         self._write_part(part)
+                    if final or now - part.started >= self.part_seconds:
+                        self._close_part(key, part)
+                    self._write_closed()
+                if final:  # rows taken while the last parts were written
+                    self._take_queued()
+                    for key, part in list(self._parts.items()):
+                        self._close_part(key, part)
+                    self._write_closed()
             except Exception:
                 logger.exception("The prediction log writer failed; it keeps running")
+
+    def _due(self, part: _Part, now: float) -> bool:
+        waiting = part.waiting_since
+        return waiting is not None and now - waiting >= self.rotate_seconds
 
     def _take_queued(self) -> None:
         items: list[_Item] = []
@@ -319,11 +414,15 @@ class PredictionLog:
         if not items:
             return
         self._taken += sum(item.rows for item in items)
+        held = sum(part.pending for part in (*self._parts.values(), *self._closed))
         for run in _runs(items):
             first = run[0]
             kind: Kind = "prediction" if isinstance(first, _Predictions) else "feedback"
             name = first.model.name if isinstance(first, _Predictions) else first.model_name
             rows = sum(item.rows for item in run)
+            if not self._holds(held, rows):
+                self._dropped[kind] += rows
+                continue
             try:
                 table = _table(run)
             except Exception:
@@ -335,65 +434,150 @@ class PredictionLog:
                     name,
                 )
                 continue
+            held += rows
             self._add(kind, name, table)
+
+    def _holds(self, held: int, rows: int) -> bool:
+        """Whether ``rows`` more fit beside the ``held`` rows not on disk yet; logs when
+        the log starts and stops dropping (once each, not per batch)."""
+        fits = held + rows <= self.held_rows
+        if fits == self._dropping:
+            self._dropping = not fits
+            if fits:
+                logger.info("The prediction log's disk caught up: records are kept again")
+            else:
+                logger.warning(
+                    "The prediction log holds %d records its disk has not taken yet: further "
+                    "records are dropped (counted in prediction_log_records_dropped_total) "
+                    "until it catches up",
+                    held,
+                )
+        return fits
 
     def _add(self, kind: Kind, model_name: str, table: pa.Table) -> None:
         key = (kind, model_name)
         part = self._parts.get(key)
         if part is not None and not part.schema.equals(table.schema):
             # A new model version with other columns: its rows start a part of their own.
-            del self._parts[key]
-            self._write_part(part)
+            self._close_part(key, part)
             part = None
-        if part is None:
-            part = _Part(kind, model_name, table.schema, started=self._clock())
-            self._parts[key] = part
-        part.tables.append(table)
-        part.rows += table.num_rows
-        while part.rows >= self.rotate_rows:
-            whole = pa.concat_tables(part.tables)
-            full = _Part(
-                kind, model_name, part.schema, part.started, [whole.slice(0, self.rotate_rows)]
-            )
-            full.rows = self.rotate_rows
-            self._write_part(full)
-            rest = whole.slice(self.rotate_rows)
-            part.tables = [rest] if rest.num_rows else []
-            part.rows = rest.num_rows
-            part.started = self._clock()
-        if part.rows == 0:
+        while table.num_rows:
+            if part is None:
+                part = _Part(kind, model_name, table.schema, started=self._clock())
+                self._parts[key] = part
+            room = self.rotate_rows - part.rows
+            part.append(table.slice(0, room), self._clock())
+            table = table.slice(room)
+            if part.rows >= self.rotate_rows:
+                self._close_part(key, part)
+                part = None
+
+    def _close_part(self, key: tuple[Kind, str], part: _Part) -> None:
+        """No more rows for this part: the next start a new one; what it still holds in
+        memory is written by :meth:`_write_closed` (not here: this runs while taking)."""
+        if self._parts.get(key) is part:
             del self._parts[key]
+        if part.pending and all(closed is not part for closed in self._closed):
+            self._closed.append(part)
+
+    def _write_closed(self) -> None:
+        while self._closed:
+            # Out of the list before the write: a part that cannot be written is not retried.
+            self._write_part(self._closed.popleft())
 
     def _write_part(self, part: _Part) -> None:
-        if part.rows == 0:
+        """Write the whole part again (older rows and new) under a hidden name, then rename
+        it over its previous version: a reader sees the old part or the new one, whole."""
+        if part.pending == 0:
             return
+        tables = part.merge_pending()
         directory = self.log_dir / part.model_name / DIRECTORIES[part.kind]
-        path = directory / part_name(datetime.now(UTC), next(_PART_NUMBERS))
-        temporary = temporary_path(path)  # hidden while written
-        try:
-            table = pa.concat_tables(part.tables)
-            directory.mkdir(parents=True, exist_ok=True)
-            self._sink(table, temporary)
-            os.replace(temporary, path)
-        except Exception as exc:
+        new = part.path is None
+        path = part.path or directory / part_name(datetime.now(UTC), next(_PART_NUMBERS))
+        error = self._store(pa.concat_tables(part.tables[:tables]), directory, path)
+        if error is not None:
+            lost = part.forget(tables)  # the rows already in the file stay there
             self._write_errors += 1
-            self._failed[part.kind] += part.rows
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
+            self._failed[part.kind] += lost
             logger.error(
                 "Could not write %d %s records of model '%s' to %s (%s): they are lost, "
                 "serving goes on. Make the directory writable and give it space, or point "
                 "SERVING_PREDICTION_LOG_DIR elsewhere.",
-                part.rows,
+                lost,
                 part.kind,
                 part.model_name,
                 directory,
-                exc,
+                error,
             )
             return
-        self._written[part.kind] += part.rows
-        self._parts_written += 1
-        logger.debug("Wrote %d %s records to %s", part.rows, part.kind, path)
+        part.path = path
+        self._written[part.kind] += part.stored(tables)
+        self._parts_written += new
+        logger.debug("Wrote %s (%d %s records)", path, part.stored_rows, part.kind)
+
+    def _store(self, table: pa.Table, directory: Path, path: Path) -> Exception | None:
+        """Write ``table`` to ``path`` on a helper thread, taking the queue meanwhile (a
+        big part takes a while to encode and sync); the error, if it failed."""
+        outcome: list[Exception | None] = []
+
+        def write() -> None:
+            temporary = temporary_path(path)  # hidden while written
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._sweep(directory)
+                self._sink(table, temporary)
+                # On disk before the rename, and the rename on disk after it: otherwise a
+                # power cut can leave the new name on an empty file, losing older rows too.
+                _fsync(temporary)
+                os.replace(temporary, path)
+                _fsync(directory)
+            except Exception as exc:
+                with contextlib.suppress(OSError):
+                    temporary.unlink(missing_ok=True)
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        writer = threading.Thread(target=write, name="prediction-log-file", daemon=True)
+        writer.start()
+        while True:
+            writer.join(min(self.poll_seconds, _TAKE_WHILE_WRITING_SECONDS))
+            if not writer.is_alive():
+                return outcome[0]
+            self._take_queued()
+
+    def _sweep(self, directory: Path) -> None:
+        """Once per directory: delete the hidden files of parts whose writer died while
+        writing them (a crash or SIGKILL in the middle of a write)."""
+        if directory in self._swept:
+            return
+        self._swept.add(directory)
+        for path in directory.iterdir():
+            match = _TEMPORARY.match(path.name)
+            if match and not _alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    logger.info("Deleted %s, left by a writer that died while writing it", path)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # --- Arrow tables (writer thread; no HTTP, no files) ---------------------------------------

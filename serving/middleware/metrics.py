@@ -19,7 +19,8 @@ With the prediction log on (see :mod:`serving.prediction_log`), ``kind`` being `
 or ``feedback``:
 
 - ``prediction_log_records_written_total{kind}``: records in Parquet parts on disk.
-- ``prediction_log_records_dropped_total{kind}``: records not logged because the queue was full.
+- ``prediction_log_records_dropped_total{kind}``: records not logged because the queue was full,
+  or the writer held 200,000 rows its disk had not taken yet.
 - ``prediction_log_records_failed_total{kind}``: records lost because their part failed.
 - ``prediction_log_write_errors_total``: parts that could not be written (disk full, permission).
 - ``prediction_log_queue_records``: records waiting for the writer right now.
@@ -172,7 +173,11 @@ class _PredictionLogCollector(Collector):
         stats = self._stats()
         for name, help_text, values in (
             ("written", "Records written to Parquet parts of the prediction log.", stats.written),
-            ("dropped", "Records not logged because the log queue was full.", stats.dropped),
+            (
+                "dropped",
+                "Records not logged: the log queue was full or the disk fell 200,000 rows behind.",
+                stats.dropped,
+            ),
             ("failed", "Records lost because their part could not be written.", stats.failed),
         ):
             family = CounterMetricFamily(

@@ -7,7 +7,10 @@ clock, and a blocked or failing disk by a sink that blocks or fails: nothing wai
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,7 +138,7 @@ def test_text_missing_and_integer_inputs_become_strings_nulls_and_floats(
     make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel]
 ) -> None:
     mixed = models["mixed"]
-    records = [
+    records: list[dict[str, Any]] = [
         {"age": None, "rooms": 3, "city": None, "owner": "yes"},
         {"age": 41.5, "rooms": 2, "city": "lyon", "owner": "no"},
     ]
@@ -230,8 +233,26 @@ def test_parts_are_written_under_a_hidden_tmp_name_then_renamed(
     assert list(part.parent.glob(".*")) == []
 
 
-def test_records_beyond_the_queue_size_are_dropped_and_counted_while_the_writer_is_stuck(
+def test_records_beyond_the_queue_size_are_dropped_and_counted(
     make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    iris = models["iris"]
+    record = records_of(store, "iris", [0])
+    log = make_log(queue_size=3)  # no writer thread: nothing leaves the queue
+    log_rows(log, iris, record * 3, "fills-the-queue")
+    assert log.stats.queued == 3
+    assert not log.log_predictions("no-room", iris, record, predict_rows(iris, record))
+    assert not log.log_feedback("iris", "classification", [FeedbackLabel("x", 0, "setosa")])
+    assert log.stats.dropped == {"prediction": 1, "feedback": 1}
+    log.close()
+    assert set(read(parts(log.log_dir, "iris"))["request_id"]) == {"fills-the-queue"}
+
+
+def test_while_the_disk_is_stuck_the_queue_drains_and_rows_beyond_held_rows_are_dropped(
+    make_log: Callable[..., PredictionLog],
+    models: dict[str, LoadedModel],
+    store: TinyStore,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     entered, release = threading.Event(), threading.Event()
 
@@ -242,24 +263,33 @@ def test_records_beyond_the_queue_size_are_dropped_and_counted_while_the_writer_
 
     iris = models["iris"]
     record = records_of(store, "iris", [0])
-    log = make_log(queue_size=10, sink=stuck_sink, flush_seconds=0.01)
+    log = make_log(queue_size=100, held_rows=10, sink=stuck_sink, poll_seconds=0.01)
     log.start()
     log_rows(log, iris, record * 4, "first")
     flusher = threading.Thread(target=log.flush)
     flusher.start()
-    assert entered.wait(30)  # the writer holds the first 4 rows and cannot write them
+    assert entered.wait(30)  # the disk holds the first 4 rows and does not return
     try:
-        log_rows(log, iris, record * 10, "fills-the-queue")
-        assert log.stats.queued == 10
-        assert not log.log_predictions("no-room", iris, record, predict_rows(iris, record))
-        assert not log.log_feedback("iris", "classification", [FeedbackLabel("x", 0, "setosa")])
-        assert log.stats.dropped == {"prediction": 1, "feedback": 1}
+        log_rows(log, iris, record * 6, "held")
+        until(lambda: log.stats.queued == 0, "the writer to take the rows while it writes")
+        # The queue has room, so these are accepted; the writer cannot hold them.
+        log_rows(log, iris, record, "no-room")
+        assert log.log_feedback("iris", "classification", [FeedbackLabel("x", 0, "setosa")])
+        until(lambda: log.stats.dropped == {"prediction": 1, "feedback": 1}, "the drops")
     finally:
         release.set()
         flusher.join(30)
     log.close()
-    assert log.stats.written["prediction"] == 14
-    assert set(read(parts(log.log_dir, "iris"))["request_id"]) == {"first", "fills-the-queue"}
+    assert log.stats.written["prediction"] == 10
+    assert set(read(parts(log.log_dir, "iris"))["request_id"]) == {"first", "held"}
+    assert caplog.text.count("further records are dropped") == 1  # once, not per batch
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def test_a_failed_write_is_counted_and_the_next_part_is_written(
@@ -356,7 +386,7 @@ def test_after_close_records_are_dropped_not_queued(
 
 
 def test_nothing_is_created_on_disk_before_something_is_written(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "log", flush_seconds=0.01)
+    log = PredictionLog(tmp_path / "log", poll_seconds=0.01)
     log.start()
     log.flush()
     log.close()
@@ -365,8 +395,130 @@ def test_nothing_is_created_on_disk_before_something_is_written(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "options",
-    [{"queue_size": 0}, {"rotate_rows": 0}, {"rotate_seconds": 0}, {"flush_seconds": -1}],
+    [
+        {"queue_size": 0},
+        {"rotate_rows": 0},
+        {"rotate_seconds": 0},
+        {"poll_seconds": -1},
+        {"part_seconds": 0},
+        {"held_rows": 0},
+    ],
 )
 def test_sizes_and_intervals_must_be_positive(tmp_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must be > 0"):
         PredictionLog(tmp_path, **options)
+
+
+# --- a crash loses at most rotate_seconds: the open part grows by replacement -------------
+
+
+def test_a_part_is_on_disk_rotate_seconds_after_its_rows_and_grows_in_place(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    now = [1000.0]
+    log = make_log(rotate_seconds=2, clock=lambda: now[0])  # passes run by hand, no thread
+    iris = models["iris"]
+    log_rows(log, iris, records_of(store, "iris", [0, 1]), "first")
+    log.write_due()
+    assert parts(log.log_dir, "iris") == []  # not due yet: in memory
+    now[0] += 2
+    log.write_due()
+    (part,) = parts(log.log_dir, "iris")
+    assert read([part])["request_id"].tolist() == ["first"] * 2
+    log_rows(log, iris, records_of(store, "iris", [2]), "second")
+    log.write_due()  # taken now (in a server, within poll_seconds of the answer)
+    now[0] += 2
+    log.write_due()
+    # The same file, written again with the older rows and the new one: no second part.
+    assert parts(log.log_dir, "iris") == [part]
+    assert read([part])["request_id"].tolist() == ["first", "first", "second"]
+    assert (log.stats.parts, log.stats.written["prediction"]) == (1, 3)
+    assert list(part.parent.glob(".*")) == []
+
+
+def test_a_reader_holding_the_older_footer_still_reads_its_rows_after_a_replacement(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    log = make_log()
+    iris = models["iris"]
+    log_rows(log, iris, records_of(store, "iris", [0, 1, 2]), "older")
+    log.flush()
+    (part,) = parts(log.log_dir, "iris")
+    older_bytes, older_footer = part.read_bytes(), pq.read_metadata(part)
+    log_rows(log, iris, records_of(store, "iris", [3]), "newer")
+    log.flush()
+    footer_length = int.from_bytes(older_bytes[-8:-4], "little")
+    assert part.read_bytes().startswith(older_bytes[: -(footer_length + 8)])
+    # What a pyarrow dataset does when the file changes between its footer and its rows.
+    stale = pq.ParquetFile(part, metadata=older_footer).read().to_pandas()
+    assert stale["request_id"].tolist() == ["older"] * 3
+    assert read([part])["request_id"].tolist() == ["older"] * 3 + ["newer"]
+    assert pq.read_metadata(part).num_row_groups == 2  # one per write
+
+
+def test_many_writes_make_few_parts_of_unique_rows(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    now = [0.0]
+    log = make_log(rotate_rows=10, rotate_seconds=1, part_seconds=60, clock=lambda: now[0])
+    iris = models["iris"]
+    for request in range(25):  # one write per request: 25 writes
+        log_rows(log, iris, records_of(store, "iris", [0]), f"r{request}")
+        log.write_due()
+        now[0] += 1
+        log.write_due()
+    assert [pq.read_metadata(p).num_rows for p in parts(log.log_dir, "iris")] == [10, 10, 5]
+    now[0] += 60  # the open part is old: closed, and the next row starts another
+    log.write_due()
+    log_rows(log, iris, records_of(store, "iris", [0]), "late")
+    log.close()
+    logged = read(parts(log.log_dir, "iris"))
+    assert [pq.read_metadata(p).num_rows for p in parts(log.log_dir, "iris")] == [10, 10, 5, 1]
+    assert logged["request_id"].tolist() == [f"r{i}" for i in range(25)] + ["late"]
+    assert not logged.duplicated(["request_id", "row"]).any()
+
+
+def test_a_failed_rewrite_keeps_the_rows_already_on_disk(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    calls = [0]
+
+    def second_write_fails(table: pa.Table, path: Path) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        pq.write_table(table, path)
+
+    log = make_log(sink=second_write_fails)
+    iris = models["iris"]
+    for request_id in ("kept", "lost", "after"):
+        log_rows(log, iris, records_of(store, "iris", [0]), request_id)
+        log.flush()
+    (part,) = parts(log.log_dir, "iris")
+    assert read([part])["request_id"].tolist() == ["kept", "after"]
+    assert (log.stats.failed["prediction"], log.stats.write_errors) == (1, 1)
+    assert log.stats.written["prediction"] == 2
+
+
+def test_a_hidden_file_left_by_a_dead_writer_is_deleted_and_a_live_ones_kept(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    dead = _dead_pid()
+    directory = make_log().log_dir / "iris" / "predictions"
+    directory.mkdir(parents=True)
+    left = directory / f".part-20260101T000000000000-{dead}-000001.parquet.tmp"
+    writing = directory / f".part-20260101T000000000000-{os.getppid()}-000001.parquet.tmp"
+    left.write_bytes(b"half a part")
+    writing.write_bytes(b"half a part, still being written")
+    log = make_log()
+    log_rows(log, models["iris"], records_of(store, "iris", [0]), "r")
+    log.close()
+    assert not left.exists()
+    assert writing.exists()
+    assert len(parts(log.log_dir, "iris")) == 1
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -450,3 +457,81 @@ def test_docs_describe_the_feedback_body(logging_client: Callable[..., TestClien
     assert single["required"] == ["request_id", "label"]
     assert batch["properties"]["labels"]["items"] == single
     assert "202" in operation["responses"]
+
+
+# --- a crash, for real: python -m serving killed with SIGKILL -------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _logged_ids(log_dir: Path) -> list[str]:
+    """The request id of every row in every part: each part must read whole."""
+    ids: list[str] = []
+    for part in sorted(log_dir.glob("iris/predictions/part-*.parquet")):
+        ids += pq.read_table(part, columns=["request_id"]).column(0).to_pylist()
+    return ids
+
+
+def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_server_killed_with_sigkill_keeps_what_it_answered_up_to_its_last_write(
+    store: TinyStore, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SERVING_TRACKING_URI": store.tracking_uri,
+        "SERVING_PORT": str(port),
+        "SERVING_MODEL_NAME": "iris",
+        "SERVING_PREDICTION_LOG_DIR": str(log_dir),  # its other settings: the defaults
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    base_url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "server.log").open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving"], cwd=tmp_path, env=env, stdout=output, stderr=output
+        )
+    try:
+        _until(lambda: _ready(process, base_url), 60, "the server to be ready")
+        with httpx.Client(base_url=base_url, timeout=10.0) as client:
+
+            def answered(request_id: str) -> str:
+                response = client.post(
+                    "/predict", json=SETOSA, headers={"X-Request-ID": request_id}
+                )
+                assert response.status_code == 200, response.text
+                return request_id
+
+            early = {answered(f"early-{i}") for i in range(30)}
+            # On disk while the server runs (within the default 2 s), not at shutdown.
+            _until(lambda: early <= set(_logged_ids(log_dir)), 15, "the answers on disk")
+            late = {answered(f"late-{i}") for i in range(30)}
+    finally:
+        process.kill()  # SIGKILL: no shutdown, no last write
+        process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    ids = _logged_ids(log_dir)  # every part reads whole
+    assert early <= set(ids)
+    assert len(ids) == len(set(ids))  # no row twice
+    assert set(ids) <= early | late  # and nothing that was not answered
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def _ready(process: subprocess.Popen[bytes], base_url: str) -> bool:
+    assert process.poll() is None, "the server exited during startup"
+    try:
+        return httpx.get(f"{base_url}/health/ready", timeout=2.0).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -29,8 +29,8 @@ def test_settings_have_documented_defaults() -> None:
     assert settings.prediction_log_enabled is True
     assert settings.prediction_log_dir == Path("prediction_log")
     assert settings.prediction_log_queue_size == 50_000
-    assert settings.prediction_log_rotate_rows == 100_000
-    assert settings.prediction_log_rotate_seconds == 60.0
+    assert settings.prediction_log_rotate_rows == 50_000
+    assert settings.prediction_log_rotate_seconds == 2.0
 
 
 def test_prediction_log_settings_are_read_from_the_environment(
