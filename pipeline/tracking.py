@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import getpass
 import hashlib
 import importlib.metadata
@@ -9,25 +12,155 @@ import json
 import logging
 import os
 import platform
+import sqlite3
 import subprocess
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+STORE_LOCK_SUFFIX = ".lock"
+"""`<db>.lock` beside a SQLite store: held by the one process creating or migrating it."""
+STORE_LOCK_TIMEOUT_SECONDS = 300.0
+"""How long to wait for a process creating the store: it takes seconds, and a holder that
+dies releases the lock at once, so only a stuck one makes this run out."""
+_LOCK_POLL_SECONDS = 0.1
 
 
 def configure_tracking() -> str:
-    """Point MLflow at `MLFLOW_TRACKING_URI`, or at the embedded SQLite store. Entry points only."""
-    # The registry follows the tracking URI unless MLFLOW_REGISTRY_URI says otherwise.
+    """Point MLflow at `MLFLOW_TRACKING_URI`, or at the embedded SQLite store. Entry points only.
+
+    A SQLite store is created and migrated here, once, however many processes start on it at
+    the same moment (see `prepare_sqlite_store`).
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     logger.debug("Tracking URI: %s", uri)
+    # The registry follows the tracking URI unless MLFLOW_REGISTRY_URI says otherwise.
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+    for store_uri in dict.fromkeys((uri, registry_uri)):
+        prepare_sqlite_store(store_uri)
     return uri
+
+
+def prepare_sqlite_store(uri: str, timeout: float = STORE_LOCK_TIMEOUT_SECONDS) -> None:
+    """Make sure a SQLite store exists at MLflow's current schema, creating it at most once.
+
+    MLflow creates and migrates a SQLite store the first time a process opens it, with no
+    guard: several processes starting on a new store all run the migrations and all but one
+    die in alembic ("table ... already exists"). Here the first process does it under an
+    exclusive lock on `<db>.lock`; the others wait for the lock, then find the store ready.
+    A store already at the current schema is recognised without taking the lock. Any other
+    URI is left alone: a tracking server or a server database migrates itself.
+    """
+    db = _sqlite_path(uri)
+    if db is None or _stored_revision(db) == _head_revision():
+        return
+    lock = db.with_name(db.name + STORE_LOCK_SUFFIX)
+    with _exclusive_lock(lock, db, timeout):
+        # Whoever held the lock before us may have just finished the job.
+        if _stored_revision(db) != _head_revision():
+            _open_store(uri, db)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI; None for other URIs and in-memory databases."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _stored_revision(db: Path) -> str | None:
+    """The store's alembic revision, read with the standard library; None when unreadable."""
+    if not db.is_file():
+        return None
+    try:
+        # Read-only: this must never create or change the file. A store busy for longer than
+        # the timeout reads as unknown, which costs only a turn through the lock.
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        ) as connection:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return None
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
+@functools.cache
+def _head_revision() -> str:
+    # The revision MLflow itself demands when it opens a store (`_verify_schema`), so a store
+    # that passes here never makes MLflow migrate.
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return str(_get_latest_schema_revision())
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock: Path, db: Path, timeout: float) -> Iterator[None]:
+    """Hold an flock on `lock`; the kernel drops it when the holder exits, so none goes stale."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PipelineError(
+            f"Cannot create the store lock {lock} ({exc.strerror}): check that {lock.parent} "
+            "is a directory you can write, or set MLFLOW_TRACKING_URI to another store"
+        ) from exc
+    try:
+        _acquire(fd, lock, db, timeout)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _acquire(fd: int, lock: Path, db: Path, timeout: float) -> None:
+    # Polled rather than blocking so that a stuck holder ends in a message, not a hang.
+    deadline = time.monotonic() + timeout
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() >= deadline:
+            raise PipelineError(
+                f"Another process has been creating the MLflow store {db} for over "
+                f"{timeout:g} s (it holds {lock}): let it finish or stop it, then retry"
+            )
+        if not waiting:
+            logger.info("Waiting for another process to create the MLflow store %s", db)
+            waiting = True
+        time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _open_store(uri: str, db: Path) -> None:
+    """Open the tracking and registry stores, which creates and migrates the file if needed."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        # MLflow caches a store per URI, so the commands that follow reuse these: opening them
+        # here costs nothing extra.
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_registered_models(max_results=1)
+    except MlflowException:
+        raise  # its message already says what to do (e.g. run `mlflow db upgrade`)
+    except (SQLAlchemyError, CommandError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise PipelineError(
+            f"Cannot open the MLflow store {db} ({reason}): move the file aside to start a "
+            "new store, or set MLFLOW_TRACKING_URI to another one"
+        ) from exc
 
 
 def git_state(path: Path | None = None) -> tuple[str, str]:
