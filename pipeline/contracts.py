@@ -125,6 +125,13 @@ def refused_types(types: Sequence[str]) -> list[str]:
     return [name for name in types if not name.startswith(TRUSTED_MODULE_PREFIXES)]
 
 
+# --- the embedded SQLite store -----------------------------------------------------------------
+
+STORE_LOCK_SUFFIX = ".lock"
+"""``<db>.lock`` beside a SQLite store: the pipeline holds it exclusively while it creates or
+migrates the store; the server takes it shared to open the store, so neither migrates it twice."""
+
+
 # --- registry records the server reads -------------------------------------------------------
 
 HELD_OUT_PREFIX = "test_"

@@ -22,13 +22,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.contracts import STORE_LOCK_SUFFIX
 from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-STORE_LOCK_SUFFIX = ".lock"
-"""`<db>.lock` beside a SQLite store: held by the one process creating or migrating it."""
 STORE_LOCK_TIMEOUT_SECONDS = 300.0
 """How long to wait for a process creating the store: it takes seconds, and a holder that
 dies releases the lock at once, so only a stuck one makes this run out."""

@@ -7,6 +7,7 @@ type skops does not trust by default must come from an allowed module before it 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from sklearn.base import is_classifier
 from pipeline.contracts import (
     COLUMN_TYPES,
     HELD_OUT_PREFIX,
+    STORE_LOCK_SUFFIX,
     TRUSTED_MODULE_PREFIXES,
     Task,
     refused_types,
@@ -215,7 +217,35 @@ def _client(tracking_uri: str) -> MlflowClient:
         db_path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
         if db_path and db_path != ":memory:":
             _check_sqlite_store(Path(db_path), tracking_uri)
+            with _store_settled(Path(db_path), tracking_uri):
+                client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                # MLflow opens the registry store lazily: open it here, inside the lock.
+                _registry_call(tracking_uri, lambda: client.search_registered_models(max_results=1))
+            return client
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _store_settled(db: Path, tracking_uri: str) -> contextlib.AbstractContextManager[object]:
+    """Share the lock a pipeline process holds while it creates or migrates the SQLite store.
+
+    MLflow migrates a store that lacks tables whenever it opens one, so opening a store the
+    pipeline is still creating would race it ("table ... already exists").
+    """
+    lock = db.with_name(db.name + STORE_LOCK_SUFFIX)
+    try:
+        handle = lock.open("rb")
+    except OSError:
+        # No lock file: no pipeline process ever created or migrated this store.
+        return contextlib.nullcontext()
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RegistryUnavailableError(
+            f"The MLflow registry at {tracking_uri} is unreachable: a pipeline process is "
+            f"creating the store {db} (it holds {lock}); the server retries at the next poll."
+        ) from None
+    return handle  # closing it releases the lock
 
 
 def _check_sqlite_store(db: Path, tracking_uri: str) -> None:

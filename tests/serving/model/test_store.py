@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -236,3 +237,17 @@ def test_allowed_prefixes_are_whole_module_names() -> None:
     assert all(prefix.endswith(".") for prefix in TRUSTED_MODULE_PREFIXES)
     assert not "sklearnx.evil".startswith(TRUSTED_MODULE_PREFIXES)
     assert LogisticRegression.__module__.startswith(TRUSTED_MODULE_PREFIXES)
+
+
+def test_a_sqlite_store_a_pipeline_is_still_creating_is_unreachable_until_it_is_done(
+    store: TinyStore,
+) -> None:
+    db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+    lock = db.with_name(db.name + ".lock")
+    ref = ModelRef.from_uri("models:/iris/Production")
+    with lock.open("wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(RegistryUnavailableError) as raised:
+            resolve_version(ref, store.tracking_uri)
+    assert f"a pipeline process is creating the store {db} (it holds {lock})" in str(raised.value)
+    assert resolve_version(ref, store.tracking_uri).version == "1"
