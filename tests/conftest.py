@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
+from mlflow.tracking import fluent
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
@@ -67,8 +68,12 @@ def mlflow_store(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # mlflow.set_experiment exports the id too; it names an experiment of another store.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # An experiment an earlier test set active would not exist in this store.
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
     yield uri
     if mlflow.active_run():
         mlflow.end_run()
