@@ -106,6 +106,8 @@ def _cmd_main(args: argparse.Namespace) -> int:
         f"registered {decision.name} version {decision.version}\n"
         f"gate: {decision.decision}: {decision.reason}"
     )
+    if result.registry_state:
+        print(f"registry: {result.registry_state}")
     return 0
 
 
@@ -166,6 +168,17 @@ def _cmd_history(args: argparse.Namespace) -> int:
     ]
     _print_table(rows)
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.registry import doctor
+
+    report = doctor.run(MlflowClient(), args.name, repair=args.repair)
+    print("\n".join(report.lines(repair=args.repair)))
+    # Like monitor's: not an error, a state a scheduler can branch on (`doctor || page`).
+    return 0 if report.consistent else NEEDS_ACTION_EXIT
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -436,6 +449,21 @@ def _parser() -> argparse.ArgumentParser:
     rollback_cmd.add_argument("--reason", help="why, for the promotion history")
     step("history", _cmd_history, "list the changes of Production", False).add_argument(
         "--name", required=True, help="registered model name"
+    )
+    doctor_cmd = step(
+        "doctor",
+        _cmd_doctor,
+        "check Production's stage, alias, history, lock and gate tags; exit 10 if inconsistent",
+        False,
+    )
+    doctor_cmd.add_argument("--name", required=True, help="registered model name")
+    doctor_cmd.add_argument(
+        "--repair",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag,
+        help="finish or undo an interrupted change and repair the rest (takes the lock)",
     )
     reproduce_cmd = step(
         "reproduce", _cmd_reproduce, "re-train a version from its record; compare metrics", False

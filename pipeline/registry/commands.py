@@ -1,7 +1,9 @@
 """Explicit changes of Production: promote a chosen version, or roll back to the previous one.
 
 Both read the registry, decide and write under the Production lock, so a gate or another
-person acting at the same moment cannot slip a change between the check and the move.
+person acting at the same moment cannot slip a change between the check and the move. Both
+first reconcile: a change a killed process left half done is finished (or dropped) before
+this one is decided, so "already in Production" and the rollback stack see the truth.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import RegistryError
-from pipeline.registry import production
+from pipeline.registry import production, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -21,10 +23,11 @@ def promote(name: str, version: str, reason: str | None = None) -> production.Pr
     client = MlflowClient()
     production.get_version(client, name, version)
     with production.production_lock(client, name):
+        transaction.reconcile(client, name)
         current = production.production_version(client, name)
         if current is not None and str(current.version) == str(version):
             raise RegistryError(f"version {version} of '{name}' is already in Production")
-        return production.set_production(
+        return transaction.change_production(
             client, name, version, action="promote", reason=reason or "promoted by hand"
         )
 
@@ -36,6 +39,7 @@ def rollback(name: str, reason: str | None = None) -> production.PromotionEvent:
         # Checked before locking too: an unknown model must not get a lock model created.
         raise RegistryError(f"'{name}' has no Production version; nothing to roll back")
     with production.production_lock(client, name):
+        transaction.reconcile(client, name)
         current = production.production_version(client, name)
         if current is None:
             raise RegistryError(f"'{name}' has no Production version; nothing to roll back")
@@ -51,7 +55,7 @@ def rollback(name: str, reason: str | None = None) -> production.PromotionEvent:
             )
         target = reigns[-2]
         production.get_version(client, name, target)
-        return production.set_production(
+        return transaction.change_production(
             client,
             name,
             target,

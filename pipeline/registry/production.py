@@ -3,6 +3,8 @@
 Production is kept in two places that must move together: the (deprecated, still widely
 read) `Production` stage and the `champion` alias. Every change is appended to the registered
 model's history as one tag per event, so concurrent writers never rewrite each other's record.
+`pipeline.registry.transaction` makes those writes one crash-safe change; this module holds
+the reads, the history and the lock it builds on.
 
 Changes of Production are serialised by `production_lock`, a lock that works through the
 MLflow REST API alone (a team's client may only have an `http://` tracking URI). MLflow's own
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -67,6 +70,11 @@ class PromotionEvent:
     from_version: str | None
     to_version: str
     reason: str
+    # The transaction that wrote the event: a replay of that transaction never appends it twice.
+    txn: str | None = None
+
+
+_EVENT_FIELDS = frozenset(PromotionEvent.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -164,39 +172,21 @@ def set_production(
 ) -> PromotionEvent:
     """Move the Production stage and the champion alias to `version` and record why.
 
-    Takes the Production lock (re-entrant: callers that decided under it keep it), so the
-    previous version read here is the one actually replaced.
+    One crash-safe transaction (see `pipeline.registry.transaction`): takes the Production
+    lock (re-entrant: callers that decided under it keep it), finishes any change a killed
+    process left, then writes intent, stage, alias, history and outcome in that order.
     """
-    with production_lock(client, name):
-        previous = production_version(client, name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            client.transition_model_version_stage(
-                name, version, PRODUCTION, archive_existing_versions=True
-            )
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-        event = PromotionEvent(
-            time=datetime.now(UTC).isoformat(timespec="seconds"),
-            actor=current_actor(),
-            action=action,
-            from_version=str(previous.version) if previous else None,
-            to_version=str(version),
-            reason=reason,
-        )
-        client.set_registered_model_tag(
-            name, _next_history_key(client, name), json.dumps(asdict(event))
-        )
-        client.set_model_version_tag(name, version, "promoted.at", event.time)
-        client.set_model_version_tag(name, version, "promoted.by", event.actor)
-    logger.info(
-        "%s: version %s of '%s' is now Production (was %s): %s",
-        action,
-        version,
-        name,
-        event.from_version or "none",
-        reason,
+    # Imported here: transaction builds on this module's primitives.
+    from pipeline.registry import transaction
+
+    return transaction.change_production(client, name, version, action=action, reason=reason)
+
+
+def append_history(client: MlflowClient, name: str, event: PromotionEvent) -> None:
+    """Record one change of Production; call it under the Production lock."""
+    client.set_registered_model_tag(
+        name, _next_history_key(client, name), json.dumps(asdict(event))
     )
-    return event
 
 
 def history(client: MlflowClient, name: str) -> list[PromotionEvent]:
@@ -214,7 +204,13 @@ def history(client: MlflowClient, name: str) -> list[PromotionEvent]:
         ((_history_order(key), value) for key, value in tags.items() if _history_order(key)),
         reverse=True,
     )
-    return [PromotionEvent(**json.loads(value)) for _, value in keyed]
+    return [_event(json.loads(value)) for _, value in keyed]
+
+
+def _event(recorded: dict[str, object]) -> PromotionEvent:
+    # Keys a newer pipeline added are ignored, so an older reader still lists the history.
+    known = {key: value for key, value in recorded.items() if key in _EVENT_FIELDS}
+    return PromotionEvent(**known)  # type: ignore[arg-type]
 
 
 def _history_order(key: str) -> int:
@@ -247,6 +243,49 @@ def _owner_token() -> str:
         f"{current_actor()}@{socket.gethostname()}:pid={os.getpid()}:"
         f"thread={threading.get_ident()}:{uuid.uuid4().hex[:8]}"
     )
+
+
+# `<actor>@<host>:pid=<pid>:thread=<id>:<nonce>`, as `_owner_token` writes it.
+_OWNER_PATTERN = re.compile(r"@(?P<host>[^@:]+):pid=(?P<pid>\d+):thread=\d+:[0-9a-f]+$")
+
+
+def lock_holder(client: MlflowClient, name: str) -> dict[str, str] | None:
+    """The tags of the Production lock of `name` (owner, acquired, heartbeat), None if free."""
+    return _lock_tags(client, lock_name(name))
+
+
+def describe_holder(tags: dict[str, str]) -> str:
+    return f"{tags.get(_OWNER_TAG, '?')} since {tags.get(_ACQUIRED_TAG, '?')}"
+
+
+def holder_is_dead(tags: dict[str, str]) -> bool:
+    """True when the lock's owner is a process of this host that no longer runs.
+
+    Such a lock is broken at once instead of after the stale period: a killed command must
+    not block the next one for a minute. Owners on other hosts (or written by another
+    convention) are never judged dead here; the heartbeat rule covers them.
+    """
+    match = _OWNER_PATTERN.search(tags.get(_OWNER_TAG, ""))
+    if match is None or match["host"] != socket.gethostname():
+        return False
+    return not _process_runs(int(match["pid"]))
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    # A killed child its parent has not reaped yet is a zombie: it holds nothing any more.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _lock_tags(client: MlflowClient, model: str) -> dict[str, str] | None:
@@ -346,7 +385,7 @@ def _acquire(
                 holder.get(_OWNER_TAG, "?"),
                 holder.get(_ACQUIRED_TAG, "?"),
             )
-        if holder and observer.is_stale(model, holder):
+        if holder and (holder_is_dead(holder) or observer.is_stale(model, holder)):
             _break_stale(client, model, holder, observer)
             continue
         now = time.monotonic()
@@ -376,7 +415,9 @@ def _break_stale(
     if not _try_create(client, breaker, _owner_token(), purpose):
         breaker_tags = _lock_tags(client, breaker)
         # A breaker that died mid-break would block every later break: it is stale in turn.
-        if breaker_tags and observer.is_stale(breaker, breaker_tags):
+        if breaker_tags and (
+            holder_is_dead(breaker_tags) or observer.is_stale(breaker, breaker_tags)
+        ):
             logger.warning(
                 "Deleting the stale lock breaker '%s' left by %s",
                 breaker,
@@ -388,13 +429,17 @@ def _break_stale(
     try:
         current = _lock_tags(client, model)
         if current is not None and current.get(_OWNER_TAG) == stale.get(_OWNER_TAG):
+            why = (
+                "is a process of this host that no longer runs"
+                if holder_is_dead(current)
+                else f"sent no heartbeat for {observer.stale_after:.0f}s"
+            )
             logger.warning(
-                "Breaking the stale lock '%s': holder %s (since %s) sent no heartbeat for "
-                "%.0fs and is presumed dead",
+                "Breaking the stale lock '%s': holder %s (since %s) %s and is presumed dead",
                 model,
                 current.get(_OWNER_TAG, "?"),
                 current.get(_ACQUIRED_TAG, "?"),
-                observer.stale_after,
+                why,
             )
             _delete_quietly(client, model)
         observer.forget(model)

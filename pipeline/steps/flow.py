@@ -13,7 +13,7 @@ from pipeline import artifacts, model_io
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.metrics import held_out
-from pipeline.registry import production
+from pipeline.registry import production, transaction
 from pipeline.reports import model_card
 from pipeline.steps import evaluate, features, gate, ingest, register, train
 
@@ -30,6 +30,8 @@ class PipelineResult:
     training: train.TrainResult | None
     """None when the run was reused from the cache."""
     cached_from: str | None = None
+    registry_state: str | None = None
+    """On a cache hit: what the registry shows now (the recorded decision may be old news)."""
 
 
 def run_all(
@@ -38,8 +40,9 @@ def run_all(
     """ingest + validate -> train -> evaluate -> register -> gate -> model card.
 
     A finished run with the same config, data and code is reused instead of training again
-    (`force` trains anyway): its registered version and gate decision are reported as they
-    were recorded.
+    (`force` trains anyway): the registry is reconciled first (a change a killed process left
+    is finished), then its version's recorded gate decision is reported together with what
+    Production is now; a version the gate never finished deciding is gated again.
     """
     dataset = ingest.run(config)
     if not force:
@@ -111,6 +114,8 @@ def _reuse(
             "mlflow.note.content",
             f"Cache hit: nothing was trained; the candidate is run {run_id}.",
         )
+    # A gate killed mid-way is finished (or its false tag removed) before any tag is read.
+    transaction.ensure_consistent(client, config.registered_model)
     versions = client.search_model_versions(
         f"name = '{config.registered_model}' and run_id = '{run_id}'"
     )
@@ -139,7 +144,24 @@ def _reuse(
         decision=decision,
         training=None,
         cached_from=run_id,
+        registry_state=_registry_state(client, decision),
     )
+
+
+def _registry_state(client: MlflowClient, decision: gate.GateDecision) -> str:
+    """Production as the registry shows it now, next to what the cached decision said."""
+    current = production.production_version(client, decision.name)
+    now = (
+        f"Production is now version {current.version}" if current else "no version is in Production"
+    )
+    if current is not None and str(current.version) == decision.version:
+        return f"version {decision.version} is in Production"
+    if decision.promoted:
+        when = production.get_version(client, decision.name, decision.version).tags.get(
+            "promoted.at", "an earlier run"
+        )
+        return f"version {decision.version} was promoted at {when}; {now}"
+    return now
 
 
 def evaluate_run(config: PipelineConfig, run_id: str) -> evaluate.EvaluationResult:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
@@ -23,13 +24,19 @@ from sklearn.pipeline import Pipeline
 from pipeline import artifacts, model_io
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError, RegistryError
-from pipeline.registry import production
+from pipeline.failpoints import failpoint
+from pipeline.registry import production, transaction
 from pipeline.steps import bootstrap, evaluate, features
 from pipeline.steps.features import Split
 
 logger = logging.getLogger(__name__)
 
 MIN_COMPARISON_ROWS = 10
+# The bootstrap's rows are capped so its cost is bounded whatever the held-out size; the
+# reason says so when the cap applies.
+BOOTSTRAP_ROW_CAP = 100_000
+# How often the gate judges again when Production changes under it before it gives up.
+MAX_JUDGEMENTS = 3
 
 
 @dataclass(frozen=True)
@@ -67,9 +74,12 @@ class _Comparison:
 def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split) -> GateDecision:
     """Decide on `version`, tag it with the decision and reason, and promote it if it passed.
 
-    Reading the champion, deciding and promoting happen under the registry's Production lock,
-    so two pipelines finishing together are judged one after the other, the second against
-    the first's outcome.
+    The evidence (scores, bootstrap) is computed outside the Production lock against the
+    champion of that moment. Under the lock the gate only reconciles, checks that the champion
+    is still that one (judging again against the new one when it changed) and writes: a
+    rejection as tags with `gate.decision` last; a promotion as one registry transaction whose
+    outcome, written last, is the gate's tags. So two pipelines finishing together are judged
+    one after the other, and a gate killed anywhere never leaves a false `promoted`.
     """
     client = MlflowClient()
     name = config.registered_model
@@ -80,38 +90,100 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
             f"gate.metric '{metric}' could not be computed on the held-out rows of version "
             f"{version}; choose another gate.metric"
         )
-    with production.production_lock(client, name):
-        champion = production.production_version(client, name)
-        if champion is not None and str(champion.version) == str(version):
-            raise RegistryError(f"version {version} of '{name}' is already in Production")
-        comparison = (
-            _compare(config, client, champion, model, data_split) if champion is not None else None
+    transaction.ensure_consistent(client, name)
+    champion = production.production_version(client, name)
+    for _ in range(MAX_JUDGEMENTS):
+        _refuse_the_champion(name, version, champion)
+        decision = _judge(config, client, str(version), champion, model, data_split, held_out)
+        with production.production_lock(client, name):
+            transaction.reconcile(client, name)
+            current = production.production_version(client, name)
+            if _version_of(current) == _version_of(champion):
+                _commit(client, decision)
+                return decision
+        logger.info(
+            "Production of '%s' changed from %s to %s while the gate judged version %s; "
+            "judging again against the new champion",
+            name,
+            _version_of(champion) or "none",
+            _version_of(current) or "none",
+            version,
         )
-        passed, reason = _decide(config, held_out[metric], champion, comparison)
-        interval = comparison.interval if comparison else None
-        decision = GateDecision(
-            name=name,
-            version=str(version),
-            decision="promoted" if passed else "rejected",
-            reason=reason,
-            metric=metric,
-            candidate_value=held_out[metric],
-            champion_version=str(champion.version) if champion else None,
-            champion_value=comparison.champion if comparison else None,
-            comparison_rows=comparison.rows if comparison else len(data_split.y_test),
-            rule=describe_rule(config),
-            gain=interval.gain if interval else None,
-            ci_lower=interval.lower if interval else None,
-            ci_upper=interval.upper if interval else None,
-            ci_level=interval.level if interval else None,
-            resamples=interval.resamples if interval else None,
+        champion = current
+    raise RegistryError(
+        f"Production of '{name}' changed {MAX_JUDGEMENTS} times while the gate judged version "
+        f"{version}; run the gate again (python -m pipeline gate --version {version})"
+    )
+
+
+def _refuse_the_champion(name: str, version: str, champion: ModelVersion | None) -> None:
+    if champion is not None and str(champion.version) == str(version):
+        raise RegistryError(f"version {version} of '{name}' is already in Production")
+
+
+def _version_of(model_version: ModelVersion | None) -> str | None:
+    return None if model_version is None else str(model_version.version)
+
+
+def _judge(
+    config: PipelineConfig,
+    client: MlflowClient,
+    version: str,
+    champion: ModelVersion | None,
+    model: Pipeline,
+    data_split: Split,
+    held_out: dict[str, float],
+) -> GateDecision:
+    """The decision on `version` against `champion`: the slow part, run without the lock."""
+    metric = config.gate.metric
+    comparison = (
+        _compare(config, client, champion, model, data_split) if champion is not None else None
+    )
+    passed, reason = _decide(config, held_out[metric], champion, comparison)
+    interval = comparison.interval if comparison else None
+    return GateDecision(
+        name=config.registered_model,
+        version=version,
+        decision="promoted" if passed else "rejected",
+        reason=reason,
+        metric=metric,
+        candidate_value=held_out[metric],
+        champion_version=_version_of(champion),
+        champion_value=comparison.champion if comparison else None,
+        comparison_rows=comparison.rows if comparison else len(data_split.y_test),
+        rule=describe_rule(config),
+        gain=interval.gain if interval else None,
+        ci_lower=interval.lower if interval else None,
+        ci_upper=interval.upper if interval else None,
+        ci_level=interval.level if interval else None,
+        resamples=interval.resamples if interval else None,
+    )
+
+
+def _commit(client: MlflowClient, decision: GateDecision) -> None:
+    """Write the decision under the lock; the `gate.decision` tag is always the last write."""
+    tags = _tags(decision)
+    if decision.promoted:
+        transaction.change_production(
+            client,
+            decision.name,
+            decision.version,
+            action="gate",
+            reason=decision.reason,
+            outcome_tags=tags,
         )
-        _tag(client, decision)
-        if passed:
-            production.set_production(client, name, str(version), action="gate", reason=reason)
-        else:
-            logger.info("Gate rejected '%s' version %s: %s", name, version, reason)
-    return decision
+        return
+    outcome = tags.pop(artifacts.GATE_DECISION)
+    if artifacts.GATE_DECISION in client.get_model_version(decision.name, decision.version).tags:
+        # An earlier gate's decision must not stand beside this gate's half-written reasons.
+        client.delete_model_version_tag(decision.name, decision.version, artifacts.GATE_DECISION)
+    for key, value in tags.items():
+        client.set_model_version_tag(decision.name, decision.version, key, value)
+    failpoint("gate.after_evidence_tags")
+    client.set_model_version_tag(decision.name, decision.version, artifacts.GATE_DECISION, outcome)
+    logger.info(
+        "Gate rejected '%s' version %s: %s", decision.name, decision.version, decision.reason
+    )
 
 
 def recorded_decision(config: PipelineConfig, version: ModelVersion) -> GateDecision:
@@ -186,15 +258,25 @@ def _compare(
     candidate_scores = evaluate.score(config, model, X, y)
     if metric not in champion_scores or metric not in candidate_scores:
         return _Comparison(None, None, rows, f"'{metric}' cannot be computed on these rows")
+    X_boot, y_boot = _bootstrap_rows(X, y, config.gate.bootstrap.seed)
     interval = bootstrap.paired_gain_interval(
         metric,
-        y,
-        challenger=bootstrap.Predictions.of(model, X, metric),
-        champion=bootstrap.Predictions.of(champion_model, X, metric),
+        y_boot,
+        challenger=bootstrap.Predictions.of(model, X_boot, metric),
+        champion=bootstrap.Predictions.of(champion_model, X_boot, metric),
         settings=config.gate.bootstrap,
         lower_is_better=config.gate_lower_is_better(),
     )
     return _Comparison(candidate_scores[metric], champion_scores[metric], rows, None, interval)
+
+
+def _bootstrap_rows(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """At most BOOTSTRAP_ROW_CAP rows (a seeded sample) for the interval, which costs
+    resamples x rows (ROC AUC: one sklearn call per resample); the scores use every row."""
+    if len(y) <= BOOTSTRAP_ROW_CAP:
+        return X, y
+    chosen = np.sort(np.random.default_rng(seed).choice(len(y), BOOTSTRAP_ROW_CAP, replace=False))
+    return X.iloc[chosen], y.iloc[chosen]
 
 
 def _unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
@@ -280,13 +362,19 @@ def _against_champion(
 
 def _evidence(comparison: _Comparison) -> str:
     if comparison.interval is not None:
-        return f"; gain {comparison.interval.describe()}"
+        capped = ""
+        if comparison.interval.rows < comparison.rows:
+            capped = (
+                f"; the interval is from a seeded sample of {comparison.interval.rows} of the "
+                f"{comparison.rows} rows (row cap {BOOTSTRAP_ROW_CAP})"
+            )
+        return f"; gain {comparison.interval.describe()}{capped}"
     return f" (on {comparison.rows} held-out rows unseen by both)"
 
 
-def _tag(client: MlflowClient, decision: GateDecision) -> None:
+def _tags(decision: GateDecision) -> dict[str, str]:
+    """The version tags that record a decision, `gate.decision` last (it is written last)."""
     tags = {
-        artifacts.GATE_DECISION: decision.decision,
         "gate.reason": decision.reason,
         "gate.metric": decision.metric,
         "gate.candidate_value": f"{decision.candidate_value:.6g}",
@@ -304,5 +392,5 @@ def _tag(client: MlflowClient, decision: GateDecision) -> None:
         tags["gate.ci_upper"] = f"{decision.ci_upper:.6g}"
         tags["gate.ci_level"] = f"{decision.ci_level:g}"
         tags["gate.resamples"] = str(decision.resamples)
-    for key, value in tags.items():
-        client.set_model_version_tag(decision.name, decision.version, key, value)
+    tags[artifacts.GATE_DECISION] = decision.decision
+    return tags

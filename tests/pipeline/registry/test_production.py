@@ -166,3 +166,18 @@ def test_a_new_event_goes_after_every_recorded_one_even_with_a_clock_behind(
     newest_first = production.history(client, "iris-test")
     assert [e.reason for e in newest_first][:2] == ["after it", "ahead"]
     assert len(newest_first) == 3
+
+
+def test_a_lock_held_on_another_host_is_left_to_the_heartbeat_rule(mlflow_store: str) -> None:
+    client = MlflowClient()
+    owner = "someone@another-host:pid=1:thread=1:abcd1234"
+    client.create_registered_model(
+        "m.lock", tags={"mlops.lock.owner": owner}, description="Pipeline lock: test"
+    )
+    assert not production.holder_is_dead({"mlops.lock.owner": owner})
+    with (
+        pytest.raises(RegistryError, match=r"timed out after 0\.5s"),
+        production.production_lock(client, "m", timeout_seconds=0.5, stale_after_seconds=600),
+    ):
+        pass
+    assert _lock_models(client) == ["m.lock"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +19,8 @@ from pipeline import model_io
 from pipeline.config import load_config
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import production
-from pipeline.steps import features, flow, ingest
-from tests.pipeline.factories import diabetes_config
+from pipeline.steps import features, flow, gate, ingest
+from tests.pipeline.factories import diabetes_config, fitted
 
 DUMMY = {"class_path": "sklearn.dummy.DummyClassifier", "params": {"strategy": "most_frequent"}}
 WEAK = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
@@ -272,3 +275,53 @@ def test_a_config_for_another_task_cannot_reuse_a_registered_model_name(
     with pytest.raises(PipelineError, match="holds classification models but this config"):
         flow.run_all(load_config(write_config(regression)))
     assert len(MlflowClient().search_model_versions("name='iris-test'")) == 1
+
+
+def test_a_champion_that_changes_while_the_gate_judges_is_judged_against_again(
+    run_config: RunConfig,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    weak = {"metric": "test_f1_macro", "threshold": None}
+    first = run_config(estimator=WEAK, gate=weak)
+    client = MlflowClient()
+    for _ in range(2):  # v2 and v3: copies of the weak champion
+        client.create_model_version("iris-test", "models:/iris-test/1", run_id=first.run_id)
+    config = load_config(write_config(iris_config(gate=weak)))
+    good = fitted(config)
+    outcome: list[object] = []
+
+    def judge() -> None:
+        outcome.append(gate.run(config, "3", good.model, good.split))
+
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        # Someone holds the lock; the gate computes its evidence meanwhile, then waits.
+        with production.production_lock(client, "iris-test"):
+            judging = threading.Thread(target=judge)
+            judging.start()
+            deadline = time.monotonic() + 120
+            while "Waiting for the Production lock of 'iris-test'" not in caplog.text:
+                assert time.monotonic() < deadline and judging.is_alive(), "the gate never waited"
+                time.sleep(0.05)
+            production.set_production(client, "iris-test", "2", action="promote", reason="other")
+        judging.join(timeout=120)
+    (decision,) = outcome
+    assert isinstance(decision, gate.GateDecision)
+    assert "changed from 1 to 2 while the gate judged version 3" in caplog.text
+    assert decision.promoted and decision.champion_version == "2"
+    assert "beats champion v2" in decision.reason
+    assert _stage("iris-test", "3") == "Production"
+    events = production.history(client, "iris-test")
+    assert (events[0].action, events[0].from_version, events[0].to_version) == ("gate", "2", "3")
+
+
+def test_the_bootstrap_uses_a_capped_seeded_sample_and_the_reason_says_so(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gate, "BOOTSTRAP_ROW_CAP", 20)
+    run_config(estimator=DUMMY, gate=SIGNIFICANT)
+    decision = run_config(gate=SIGNIFICANT).decision
+    assert decision.comparison_rows == 45
+    assert "resamples of 20 held-out rows" in decision.reason
+    assert "a seeded sample of 20 of the 45 rows (row cap 20)" in decision.reason
