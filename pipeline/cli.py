@@ -141,7 +141,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from pipeline.registry import commands
 
-    event = commands.promote(args.name, args.version, args.reason)
+    event = commands.promote(
+        args.name,
+        args.version,
+        args.reason,
+        allow_schema_change=args.allow_schema_change == "true",
+    )
     print(f"{args.name}: Production is now version {event.to_version} (was {event.from_version})")
     return 0
 
@@ -444,6 +449,14 @@ def _parser() -> argparse.ArgumentParser:
     promote_cmd.add_argument("--name", required=True, help="registered model name")
     promote_cmd.add_argument("--version", required=True)
     promote_cmd.add_argument("--reason", help="why, for the promotion history")
+    promote_cmd.add_argument(
+        "--allow-schema-change",
+        nargs="?",
+        const="true",
+        default="false",
+        choices=("true", "false"),
+        help="promote even if its input signature breaks requests Production accepts",
+    )
     rollback_cmd = step("rollback", _cmd_rollback, "return to the previous Production", False)
     rollback_cmd.add_argument("--name", required=True, help="registered model name")
     rollback_cmd.add_argument("--reason", help="why, for the promotion history")

@@ -13,20 +13,34 @@ import logging
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import RegistryError
-from pipeline.registry import production, transaction
+from pipeline.registry import production, schema, transaction
 
 logger = logging.getLogger(__name__)
 
 
-def promote(name: str, version: str, reason: str | None = None) -> production.PromotionEvent:
-    """Put `version` in Production without the gate (a person decided), and record it."""
+def promote(
+    name: str, version: str, reason: str | None = None, *, allow_schema_change: bool = False
+) -> production.PromotionEvent:
+    """Put `version` in Production without the gate (a person decided), and record it.
+
+    A version whose inputs would break requests Production accepts is refused (SchemaChangeError
+    listing the differences) unless `allow_schema_change`.
+    """
     client = MlflowClient()
     production.get_version(client, name, version)
+    # Compared outside the lock (two MLmodel downloads); re-checked below only if Production
+    # moved while we waited for the lock.
+    before = production.production_version(client, name)
+    checked = None if before is None else str(before.version)
+    schema.check(client, name, version, checked, allow_schema_change=allow_schema_change)
     with production.production_lock(client, name):
         transaction.reconcile(client, name)
         current = production.production_version(client, name)
         if current is not None and str(current.version) == str(version):
             raise RegistryError(f"version {version} of '{name}' is already in Production")
+        now = None if current is None else str(current.version)
+        if now != checked:
+            schema.check(client, name, version, now, allow_schema_change=allow_schema_change)
         return transaction.change_production(
             client, name, version, action="promote", reason=reason or "promoted by hand"
         )

@@ -25,7 +25,7 @@ from pipeline import artifacts, model_io
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.failpoints import failpoint
-from pipeline.registry import production, transaction
+from pipeline.registry import production, schema, transaction
 from pipeline.steps import bootstrap, evaluate, features
 from pipeline.steps.features import Split
 
@@ -136,10 +136,25 @@ def _judge(
 ) -> GateDecision:
     """The decision on `version` against `champion`: the slow part, run without the lock."""
     metric = config.gate.metric
-    comparison = (
-        _compare(config, client, champion, model, data_split) if champion is not None else None
+    # Inputs first: a candidate Production's clients could not call is rejected for that
+    # reason alone, and the champion is not scored on rows it may not even accept.
+    schema_problem = schema.gate_rejection(
+        client,
+        config.registered_model,
+        version,
+        _version_of(champion),
+        allow_schema_change=config.gate.allow_schema_change,
     )
-    passed, reason = _decide(config, held_out[metric], champion, comparison)
+    comparison = (
+        _compare(config, client, champion, model, data_split)
+        if champion is not None and schema_problem is None
+        else None
+    )
+    passed, reason = (
+        (False, schema_problem)
+        if schema_problem is not None
+        else _decide(config, held_out[metric], champion, comparison)
+    )
     interval = comparison.interval if comparison else None
     return GateDecision(
         name=config.registered_model,
