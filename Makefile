@@ -26,7 +26,7 @@ export SERVING_HOST ?= $(HOST)
 export SERVING_PORT ?= $(PORT)
 
 .PHONY: help venv lock run pipeline serve ui test test-fast lint format clean bench-serving \
-	bench-cli bench-monitor bench-score tracking-server monitor retrain
+	bench-cli bench-monitor bench-registry bench-prediction-log bench-score tracking-server monitor retrain
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -103,6 +103,12 @@ bench-serving: $(STAMP) ## benchmark our server against `mlflow models serve` (a
 
 bench-cli: $(STAMP) ## start-up time of the pipeline CLI commands
 	$(BIN)/python bench/cli.py $(BENCH_ARGS)
+
+bench-registry: $(STAMP) ## kill 100 promote/rollback/gate processes at random moments; count inconsistent registries
+	$(BIN)/python bench/registry_faults.py $(BENCH_ARGS)
+
+bench-prediction-log: $(STAMP) ## kill -9 the server under load: acknowledged predictions lost; drops under load
+	$(BIN)/python bench/prediction_log.py $(BENCH_ARGS)
 
 bench-monitor: $(STAMP) ## streaming drift over a 10M-row prediction log (about 3 min the first time)
 	$(BIN)/python bench/monitor.py $(BENCH_ARGS)
