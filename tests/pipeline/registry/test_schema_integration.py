@@ -1,4 +1,4 @@
-"""The input-schema guard as users meet it: promote, the CLI and the gate refuse a breaking version."""
+"""The input-schema guard as users meet it: promote, the CLI and the gate refuse a break."""
 
 from __future__ import annotations
 
@@ -75,8 +75,12 @@ def test_the_gate_promotes_it_when_the_config_allows_schema_change(
 ) -> None:
     csv = iris_csv("species")
     flow.run_all(load_config(write_config(iris_config(), csv_text=csv)))
-    gate = {"metric": "test_f1_macro", "threshold": 0.5, "min_improvement": 0.0,
-            "allow_schema_change": True}
+    gate = {
+        "metric": "test_f1_macro",
+        "threshold": 0.5,
+        "min_improvement": 0.0,
+        "allow_schema_change": True,
+    }
     narrower = _without_column(csv, "petal width (cm)")
     second = flow.run_all(load_config(write_config(iris_config(gate=gate), csv_text=narrower)))
     assert "would break clients" not in second.decision.reason
