@@ -24,12 +24,14 @@ NAME = "m"
 
 @pytest.fixture
 def client(mlflow_store: str, tmp_path: Path) -> MlflowClient:
-    """Model `m` with versions 1-3 (an empty directory each: no model is ever loaded here)."""
+    """Model `m` with versions 1-3: an MLmodel without signature each (nothing is loaded here;
+    promote reads it for the schema guard, which has no inputs to compare)."""
     client = MlflowClient()
     client.create_registered_model(NAME)
     for number in range(1, 4):
         source = tmp_path / f"v{number}"
         source.mkdir()
+        (source / "MLmodel").write_text("flavors: {}\n")
         client.create_model_version(NAME, str(source))
     production.set_production(client, NAME, "1", action="gate", reason="first")
     return client
