@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,18 +26,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
+from tests.team.harness import (
+    PG_HOST,
+    PG_PORT,
+    free_port,
+    start_tracking_server,
+    stop_group,
+)
+
 PG_ADMIN = {"host": PG_HOST, "port": PG_PORT, "user": "postgres", "dbname": "test"}
-SERVER_START_TIMEOUT = 180.0
 SERVING_START_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _postgres_ready() -> bool:
@@ -158,65 +154,17 @@ def tracking_server(
         workdir=workdir,
         log=workdir / "server.log",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SERVING_"))}
-    env.update(
-        MLFLOW_BACKEND_STORE_URI=f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{postgres_database}",
-        MLFLOW_ARTIFACTS_DESTINATION=str(server.artifacts),
-        MLFLOW_HOST="127.0.0.1",
-        MLFLOW_PORT=str(port),
-        MLFLOW_WORKERS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHON=sys.executable,
-        MLFLOW=str(Path(sys.executable).parent / "mlflow"),
+    process = start_tracking_server(
+        database=postgres_database,
+        artifacts=server.artifacts,
+        workdir=workdir,
+        log=server.log,
+        port=port,
     )
-    with server.log.open("wb") as log:
-        process = subprocess.Popen(
-            ["bash", str(REPO_ROOT / "deploy" / "tracking-server.sh")],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # mlflow server runs uvicorn as a child: stop the group
-        )
     try:
-        _wait_healthy(process, server)
         yield server
     finally:
-        _stop_group(process)
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], server: TrackingServer) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(
-                f"the tracking server exited with {process.returncode}:\n"
-                + server.log.read_text(errors="replace")[-3000:]
-            )
-        try:
-            if httpx.get(f"{server.uri}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"the tracking server was not healthy within {SERVER_START_TIMEOUT:.0f}s:\n"
-                + server.log.read_text(errors="replace")[-3000:]
-            )
-        time.sleep(0.5)
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    # Any worker left behind in the group goes too (a no-op when none is).
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
 
 
 @dataclass(frozen=True)

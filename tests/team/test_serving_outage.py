@@ -10,14 +10,10 @@ the model server is pointed at this second server only.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,79 +22,29 @@ import pytest
 
 from pipeline.registry import production
 from tests.factories import IRIS_SETOSA
+from tests.team.harness import free_port, start_tracking_server, stop_group
 
 if TYPE_CHECKING:
     from conftest import Team, TrackingServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.team, pytest.mark.timeout(240)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 1.0
 TWO_POLLS = 2 * POLL_SECONDS
 SLACK = 8.0
 """A poll's own request time plus a loaded 2-core machine; the measured time is reported."""
-SERVER_START_TIMEOUT = 120.0
 KEEPING = "Keeping model version "
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_server(server: TrackingServer, port: int) -> subprocess.Popen[bytes]:
-    """`deploy/tracking-server.sh` exactly as the `tracking_server` fixture runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SERVING_"))}
-    env.update(
-        MLFLOW_BACKEND_STORE_URI=f"postgresql://postgres@127.0.0.1:5432/{server.database}",
-        MLFLOW_ARTIFACTS_DESTINATION=str(server.artifacts),
-        MLFLOW_HOST="127.0.0.1",
-        MLFLOW_PORT=str(port),
-        MLFLOW_WORKERS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHON=sys.executable,
-        MLFLOW=str(Path(sys.executable).parent / "mlflow"),
+    """A second `deploy/tracking-server.sh` on the fixture's database and artifacts."""
+    return start_tracking_server(
+        database=server.database,
+        artifacts=server.artifacts,
+        workdir=server.workdir,
+        log=server.log,
+        port=port,
     )
-    with server.log.open("ab") as log:
-        process = subprocess.Popen(
-            ["bash", str(REPO_ROOT / "deploy" / "tracking-server.sh")],
-            cwd=server.workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(
-                f"the tracking server exited with {process.returncode}:\n"
-                + server.log.read_text(errors="replace")[-3000:]
-            )
-        with suppress(httpx.TransportError):
-            if httpx.get(f"{server.uri}/health", timeout=2).status_code == 200:
-                return process
-        if time.monotonic() > deadline:
-            _stop(process)
-            pytest.fail(
-                f"the tracking server was not healthy within {SERVER_START_TIMEOUT:.0f}s:\n"
-                + server.log.read_text(errors="replace")[-3000:]
-            )
-        time.sleep(0.3)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server's process group (mlflow server runs uvicorn as a child)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _refused(uri: str) -> bool:
@@ -113,7 +59,7 @@ def _refused(uri: str) -> bool:
 def _second_server(session: TrackingServer, workdir: Path) -> Iterator[Any]:
     """A second tracking server on the session's database and artifacts, on a port of its own;
     yields a handle whose ``stop()`` and ``start()`` restart it on that same port."""
-    port = _free_port()
+    port = free_port()
     server = dataclasses.replace(
         session, uri=f"http://127.0.0.1:{port}", workdir=workdir, log=workdir / "server.log"
     )
@@ -125,7 +71,7 @@ def _second_server(session: TrackingServer, workdir: Path) -> Iterator[Any]:
 
         def stop(self) -> None:
             assert self.process is not None
-            _stop(self.process)
+            stop_group(self.process)
             self.process = None
 
         def start(self) -> None:
@@ -136,7 +82,7 @@ def _second_server(session: TrackingServer, workdir: Path) -> Iterator[Any]:
         yield handle
     finally:
         if handle.process is not None:
-            _stop(handle.process)
+            stop_group(handle.process)
 
 
 def _ready(client: httpx.Client) -> dict[str, Any]:
