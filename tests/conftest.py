@@ -17,6 +17,8 @@ from mlflow.tracking import fluent
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from tests import factories
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # No network here: keep MLflow's usage telemetry from trying, in this process and children.
@@ -81,27 +83,10 @@ def mlflow_store(
     registry_utils._registry_uri = None
 
 
-def _iris_config(**sections: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "experiment": "iris-test",
-        "registered_model": "iris-test",
-        "task": "classification",
-        "data": {"dataset": "iris", "target": "species"},
-        "estimator": {
-            "class_path": "sklearn.linear_model.LogisticRegression",
-            "params": {"max_iter": 500},
-        },
-        "split": {"test_size": 0.3, "seed": 42, "stratify": True, "cv_folds": 3},
-        "gate": {"metric": "test_f1_macro", "threshold": 0.8, "min_improvement": 0.0},
-    }
-    config.update(sections)
-    return config
-
-
 @pytest.fixture
 def iris_config() -> Callable[..., dict[str, Any]]:
     """A small, fast iris config as a dict; keyword arguments replace whole sections."""
-    return _iris_config
+    return factories.iris_config
 
 
 @pytest.fixture

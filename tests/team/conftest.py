@@ -26,6 +26,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.factories import iris_config
 from tests.team.harness import (
     PG_HOST,
     PG_PORT,
@@ -194,19 +195,7 @@ class Team:
 
     def config(self, name: str, **sections: Any) -> Path:
         """A small, fast iris config whose experiment and registered model are `name`."""
-        config: dict[str, Any] = {
-            "experiment": name,
-            "registered_model": name,
-            "task": "classification",
-            "data": {"dataset": "iris", "target": "species"},
-            "estimator": {
-                "class_path": "sklearn.linear_model.LogisticRegression",
-                "params": {"max_iter": 500},
-            },
-            "split": {"test_size": 0.3, "seed": 42, "stratify": True, "cv_folds": 3},
-            "gate": {"metric": "test_f1_macro", "threshold": 0.8, "min_improvement": 0.0},
-        }
-        config.update(sections)
+        config = iris_config(name, **sections)
         path = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
