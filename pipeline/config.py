@@ -166,6 +166,10 @@ class SearchConfig(_Strict):
         default=None, description="sklearn scorer name; default: the one matching gate.metric"
     )
     n_jobs: int = Field(default=1, ge=-1, description="parallel trials; -1 = all cores")
+    backend: Literal["local", "spark"] = Field(
+        default="local",
+        description="where trials run: this machine, or Spark (SPARK_MASTER, default local[*])",
+    )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="default: split.seed")
 
     @model_validator(mode="after")

@@ -190,3 +190,85 @@ INTEGER_TYPES = frozenset(name for name, t in COLUMN_TYPES.items() if t.kind == 
 def log_type(type_name: str) -> pa.DataType:
     """Arrow type of a feature column of ``type_name`` in the prediction log."""
     return COLUMN_TYPES[type_name].log_type
+
+
+# --- the training data's domain ----------------------------------------------------------------
+
+INPUT_DOMAIN_ARTIFACT = "input_domain.json"
+"""Run artifact written by training: per feature, the categories or the numeric range seen in the
+training rows. The server flags (never refuses) a request value outside it."""
+
+
+@dataclass(frozen=True)
+class ColumnDomain:
+    """What one feature looked like in training: ``categories`` for a categorical column, the
+    closed range [``low``, ``high``] of its finite values for a numeric one."""
+
+    name: str
+    categories: frozenset[str] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def outside(self, value: object) -> str | None:
+        """Why ``value`` lies outside the training domain, in words, or None. Missing values
+        are the imputer's business and never flagged."""
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        if self.categories is not None:
+            text = value if isinstance(value, str) else str(value)
+            if text not in self.categories:
+                return f"{self.name}: category {text!r} was not seen in training"
+            return None
+        if self.low is None or self.high is None or isinstance(value, (str, bool)):
+            return None
+        number = float(value)  # type: ignore[arg-type]
+        if number < self.low or number > self.high:
+            span = f"[{self.low:g}, {self.high:g}]"
+            return f"{self.name}: {number:g} is outside the training range {span}"
+        return None
+
+
+@dataclass(frozen=True)
+class InputDomain:
+    columns: Mapping[str, ColumnDomain]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "columns": {
+                name: (
+                    {"categories": sorted(column.categories)}
+                    if column.categories is not None
+                    else {"low": column.low, "high": column.high}
+                )
+                for name, column in self.columns.items()
+            }
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, object]) -> InputDomain:
+        raw = document.get("columns")
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{INPUT_DOMAIN_ARTIFACT} has no 'columns' mapping")
+        columns: dict[str, ColumnDomain] = {}
+        for name, spec in raw.items():
+            if not isinstance(spec, Mapping):
+                raise ValueError(f"{INPUT_DOMAIN_ARTIFACT}: column {name!r} is not a mapping")
+            categories = spec.get("categories")
+            if categories is not None:
+                columns[name] = ColumnDomain(name, categories=frozenset(map(str, categories)))
+            else:
+                low, high = spec.get("low"), spec.get("high")
+                columns[name] = ColumnDomain(
+                    name,
+                    low=None if low is None else float(low),  # type: ignore[arg-type]
+                    high=None if high is None else float(high),  # type: ignore[arg-type]
+                )
+        return cls(columns)
+
+    def warnings(self, record: Mapping[str, object]) -> list[str]:
+        """One message per value of ``record`` outside the training domain, in column order."""
+        messages = []
+        for name, column in self.columns.items():
+            if name in record and (message := column.outside(record[name])) is not None:
+                messages.append(message)
+        return messages
