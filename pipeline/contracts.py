@@ -260,8 +260,8 @@ class InputDomain:
                 low, high = spec.get("low"), spec.get("high")
                 columns[name] = ColumnDomain(
                     name,
-                    low=None if low is None else float(low),  # type: ignore[arg-type]
-                    high=None if high is None else float(high),  # type: ignore[arg-type]
+                    low=None if low is None else float(low),
+                    high=None if high is None else float(high),
                 )
         return cls(columns)
 
