@@ -128,9 +128,14 @@ def for_task(task: str) -> tuple[Metric, ...]:
     return tuple(m for m in METRICS.values() if m.task == task)
 
 
-def cross_validated(task: str) -> tuple[Metric, ...]:
-    """The task's metrics any estimator can be cross-validated on (no probabilities needed)."""
-    return tuple(m for m in for_task(task) if not m.needs_proba)
+def cross_validated(task: str, gate_metric: str | None = None) -> tuple[Metric, ...]:
+    """The task's metrics any estimator can be cross-validated on (no probabilities needed),
+    and the gate's metric, which the config check has already matched to the estimator: the
+    cross-validated estimate of what the gate will judge belongs beside the held-out score."""
+    chosen = [m for m in for_task(task) if not m.needs_proba]
+    if gate_metric is not None and (gate := metric(gate_metric)) not in chosen:
+        chosen.append(gate)
+    return tuple(chosen)
 
 
 def is_held_out(name: str) -> bool:

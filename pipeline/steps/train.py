@@ -69,7 +69,7 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
                 data_split,
                 parent_run_id=active.info.run_id,
                 experiment_id=active.info.experiment_id,
-                cv_scoring={m.name: m.scorer for m in metrics.cross_validated(config.task)},
+                cv_scoring={m.name: m.scorer for m in metrics.cross_validated(config.task, config.gate.metric)},
             )
             model.set_params(**{f"model__{k}": v for k, v in searched.best_params.items()})
             mlflow.log_params(_search_params(searched))
@@ -234,7 +234,7 @@ def _cross_validate(
         if config.task == "classification"
         else KFold(n_splits=folds, shuffle=True, random_state=config.split.seed)
     )
-    scoring = {m.name: m for m in metrics.cross_validated(config.task)}
+    scoring = {m.name: m for m in metrics.cross_validated(config.task, config.gate.metric)}
     with warnings.catch_warnings():
         # A fold may miss a rare class; the held-out evaluation is what the gate trusts.
         warnings.simplefilter("ignore", UserWarning)
