@@ -261,7 +261,7 @@ def _worker(
     from scipy import stats
     from scipy.spatial import distance
 
-    from pipeline.config import DriftConfig, MonitoringConfig
+    from pipeline.monitoring.config import DriftConfig, MonitoringConfig
     from pipeline.monitoring.drift import DriftAccumulator, detect_drift
     from pipeline.monitoring.profile import ReferenceProfile
 

@@ -19,9 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline import metrics
-from pipeline.contracts import PREDICTION_LOG_DIR
 from pipeline.errors import ConfigError
 from pipeline.metrics import Task
+
+# Monitoring's settings live with monitoring (pipeline/monitoring/config.py).
+from pipeline.monitoring.config import MonitoringConfig
 
 if TYPE_CHECKING:
     # The CLI imports this module: scikit-learn is imported by the validators that need it.
@@ -187,54 +189,6 @@ class SearchConfig(_Strict):
         if self.strategy == "random" and self.trials is None:
             raise ValueError("random search needs 'trials' (how many settings to sample)")
         return self
-
-
-class DriftConfig(_Strict):
-    """Thresholds of the drift tests; nothing downstream hard-codes one."""
-
-    wasserstein: float = Field(
-        default=0.1, gt=0, description="Wasserstein distance / reference std; drift at or above"
-    )
-    psi_moderate: float = Field(default=0.1, gt=0, description="PSI band: moderate from here")
-    psi_major: float = Field(default=0.25, gt=0, description="PSI band: major from here")
-    js: float = Field(
-        default=0.1, gt=0, le=1, description="Jensen-Shannon distance; drift at or above"
-    )
-    p_value: float = Field(
-        default=0.05, gt=0, lt=1, description="KS / chi-square; drift at or below"
-    )
-    small_sample_rows: int = Field(
-        default=1000, ge=1, description="below this many current rows, p-value tests decide"
-    )
-    dataset_drift_share: float = Field(
-        default=0.5, gt=0, le=1, description="share of drifted columns that means data-set drift"
-    )
-    psi_bins: int = Field(default=10, ge=2, le=100)
-    psi_epsilon: float = Field(default=1e-4, gt=0, lt=0.1, description="smoothing of empty bins")
-
-    @model_validator(mode="after")
-    def _ordered_bands(self) -> DriftConfig:
-        if self.psi_major <= self.psi_moderate:
-            raise ValueError("monitoring.drift.psi_major must be above psi_moderate")
-        return self
-
-
-class PerformanceMonitorConfig(_Strict):
-    sigma: float = Field(
-        default=3.0, gt=0, description="flag a window outside reference mean +- sigma * std"
-    )
-    window: str = Field(default="1D", min_length=1, description="pandas offset alias, e.g. 1h, 1D")
-    reference_chunks: int = Field(
-        default=10, ge=2, description="held-out rows are split into this many reference chunks"
-    )
-
-
-class MonitoringConfig(_Strict):
-    log_dir: str = Field(default=PREDICTION_LOG_DIR, min_length=1)
-    experiment: str | None = Field(default=None, description="default: <experiment>-monitoring")
-    chunk_rows: int = Field(default=200_000, ge=1, description="rows read per streaming chunk")
-    drift: DriftConfig = DriftConfig()
-    performance: PerformanceMonitorConfig = PerformanceMonitorConfig()
 
 
 class PipelineConfig(_Strict):

@@ -67,8 +67,8 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from pipeline.config import DriftConfig
 from pipeline.errors import DataValidationError
+from pipeline.monitoring.config import DriftConfig
 from pipeline.monitoring.profile import (
     CategoricalReference,
     NumericReference,

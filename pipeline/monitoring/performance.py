@@ -18,11 +18,11 @@ from typing import Any
 import pandas as pd
 from pandas.api.types import union_categoricals
 
-from pipeline.config import PerformanceMonitorConfig
 from pipeline.contracts import PROBA_PREFIX
 from pipeline.errors import ConfigError
 from pipeline.metrics import metric as metric_info
 from pipeline.metrics import prediction_metrics
+from pipeline.monitoring.config import PerformanceMonitorConfig
 from pipeline.monitoring.profile import PREDICTION, PerformanceReference
 
 logger = logging.getLogger(__name__)

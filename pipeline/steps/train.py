@@ -69,7 +69,10 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
                 data_split,
                 parent_run_id=active.info.run_id,
                 experiment_id=active.info.experiment_id,
-                cv_scoring={m.name: m.scorer for m in metrics.cross_validated(config.task, config.gate.metric)},
+                cv_scoring={
+                    m.name: m.scorer
+                    for m in metrics.cross_validated(config.task, config.gate.metric)
+                },
             )
             model.set_params(**{f"model__{k}": v for k, v in searched.best_params.items()})
             mlflow.log_params(_search_params(searched))

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline.config import DriftConfig
 from pipeline.errors import DataValidationError
+from pipeline.monitoring.config import DriftConfig
 from pipeline.monitoring.drift import DriftAccumulator, DriftReport, detect_drift
 from pipeline.monitoring.profile import PREDICTION, ReferenceProfile, build_reference_profile
 

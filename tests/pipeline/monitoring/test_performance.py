@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from pipeline.config import PerformanceMonitorConfig
 from pipeline.errors import ConfigError
+from pipeline.monitoring.config import PerformanceMonitorConfig
 from pipeline.monitoring.performance import (
     LabelledRows,
     MetricCheck,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DriftConfig
+from pipeline.monitoring.config import DriftConfig
 from pipeline.monitoring.drift import detect_drift
 from pipeline.monitoring.findings import MonitorResult
 from pipeline.monitoring.performance import MetricCheck, PerformanceWindow
