@@ -55,6 +55,13 @@ class DataConfig(_Strict):
     path: str | None = Field(default=None, description="CSV or Parquet, relative to the config")
     target: str
     features: FeaturesConfig = FeaturesConfig()
+    positive_class: str | int | bool | None = Field(
+        default=None,
+        description=(
+            "binary classification: the class precision, recall, average precision, Brier "
+            "score and threshold tuning are about; default: the second of the sorted classes"
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DataConfig:
@@ -80,6 +87,15 @@ class DataConfig(_Strict):
 
 
 class PreprocessingConfig(_Strict):
+    """How raw columns become the estimator's input.
+
+    ``kind: auto`` picks by estimator: tree models (``sklearn.ensemble``, ``sklearn.tree``)
+    get ``tree``: no scaling, categories as ordinal codes, and for ``HistGradientBoosting*``
+    native missing values and native categorical splits. Everything else gets ``linear``:
+    imputation, scaling and one-hot encoding, which linear and distance-based models need.
+    """
+
+    kind: Literal["auto", "linear", "tree"] = "auto"
     numeric_imputation: Literal["mean", "median", "most_frequent", "constant"] = "median"
     categorical_imputation: Literal["most_frequent", "constant"] = "constant"
     scaling: Literal["standard", "minmax", "robust", "none"] = "standard"
@@ -124,9 +140,18 @@ class GateConfig(_Strict):
     min_improvement: float = Field(
         default=0.0, ge=0.0, description="gain over the champion required to replace it"
     )
+    # On by default: a gain whose interval includes 0 is as likely noise as improvement, and
+    # replacing a working champion on noise costs a deployment and gains nothing.
     require_significant_gain: bool = Field(
-        default=False,
+        default=True,
         description="also require the lower confidence bound of the gain to be above 0",
+    )
+    beat_baseline: bool = Field(
+        default=True,
+        description=(
+            "require the lower confidence bound of the gain over a trivial baseline (prior or "
+            "majority class, mean) to be above 0, also for the first model"
+        ),
     )
     bootstrap: BootstrapConfig = BootstrapConfig()
     allow_schema_change: bool = Field(
@@ -136,6 +161,14 @@ class GateConfig(_Strict):
             "(a column removed or retyped, a required column added); by default it is rejected"
         ),
     )
+
+
+class DecisionThresholdConfig(_Strict):
+    """Binary classification: tune the probability threshold of the positive class by
+    cross-validation on the training rows (scikit-learn's ``TunedThresholdClassifierCV``)."""
+
+    optimize: Literal["f1", "balanced_accuracy", "precision", "recall", "accuracy"] = "f1"
+    cv_folds: int | None = Field(default=None, ge=2, le=20, description="default: split.cv_folds")
 
 
 class SearchRange(_Strict):
@@ -201,6 +234,7 @@ class PipelineConfig(_Strict):
     split: SplitConfig = SplitConfig()
     gate: GateConfig
     search: SearchConfig | None = None
+    decision_threshold: DecisionThresholdConfig | None = None
     monitoring: MonitoringConfig = MonitoringConfig()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -224,6 +258,8 @@ class PipelineConfig(_Strict):
                 "split.stratify: true only applies to classification; "
                 "set it to false for a regression task"
             )
+        if self.decision_threshold is not None:
+            _check_threshold_tuning(self)
         estimator = self.estimator.build()
         _check_estimator_fits(self, estimator)
         if self.search is not None:
@@ -291,6 +327,21 @@ class PipelineConfig(_Strict):
             section, key = dotted.split(".", 1)
             raw[section][key] = value
         return _validate(raw, self._base_dir, source=f"overrides {overrides}", name=self._name)
+
+
+def _check_threshold_tuning(config: PipelineConfig) -> None:
+    if config.task != "classification":
+        raise ValueError("decision_threshold applies to classification only; remove it")
+    if config.search is not None:
+        raise ValueError(
+            "decision_threshold and search cannot be combined yet: tune the threshold on the "
+            "searched estimator's parameters in a second config"
+        )
+    if not hasattr(config.estimator.build(), "predict_proba"):
+        raise ValueError(
+            f"decision_threshold needs class probabilities, but "
+            f"'{config.estimator.class_path}' has no predict_proba with these parameters"
+        )
 
 
 def _check_estimator_fits(config: PipelineConfig, estimator: BaseEstimator) -> None:

@@ -2,26 +2,55 @@
 
 Serving loads this exact object, so the transforms applied at prediction time are the ones
 fitted at training time.
+
+Preprocessing fits the estimator (``preprocessing.kind``): linear and distance-based models get
+imputation, scaling and one-hot encoding; tree models get no scaling and ordinal category
+codes, and ``HistGradientBoosting*`` keeps its native handling of missing values and
+categories, which scaling + one-hot would throw away.
+
+Row identity (:func:`row_hashes`) does not depend on dtypes: the same row read from a CSV
+(integers) and from the prediction log (floats) has the same fingerprint, so the gate can prove
+a comparison row was never trained on.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV, train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, RobustScaler, StandardScaler
+from sklearn.preprocessing import (
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    RobustScaler,
+    StandardScaler,
+)
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DataValidationError
 from pipeline.steps.ingest import Dataset
+
+logger = logging.getLogger(__name__)
+
+ROW_IDENTITY_VERSION = 2
+"""Version of :func:`row_hashes`, recorded beside the fingerprints of a run's training rows;
+version 1 hashed values with their dtype (int 3 and float 3.0 differed)."""
+# Under this share of the rarest class, accuracy says little: a model that always answers the
+# majority class scores 1 - share.
+IMBALANCE_SHARE = 0.10
+# HistGradientBoosting takes at most max_bins (255) categories per feature; rarer ones are
+# grouped by the encoder.
+_NATIVE_MAX_CATEGORIES = 255
+_TREE_NAME_PARTS = ("Forest", "Tree", "GradientBoosting", "XGB", "LGBM")
 
 _SCALERS: dict[str, Any] = {
     "standard": StandardScaler(),
@@ -38,14 +67,38 @@ class Split:
     y_test: pd.Series
 
 
-def row_hashes(X: pd.DataFrame, y: pd.Series, columns: list[str]) -> np.ndarray:
-    """One 64-bit fingerprint per row over `columns` (sorted) and the target."""
-    frame = X[columns].assign(__target__=y.to_numpy())
+def row_hashes(
+    X: pd.DataFrame, y: pd.Series, columns: list[str], *, version: int = ROW_IDENTITY_VERSION
+) -> np.ndarray:
+    """One 64-bit fingerprint per row over `columns` and the target.
+
+    Numbers are hashed as float64 (an integer column read back as floats keeps its
+    fingerprints), everything else as text, every missing value alike. ``version=1`` gives the
+    dtype-dependent fingerprints that runs recorded before, to read their artifacts.
+    """
+    if version == 1:
+        frame = X[columns].assign(__target__=y.to_numpy())
+    else:
+        frame = pd.DataFrame({c: _canonical(X[c]) for c in columns}, index=X.index)
+        frame["__target__"] = _canonical(pd.Series(y.to_numpy(), index=X.index))
     return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
 
 
+def _canonical(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        values = column.astype("float64")
+        # One NaN and one zero: -0.0 == 0.0, and NaN payloads differ between sources.
+        return (values + 0.0).where(values.notna(), np.nan)
+    values = column.astype(object)
+    return values.where(values.notna(), None).map(lambda v: v if v is None else str(v))
+
+
 def split(config: PipelineConfig, dataset: Dataset) -> Split:
-    """Deterministic held-out split: the same config and data always give the same rows."""
+    """Deterministic held-out split: the same config and data always give the same rows.
+
+    A held-out row identical (features and label) to a training row is moved to the training
+    side: scoring a model on a copy of a row it trained on is not held-out evidence.
+    """
     _check_feasible(config, dataset)
     stratify = dataset.y if config.stratified else None
     X_train, X_test, y_train, y_test = train_test_split(
@@ -55,9 +108,71 @@ def split(config: PipelineConfig, dataset: Dataset) -> Split:
         random_state=config.split.seed,
         stratify=stratify,
     )
-    result = Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
+    result = _without_copies_of_training_rows(
+        Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
+    )
     _check_cross_validation(config, result)
     return result
+
+
+def _without_copies_of_training_rows(data_split: Split) -> Split:
+    columns = sorted(str(c) for c in data_split.X_train.columns)
+    seen = row_hashes(data_split.X_train, data_split.y_train, columns)
+    copies = np.isin(row_hashes(data_split.X_test, data_split.y_test, columns), seen)
+    if not copies.any():
+        return data_split
+    kept = int((~copies).sum())
+    if kept < 2:
+        raise DataValidationError(
+            f"{kept} of {len(copies)} held-out rows are not exact copies of training rows; "
+            "remove the duplicate rows from the data or use a larger split.test_size"
+        )
+    logger.info(
+        "%d held-out rows are exact copies of training rows: they train, and do not score",
+        int(copies.sum()),
+    )
+    return Split(
+        X_train=pd.concat([data_split.X_train, data_split.X_test[copies]]),
+        X_test=data_split.X_test[~copies],
+        y_train=pd.concat([data_split.y_train, data_split.y_test[copies]]),
+        y_test=data_split.y_test[~copies],
+    )
+
+
+def imbalance_warning(config: PipelineConfig, y: pd.Series) -> str | None:
+    """Why the gate metric may mislead on these labels, or None: accuracy with a rare class."""
+    if config.task != "classification" or config.gate_metric.name != "accuracy":
+        return None
+    shares = y.value_counts(normalize=True)
+    if len(shares) < 2 or shares.min() >= IMBALANCE_SHARE:
+        return None
+    return (
+        f"class {shares.idxmin()!r} is {shares.min():.1%} of the rows: a model that always "
+        f"answers {shares.idxmax()!r} scores accuracy {shares.max():.3f}. Gate on test_roc_auc, "
+        "test_f1_macro or test_log_loss instead (the baseline check still guards accuracy)"
+    )
+
+
+def positive_class(config: PipelineConfig, classes: list[Any]) -> Any:
+    """The class binary metrics and threshold tuning are about (``data.positive_class``)."""
+    wanted = config.data.positive_class
+    if wanted is None:
+        return classes[-1]
+    for label in classes:
+        if label == wanted or str(label) == str(wanted):
+            return label
+    raise DataValidationError(
+        f"data.positive_class {wanted!r} is not a class of target '{config.data.target}'; "
+        f"classes: {', '.join(map(str, classes))}"
+    )
+
+
+def preprocessing_kind(config: PipelineConfig) -> Literal["linear", "tree"]:
+    """``preprocessing.kind``, with ``auto`` resolved by the estimator's class."""
+    if config.preprocessing.kind != "auto":
+        return config.preprocessing.kind
+    class_name = config.estimator.class_path.rpartition(".")[2]
+    return "tree" if any(part in class_name for part in _TREE_NAME_PARTS) else "linear"
 
 
 def _check_feasible(config: PipelineConfig, dataset: Dataset) -> None:
@@ -97,40 +212,132 @@ def _check_cross_validation(config: PipelineConfig, data_split: Split) -> None:
 
 
 def build_model(config: PipelineConfig, dataset: Dataset) -> Pipeline:
-    """An unfitted Pipeline: imputation, scaling and one-hot encoding, then the estimator."""
-    prep = config.preprocessing
-    transformers = []
-    if dataset.numeric_features:
-        numeric_steps: list[tuple[str, Any]] = [
-            ("impute", SimpleImputer(strategy=prep.numeric_imputation, fill_value=0.0))
-        ]
-        if prep.scaling != "none":
-            numeric_steps.append(("scale", clone(_SCALERS[prep.scaling])))
-        transformers.append(("numeric", Pipeline(numeric_steps), list(dataset.numeric_features)))
-    if dataset.categorical_features:
-        categorical = Pipeline(
-            [
-                (
-                    "impute",
-                    SimpleImputer(strategy=prep.categorical_imputation, fill_value="missing"),
-                ),
-                (
-                    "one_hot",
-                    OneHotEncoder(
-                        handle_unknown="ignore",
-                        sparse_output=False,
-                        max_categories=prep.one_hot_max_categories,
-                    ),
-                ),
-            ]
-        )
-        transformers.append(("categorical", categorical, list(dataset.categorical_features)))
+    """An unfitted Pipeline: preprocessing chosen for the estimator, then the estimator (wrapped
+    in a threshold tuner when ``decision_threshold`` is set)."""
+    kind = preprocessing_kind(config)
     estimator = config.estimator.build()
     if "random_state" in estimator.get_params() and estimator.get_params()["random_state"] is None:
         estimator.set_params(random_state=config.split.seed)
+    native = kind == "tree" and _has_native_categories(estimator)
+    transformers = []
+    if dataset.numeric_features:
+        transformers.append(
+            ("numeric", _numeric_steps(config, kind, native), list(dataset.numeric_features))
+        )
+    if dataset.categorical_features:
+        transformers.append(
+            (
+                "categorical",
+                _categorical_steps(config, kind, native),
+                list(dataset.categorical_features),
+            )
+        )
+    if native and "categorical_features" not in config.estimator.params:
+        # The ColumnTransformer puts numeric columns first: the rest are category codes.
+        mask = [False] * len(dataset.numeric_features) + [True] * len(dataset.categorical_features)
+        estimator.set_params(categorical_features=mask if any(mask) else None)
+    final: Any = estimator
+    if config.decision_threshold is not None:
+        final = _threshold_tuner(config, dataset, estimator)
     return Pipeline(
         [
             ("preprocess", ColumnTransformer(transformers, remainder="drop")),
-            ("model", estimator),
+            ("model", final),
         ]
+    )
+
+
+def estimator_of(model: Pipeline) -> Any:
+    """The configured estimator inside the model, unwrapped from a threshold tuner."""
+    final = model.named_steps["model"]
+    if isinstance(final, TunedThresholdClassifierCV):
+        return getattr(final, "estimator_", final.estimator)
+    return final
+
+
+def decision_threshold(model: Pipeline) -> float | None:
+    """The tuned probability threshold of the positive class, or None (argmax, i.e. 0.5)."""
+    final = model.named_steps["model"]
+    threshold = getattr(final, "best_threshold_", None)
+    return None if threshold is None else float(threshold)
+
+
+def _has_native_categories(estimator: Any) -> bool:
+    return "categorical_features" in estimator.get_params()
+
+
+def _numeric_steps(config: PipelineConfig, kind: str, native: bool) -> Any:
+    prep = config.preprocessing
+    if native:
+        return "passthrough"  # HistGradientBoosting splits on missing values itself
+    steps: list[tuple[str, Any]] = [
+        ("impute", SimpleImputer(strategy=prep.numeric_imputation, fill_value=0.0))
+    ]
+    if kind == "linear" and prep.scaling != "none":
+        steps.append(("scale", clone(_SCALERS[prep.scaling])))
+    return Pipeline(steps)
+
+
+def _categorical_steps(config: PipelineConfig, kind: str, native: bool) -> Pipeline:
+    prep = config.preprocessing
+    if native:
+        # Missing and unseen categories become NaN, which HistGradientBoosting treats as
+        # missing rather than as one more category.
+        encoder = OrdinalEncoder(
+            handle_unknown="use_encoded_value",
+            unknown_value=np.nan,
+            encoded_missing_value=np.nan,
+            max_categories=prep.one_hot_max_categories or _NATIVE_MAX_CATEGORIES,
+        )
+        return Pipeline([("ordinal", encoder)])
+    impute = SimpleImputer(strategy=prep.categorical_imputation, fill_value="missing")
+    if kind == "tree":
+        ordinal = OrdinalEncoder(
+            handle_unknown="use_encoded_value",
+            unknown_value=-1,
+            max_categories=prep.one_hot_max_categories,
+        )
+        return Pipeline([("impute", impute), ("ordinal", ordinal)])
+    one_hot = OneHotEncoder(
+        handle_unknown="ignore", sparse_output=False, max_categories=prep.one_hot_max_categories
+    )
+    return Pipeline([("impute", impute), ("one_hot", one_hot)])
+
+
+def _threshold_scorer(objective: str, positive: Any) -> Any:
+    """The tuner's objective. f1, precision and recall are about the positive class, so their
+    scorer carries ``pos_label`` (the named scorers assume the class 1), and the threshold is
+    on that class's probability. Accuracy and balanced accuracy are symmetric: scikit-learn's
+    named scorer, threshold on the probability of ``classes_[1]``. Only scikit-learn objects
+    here: the tuner is saved in the model, and skops loads only trusted types."""
+    from sklearn import metrics as skm
+
+    about_positive = {
+        "f1": skm.f1_score,
+        "precision": skm.precision_score,
+        "recall": skm.recall_score,
+    }
+    if objective in about_positive:
+        return skm.make_scorer(about_positive[objective], pos_label=positive, zero_division=0)
+    return objective
+
+
+def _threshold_tuner(
+    config: PipelineConfig, dataset: Dataset, estimator: Any
+) -> TunedThresholdClassifierCV:
+    tuning = config.decision_threshold
+    assert tuning is not None
+    classes = np.unique(dataset.y.to_numpy()).tolist()  # sorted as scikit-learn's classes_
+    if len(classes) != 2:
+        raise DataValidationError(
+            f"decision_threshold needs a binary target; '{config.data.target}' has "
+            f"{len(classes)} classes: remove decision_threshold"
+        )
+    folds = tuning.cv_folds or config.split.cv_folds
+    positive = positive_class(config, classes)
+    return TunedThresholdClassifierCV(
+        estimator,
+        scoring=_threshold_scorer(tuning.optimize, positive),
+        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.split.seed),
+        random_state=config.split.seed,
     )

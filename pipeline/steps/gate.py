@@ -1,9 +1,15 @@
-"""Gate: promote the candidate only if it is good enough and better than the champion.
+"""Gate: promote the candidate only if it is good enough, better than a trivial baseline and
+better than the champion.
 
-Both sides are scored with the same metric function on the same rows: the candidate's
-held-out rows that the champion never trained on either. Without that restriction a
-champion trained on another split (or on older data the new data contains) would be scored
-partly on its own training rows, and the gate would favour it.
+Every model compared is scored with the same metric function on the same rows: the
+candidate's held-out rows that no model compared ever trained on. Row identity does not depend
+on dtypes (``features.row_hashes``), so a champion trained on a CSV of integers is recognised
+in a retrain's data read back as floats. Without that restriction a champion trained on another
+split (or on older data the new data contains) would be scored partly on its own training
+rows, and the gate would favour it.
+
+The baseline (``baseline.py``) is what a model that ignores the features scores; the gain over
+it and over the champion each get a paired bootstrap interval.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
+from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts, model_io
@@ -26,7 +33,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.failpoints import failpoint
 from pipeline.registry import production, schema, transaction
-from pipeline.steps import bootstrap, evaluate, features
+from pipeline.steps import baseline, bootstrap, evaluate, features
 from pipeline.steps.features import Split
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,13 @@ class GateDecision:
     ci_upper: float | None = None
     ci_level: float | None = None
     resamples: int | None = None
+    candidate_compared: float | None = None
+    """The candidate's score on the comparison rows (``candidate_value`` is on all its
+    held-out rows)."""
+    baseline_value: float | None = None
+    """The trivial baseline's score on the comparison rows."""
+    baseline_ci_lower: float | None = None
+    baseline_ci_upper: float | None = None
 
     @property
     def promoted(self) -> bool:
@@ -64,11 +78,15 @@ class GateDecision:
 
 @dataclass(frozen=True)
 class _Comparison:
+    """The candidate against one other model (the champion, or the baseline in `champion`)."""
+
     candidate: float | None
     champion: float | None
     rows: int
     problem: str | None
     interval: bootstrap.GainInterval | None = None
+    mask: np.ndarray | None = None
+    """Held-out rows the other model never trained on."""
 
 
 def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split) -> GateDecision:
@@ -145,17 +163,19 @@ def _judge(
         _version_of(champion),
         allow_schema_change=config.gate.allow_schema_change,
     )
-    comparison = (
-        _compare(config, client, champion, model, data_split)
-        if champion is not None and schema_problem is None
-        else None
-    )
+    rows = _unseen_by(data_split, data_split.X_train, data_split.y_train)
+    comparison = None
+    if champion is not None and schema_problem is None:
+        comparison = _compare(config, champion, model, data_split, rows)
+        rows = rows & comparison.mask if comparison.mask is not None else rows
+    versus_baseline = _versus_baseline(config, model, data_split, rows)
     passed, reason = (
         (False, schema_problem)
         if schema_problem is not None
-        else _decide(config, held_out[metric], champion, comparison)
+        else _decide(config, held_out[metric], champion, comparison, versus_baseline)
     )
     interval = comparison.interval if comparison else None
+    over_baseline = versus_baseline.interval
     return GateDecision(
         name=config.registered_model,
         version=version,
@@ -165,13 +185,17 @@ def _judge(
         candidate_value=held_out[metric],
         champion_version=_version_of(champion),
         champion_value=comparison.champion if comparison else None,
-        comparison_rows=comparison.rows if comparison else len(data_split.y_test),
+        comparison_rows=comparison.rows if comparison else versus_baseline.rows,
         rule=describe_rule(config),
         gain=interval.gain if interval else None,
         ci_lower=interval.lower if interval else None,
         ci_upper=interval.upper if interval else None,
-        ci_level=interval.level if interval else None,
+        ci_level=interval.level if interval else over_baseline.level if over_baseline else None,
         resamples=interval.resamples if interval else None,
+        candidate_compared=comparison.candidate if comparison else versus_baseline.candidate,
+        baseline_value=versus_baseline.champion,
+        baseline_ci_lower=over_baseline.lower if over_baseline else None,
+        baseline_ci_upper=over_baseline.upper if over_baseline else None,
     )
 
 
@@ -228,6 +252,10 @@ def recorded_decision(config: PipelineConfig, version: ModelVersion) -> GateDeci
         ci_upper=number("gate.ci_upper"),
         ci_level=number("gate.ci_level"),
         resamples=None if "gate.resamples" not in tags else int(tags["gate.resamples"]),
+        candidate_compared=number("gate.candidate_compared_value"),
+        baseline_value=number("gate.baseline_value"),
+        baseline_ci_lower=number("gate.baseline_ci_lower"),
+        baseline_ci_upper=number("gate.baseline_ci_upper"),
     )
 
 
@@ -238,51 +266,86 @@ def describe_rule(config: PipelineConfig) -> str:
     parts = [f"{gate.metric} ({direction})"]
     if gate.threshold is not None:
         parts.append(f"must reach {gate.threshold:g}")
+    level = f"{gate.bootstrap.confidence:.0%}"
+    if gate.beat_baseline:
+        parts.append(f"must beat the trivial baseline (lower {level} confidence bound above 0)")
     parts.append(f"must beat the champion by more than 0 and by at least {gate.min_improvement:g}")
     if gate.require_significant_gain:
-        level = f"{gate.bootstrap.confidence:.0%}"
         parts.append(f"the lower {level} confidence bound of the gain must be above 0")
     return "; ".join(parts)
 
 
 def _compare(
     config: PipelineConfig,
-    client: MlflowClient,
     champion: ModelVersion,
     model: Pipeline,
     data_split: Split,
+    unseen_by_candidate: np.ndarray,
 ) -> _Comparison:
-    metric = config.gate.metric
     try:
         champion_model = model_io.load_model(f"models:/{champion.name}/{champion.version}")
     except PipelineError as exc:
         return _Comparison(None, None, 0, f"it could not be loaded ({exc})")
-    unseen = _unseen_by(champion.run_id, data_split)
-    X, y = data_split.X_test[unseen], data_split.y_test[unseen]
-    rows = int(unseen.sum())
+    mask = unseen_by_candidate & _recorded_unseen_by(champion.run_id, data_split)
+    X, y = data_split.X_test[mask], data_split.y_test[mask]
+    rows = int(mask.sum())
     if rows < MIN_COMPARISON_ROWS or (config.task == "classification" and y.nunique() < 2):
         return _Comparison(
-            None, None, rows, f"only {rows} held-out rows were unseen by it in training"
+            None,
+            None,
+            rows,
+            f"only {rows} held-out rows were unseen by both in training",
+            mask=mask,
         )
     try:
-        champion_scores = evaluate.score(config, champion_model, X, y)
+        evaluate.score(config, champion_model, X, y)
     except (ValueError, KeyError, TypeError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         logger.warning("Champion v%s cannot score these rows: %s", champion.version, first_line)
-        return _Comparison(None, None, rows, f"it cannot score these rows ({first_line})")
-    candidate_scores = evaluate.score(config, model, X, y)
-    if metric not in champion_scores or metric not in candidate_scores:
-        return _Comparison(None, None, rows, f"'{metric}' cannot be computed on these rows")
+        return _Comparison(
+            None, None, rows, f"it cannot score these rows ({first_line})", mask=mask
+        )
+    return _paired(config, model, champion_model, X, y, mask)
+
+
+def _versus_baseline(
+    config: PipelineConfig, model: Pipeline, data_split: Split, mask: np.ndarray
+) -> _Comparison:
+    """The candidate against the trivial baseline on the comparison rows."""
+    trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
+    X, y = data_split.X_test[mask], data_split.y_test[mask]
+    rows = int(mask.sum())
+    if rows < MIN_COMPARISON_ROWS or (config.task == "classification" and y.nunique() < 2):
+        return _Comparison(None, None, rows, f"only {rows} comparison rows", mask=mask)
+    return _paired(config, model, trivial.model, X, y, mask)
+
+
+def _paired(
+    config: PipelineConfig,
+    model: Pipeline,
+    other: Pipeline | BaseEstimator,
+    X: pd.DataFrame,
+    y: pd.Series,
+    mask: np.ndarray,
+) -> _Comparison:
+    """Both models' scores on the same rows, and the paired interval of the candidate's gain."""
+    metric = config.gate.metric
+    theirs = evaluate.score(config, other, X, y)
+    ours = evaluate.score(config, model, X, y)
+    if metric not in theirs or metric not in ours:
+        return _Comparison(
+            None, None, len(y), f"'{metric}' cannot be computed on these rows", mask=mask
+        )
     X_boot, y_boot = _bootstrap_rows(X, y, config.gate.bootstrap.seed)
     interval = bootstrap.paired_gain_interval(
         metric,
         y_boot,
         challenger=bootstrap.Predictions.of(model, X_boot, metric),
-        champion=bootstrap.Predictions.of(champion_model, X_boot, metric),
+        champion=bootstrap.Predictions.of(other, X_boot, metric),
         settings=config.gate.bootstrap,
         lower_is_better=config.gate_lower_is_better(),
     )
-    return _Comparison(candidate_scores[metric], champion_scores[metric], rows, None, interval)
+    return _Comparison(ours[metric], theirs[metric], len(y), None, interval, mask)
 
 
 def _bootstrap_rows(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -294,8 +357,18 @@ def _bootstrap_rows(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFr
     return X.iloc[chosen], y.iloc[chosen]
 
 
-def _unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
-    """Mask of held-out rows absent from the run's training rows (all, if unrecorded)."""
+def _unseen_by(data_split: Split, X_seen: pd.DataFrame, y_seen: pd.Series) -> np.ndarray:
+    """Mask of held-out rows that are not copies of the rows (`X_seen`, `y_seen`)."""
+    columns = sorted(str(c) for c in data_split.X_test.columns)
+    seen = features.row_hashes(X_seen, y_seen, columns)
+    return ~np.isin(features.row_hashes(data_split.X_test, data_split.y_test, columns), seen)
+
+
+def _recorded_unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
+    """Mask of held-out rows absent from the run's recorded training rows (all, if unrecorded).
+
+    Runs recorded dtype-dependent fingerprints before row identity version 2 and do not say
+    which version they wrote: a row matching either version counts as seen."""
     everything = np.ones(len(data_split.y_test), dtype=bool)
     if not run_id:
         return everything
@@ -314,8 +387,10 @@ def _unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
             seen = recorded["hashes"]
     if not set(columns) <= set(data_split.X_test.columns):
         return everything
-    candidate = features.row_hashes(data_split.X_test, data_split.y_test, columns)
-    return ~np.isin(candidate, seen)
+    X, y = data_split.X_test, data_split.y_test
+    current = np.isin(features.row_hashes(X, y, columns), seen)
+    legacy = np.isin(features.row_hashes(X, y, columns, version=1), seen)
+    return ~(current | legacy)
 
 
 def _decide(
@@ -323,21 +398,51 @@ def _decide(
     candidate: float,
     champion: ModelVersion | None,
     comparison: _Comparison | None,
+    versus_baseline: _Comparison,
 ) -> tuple[bool, str]:
-    """(passed, reason): the threshold first, then the first-model rule, then the champion."""
+    """(passed, reason): the threshold, the baseline, then the first-model rule or the champion."""
     below = _below_threshold(config, candidate)
     if below is not None:
         return False, below
+    trivial = _against_baseline(config, versus_baseline)
+    if trivial is not None:
+        return False, trivial
     if champion is None or comparison is None:
         threshold = config.gate.threshold
         bar = "" if threshold is None else f", meets threshold {threshold:.4f}"
-        return True, f"first model: no champion yet; {config.gate.metric} {candidate:.4f}{bar}"
+        return True, (
+            f"first model: no champion yet; {config.gate.metric} {candidate:.4f}{bar}"
+            f"{_baseline_evidence(versus_baseline)}"
+        )
     if comparison.problem is not None or comparison.candidate is None:
         return False, (
             f"cannot compare with champion v{champion.version}: {comparison.problem}; "
             "promote by hand with `python -m pipeline promote` if intended"
         )
     return _against_champion(config, str(champion.version), comparison)
+
+
+def _against_baseline(config: PipelineConfig, versus: _Comparison) -> str | None:
+    """Why the candidate is no better than a model that ignores the features, or None."""
+    if not config.gate.beat_baseline:
+        return None
+    if versus.interval is None or versus.candidate is None or versus.champion is None:
+        return (
+            f"cannot show it beats the trivial baseline: {versus.problem}; add held-out rows, "
+            "or set gate.beat_baseline: false"
+        )
+    if versus.interval.lower > 0:
+        return None
+    return (
+        f"not better than the trivial baseline: {config.gate.metric} {versus.candidate:.4f} vs "
+        f"baseline {versus.champion:.4f}; gain {versus.interval.describe()}"
+    )
+
+
+def _baseline_evidence(versus: _Comparison) -> str:
+    if versus.interval is None or versus.champion is None:
+        return ""
+    return f"; beats the trivial baseline ({versus.champion:.4f}) by {versus.interval.describe()}"
 
 
 def _below_threshold(config: PipelineConfig, candidate: float) -> str | None:
@@ -400,6 +505,13 @@ def _tags(decision: GateDecision) -> dict[str, str]:
         "gate.comparison_rows": str(decision.comparison_rows),
         "gate.rule": decision.rule,
     }
+    optional = {
+        "gate.candidate_compared_value": decision.candidate_compared,
+        "gate.baseline_value": decision.baseline_value,
+        "gate.baseline_ci_lower": decision.baseline_ci_lower,
+        "gate.baseline_ci_upper": decision.baseline_ci_upper,
+    }
+    tags.update({key: f"{value:.6g}" for key, value in optional.items() if value is not None})
     if decision.gain is not None:
         tags["gate.diff"] = f"{decision.gain:.6g}"
     if decision.ci_lower is not None and decision.ci_upper is not None:

@@ -5,18 +5,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+import yaml
 from sklearn.compose import ColumnTransformer
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from pipeline.config import load_config
+from pipeline.config import PipelineConfig, load_config
+from pipeline.contracts import refused_types
+from pipeline.errors import DataValidationError
 from pipeline.steps import features, ingest
-from tests.pipeline.factories import fitted, shipped_config
+from tests.pipeline.factories import CONFIGS, fitted, iris_csv, shipped_config
 
 
-def test_the_model_is_one_pipeline_of_preprocessing_and_the_configured_estimator() -> None:
-    config = shipped_config("customers")
-    dataset = ingest.run(config)
-    model = features.build_model(config, dataset)
+def test_a_linear_model_gets_imputation_scaling_and_one_hot_encoding(
+    write_config: Callable[..., Path],
+) -> None:
+    config = _customers_with("sklearn.linear_model.LogisticRegression", write_config)
+    model = features.build_model(config, ingest.run(config))
     assert list(model.named_steps) == ["preprocess", "model"]
     preprocess = model.named_steps["preprocess"]
     assert isinstance(preprocess, ColumnTransformer)
@@ -25,7 +32,53 @@ def test_the_model_is_one_pipeline_of_preprocessing_and_the_configured_estimator
     encoder = categorical[1].named_steps["one_hot"]
     assert isinstance(encoder, OneHotEncoder)
     assert encoder.handle_unknown == "ignore"
-    assert model.named_steps["model"].get_params()["random_state"] == config.split.seed
+
+
+def test_hist_gradient_boosting_keeps_its_native_missing_values_and_categories() -> None:
+    config = shipped_config("customers")
+    dataset = ingest.run(config)
+    model = features.build_model(config, dataset)
+    numeric, categorical = model.named_steps["preprocess"].transformers[:2]
+    assert numeric[1] == "passthrough"
+    assert isinstance(categorical[1].named_steps["ordinal"], OrdinalEncoder)
+    estimator = model.named_steps["model"]
+    assert estimator.get_params()["random_state"] == config.split.seed
+    mask = estimator.get_params()["categorical_features"]
+    assert mask == [False] * len(dataset.numeric_features) + [True] * len(
+        dataset.categorical_features
+    )
+    data_split = features.split(config, dataset)
+    model.fit(data_split.X_train, data_split.y_train)
+    assert model.named_steps["model"].is_categorical_.sum() == len(dataset.categorical_features)
+
+
+def test_other_tree_models_get_ordinal_codes_and_no_scaling(
+    write_config: Callable[..., Path],
+) -> None:
+    config = _customers_with("sklearn.ensemble.RandomForestClassifier", write_config)
+    model = features.build_model(config, ingest.run(config))
+    numeric, categorical = model.named_steps["preprocess"].transformers[:2]
+    assert list(numeric[1].named_steps) == ["impute"]
+    assert list(categorical[1].named_steps) == ["impute", "ordinal"]
+
+
+def test_the_preprocessing_kind_can_be_forced(write_config: Callable[..., Path]) -> None:
+    config = _customers_with(
+        "sklearn.ensemble.RandomForestClassifier", write_config, preprocessing={"kind": "linear"}
+    )
+    assert features.preprocessing_kind(config) == "linear"
+    numeric = features.build_model(config, ingest.run(config)).named_steps["preprocess"]
+    assert "scale" in numeric.transformers[0][1].named_steps
+
+
+def _customers_with(
+    class_path: str, write_config: Callable[..., Path], **sections: Any
+) -> PipelineConfig:
+    raw = yaml.safe_load((CONFIGS / "customers.yaml").read_text())
+    raw["data"]["path"] = str((CONFIGS / raw["data"]["path"]).resolve())
+    raw["estimator"] = {"class_path": class_path, "params": {"random_state": 0}}
+    raw.update(sections)
+    return load_config(write_config(raw))
 
 
 def test_unknown_categories_and_gaps_at_prediction_time_are_handled() -> None:
@@ -58,3 +111,95 @@ def test_row_hashes_change_with_any_value_of_a_row() -> None:
     changed = dataset.X.copy()
     changed.iloc[0, 0] += 0.1
     assert (features.row_hashes(changed, dataset.y, columns) != hashes).sum() == 1
+
+
+def test_row_hashes_do_not_depend_on_the_dtype_of_a_column() -> None:
+    X = pd.DataFrame({"year": [2007, 2010], "kind": ["a", None]})
+    as_floats = X.assign(year=X["year"].astype(float))
+    y = pd.Series([1, 0])
+    columns = ["kind", "year"]
+    assert (
+        features.row_hashes(X, y, columns)
+        == features.row_hashes(as_floats, y.astype(float), columns)
+    ).all()
+    old = features.row_hashes(X, y, columns, version=1)
+    assert (old != features.row_hashes(as_floats, y, columns, version=1)).all()
+
+
+def test_a_held_out_copy_of_a_training_row_is_moved_to_the_training_side(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> None:
+    # Every flower twice: a random split puts one copy of many of them on each side.
+    csv = tmp_path / "iris_twice.csv"
+    text = iris_csv("species")
+    csv.write_text(text + text.split("\n", 1)[1])
+    config = load_config(write_config(iris_config(data={"path": str(csv), "target": "species"})))
+    data_split = features.split(config, ingest.run(config))
+    columns = sorted(data_split.X_train.columns)
+    seen = features.row_hashes(data_split.X_train, data_split.y_train, columns)
+    held_out = features.row_hashes(data_split.X_test, data_split.y_test, columns)
+    assert not np.isin(held_out, seen).any()
+    assert len(data_split.y_test) + len(data_split.y_train) == 300
+    assert 0 < len(data_split.y_test) < 90
+
+
+def test_accuracy_on_a_rare_class_is_warned_about_naming_better_metrics(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(write_config(iris_config(gate={"metric": "test_accuracy"})))
+    y = pd.Series(["ok"] * 96 + ["fraud"] * 4)
+    warning = features.imbalance_warning(config, y)
+    assert warning is not None
+    assert "'fraud' is 4.0% of the rows" in warning and "accuracy 0.960" in warning
+    assert "test_roc_auc" in warning
+    assert features.imbalance_warning(config, pd.Series(["a", "b"] * 50)) is None
+
+
+def test_an_unknown_positive_class_names_the_classes(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    raw = iris_config()
+    raw["data"]["positive_class"] = "rose"
+    config = load_config(write_config(raw))
+    with pytest.raises(DataValidationError, match="'rose' is not a class of target 'species'"):
+        features.positive_class(config, ["setosa", "versicolor"])
+    assert features.positive_class(config.with_overrides(), ["a", "rose"]) == "rose"
+
+
+def test_a_tuned_decision_threshold_is_learned_and_used_by_predict(
+    write_config: Callable[..., Path],
+) -> None:
+    config = _customers_with(
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        write_config,
+        decision_threshold={"optimize": "f1"},
+    )
+    trained = fitted(config)
+    threshold = features.decision_threshold(trained.model)
+    assert threshold is not None and 0.0 < threshold < 1.0
+    proba = trained.model.predict_proba(trained.split.X_test)
+    positive = list(trained.model.classes_).index(
+        features.positive_class(config, list(trained.model.classes_))
+    )
+    expected = np.where(
+        proba[:, positive] >= threshold,
+        trained.model.classes_[positive],
+        trained.model.classes_[1 - positive],
+    )
+    assert (trained.model.predict(trained.split.X_test) == expected).all()
+    assert type(features.estimator_of(trained.model)).__name__ == "HistGradientBoostingClassifier"
+
+
+def test_a_model_with_a_tuned_threshold_holds_only_trusted_types(
+    write_config: Callable[..., Path],
+) -> None:
+    config = _customers_with(
+        "sklearn.linear_model.LogisticRegression",
+        write_config,
+        decision_threshold={"optimize": "balanced_accuracy"},
+    )
+    model = fitted(config).model
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    assert refused_types(untrusted) == []
