@@ -23,6 +23,10 @@ GIT_COMMIT = "git.commit"
 GIT_DIRTY = "git.dirty"
 LIBRARIES = "lineage.libraries"
 CACHE_KEY = "cache.key"
+POSITIVE_CLASS = "data.positive_class"
+"""The class binary metrics and the decision threshold are about."""
+IMBALANCE_WARNING = "data.imbalance_warning"
+"""Set when the gate metric (accuracy) says little about a rare class; the card shows it."""
 
 # Tags of a reproduction run
 REPRODUCE_OF_RUN = "reproduce.of_run"

@@ -3,9 +3,10 @@ configured data plus the labelled production rows, and let the gate decide.
 
 The combined data is written as a Parquet file beside the prediction log and becomes the
 challenger's data source, so its run records the hash of exactly what it trained on and
-`reproduce` can rebuild it. The random split puts a share of the recent rows into the
-held-out set; the champion never trained on them, so the gate scores both models on recent
-data the challenger has not seen either.
+`reproduce` can rebuild it. A labelled production row identical (features and label, whatever
+the dtypes) to a configured row or to another production row is dropped: a copy would land on
+both sides of the split. The random split puts a share of the recent rows into the held-out
+set; the gate scores both models only on held-out rows neither trained on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DataValidationError
 from pipeline.monitoring import monitor
 from pipeline.monitoring.prediction_log import PredictionLog
-from pipeline.steps import flow, ingest
+from pipeline.steps import features, flow, ingest
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +84,21 @@ def run(
             pipeline=None,
         )
     configured = dataset.frame[[*dataset.features, dataset.target]]
-    data_path = _write_training_data(config, pd.concat([configured, recent], ignore_index=True))
+    combined = without_copies(pd.concat([configured, recent], ignore_index=True), dataset)
+    copies = dataset.rows + len(recent) - len(combined)
+    data_path = _write_training_data(config, combined)
     logger.info(
-        "Retraining %s (%s) on %d configured + %d labelled production rows from %s",
+        "Retraining %s (%s) on %d configured + %d labelled production rows (%d copies of "
+        "rows already there dropped) from %s",
         config.registered_model,
         reason,
         dataset.rows,
-        len(recent),
+        len(recent) - copies,
+        copies,
         data_path,
     )
     result = flow.run_all(config.with_data_file(data_path, name=f"{config.name}-retrain"))
-    _record_why(result, reason, checked.run_id if checked else None, len(recent))
+    _record_why(result, reason, checked.run_id if checked else None, len(recent), copies)
     return RetrainResult(
         status="retrained",
         reason=reason,
@@ -153,6 +158,13 @@ def labelled_production_rows(
     return recent
 
 
+def without_copies(frame: pd.DataFrame, dataset: ingest.Dataset) -> pd.DataFrame:
+    """`frame` without rows identical (features and target, dtype aside) to an earlier row."""
+    columns = sorted(dataset.features)
+    hashes = features.row_hashes(frame[columns], frame[dataset.target], columns)
+    return frame[~pd.Series(hashes).duplicated().to_numpy()].reset_index(drop=True)
+
+
 def _write_training_data(config: PipelineConfig, frame: pd.DataFrame) -> Path:
     directory = Path(config.monitoring.log_dir) / config.registered_model / TRAINING_DIR
     directory.mkdir(parents=True, exist_ok=True)
@@ -165,13 +177,18 @@ def _write_training_data(config: PipelineConfig, frame: pd.DataFrame) -> Path:
 
 
 def _record_why(
-    result: flow.PipelineResult, reason: str, monitor_run_id: str | None, recent_rows: int
+    result: flow.PipelineResult,
+    reason: str,
+    monitor_run_id: str | None,
+    recent_rows: int,
+    copies: int,
 ) -> None:
     client = MlflowClient()
     tags = {
         "retrain.trigger": reason,
         "retrain.monitor_run": monitor_run_id or "none",
         "retrain.production_rows": str(recent_rows),
+        "retrain.copies_dropped": str(copies),
     }
     for key, value in tags.items():
         client.set_tag(result.run_id, key, value)

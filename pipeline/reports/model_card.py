@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import artifacts, metrics
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import production
 from pipeline.reports.render import render
 
@@ -62,8 +62,11 @@ _PLOT_TITLES = {
     "roc_curve.png": "ROC curve",
     "precision_recall_curve.png": "Precision-recall curve",
     "residuals.png": "Residuals vs predicted",
-    "feature_importance.png": "Feature importance",
+    "reliability_curve.png": "Reliability (calibration) curve",
+    "feature_importance.png": "Permutation importance",
 }
+# The address `make ui` serves the MLflow UI at: a local store has no address of its own.
+LOCAL_UI_URL = "http://127.0.0.1:5000"
 _TARGET_STATISTICS = ("mean", "std", "min", "max")
 _N = TypeVar("_N", int, float)
 
@@ -113,6 +116,11 @@ class GateSection:
     resamples: int | None
     rule: str | None
     comparison_rows: int | None
+    challenger_compared: float | None = None  # this version on the compared rows
+    baseline_value: float | None = None  # the trivial baseline on the compared rows
+    baseline_ci_lower: float | None = None
+    baseline_ci_upper: float | None = None
+    champion_own: float | None = None  # the champion on its own held-out rows, when trained
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,8 @@ class Lineage:
     git_dirty: str | None
     config_hash: str | None
     libraries: Mapping[str, str] | None
-    run_link: str  # MLflow UI address of the run (a path when the store is local)
+    run_link: str  # MLflow UI address of the run
+    code_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,9 +151,13 @@ class ModelCardInput:
     config_yaml: str | None
     metrics: Mapping[str, float]  # held-out test_* metrics
     cv_metrics: Mapping[str, float]
+    baseline_metrics: Mapping[str, float]  # baseline_test_*: the trivial model, same rows
     plots: tuple[Plot, ...]
     gate: GateSection | None
     lineage: Lineage
+    positive_class: str | None = None
+    decision_threshold: str | None = None
+    warning: str | None = None  # e.g. accuracy as the gate metric of a rare class
 
     @property
     def card_dir(self) -> str:
@@ -215,8 +228,14 @@ def build_model_card_input(client: MlflowClient, name: str, version: str) -> Mod
         config_yaml=_artifact_text(client, run_id, artifacts.RESOLVED_CONFIG),
         metrics=dict(sorted(metrics.held_out(run_metrics).items())),
         cv_metrics={k: v for k, v in sorted(run_metrics.items()) if k.startswith("cv_")},
+        baseline_metrics={
+            k: v for k, v in sorted(run_metrics.items()) if k.startswith("baseline_")
+        },
         plots=_plots(client, run_id),
-        gate=_gate_section(version_tags),
+        gate=_gate_section(client, name, version_tags),
+        positive_class=tags.get(artifacts.POSITIVE_CLASS),
+        decision_threshold=params.get("decision_threshold"),
+        warning=tags.get(artifacts.IMBALANCE_WARNING),
         lineage=Lineage(
             data_hash=data.data_hash,
             data_source=data.source,
@@ -225,6 +244,7 @@ def build_model_card_input(client: MlflowClient, name: str, version: str) -> Mod
             config_hash=tags.get("config.hash") or version_tags.get("config.hash"),
             libraries=_string_mapping(_json_tag(tags, LIBRARIES_TAG)),
             run_link=_run_link(client, run),
+            code_hash=tags.get(artifacts.CODE_HASH),
         ),
     )
 
@@ -309,8 +329,10 @@ def _count_nested_runs(client: MlflowClient, run: Run) -> int:
 def _run_link(client: MlflowClient, run: Run) -> str:
     path = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     uri = str(client.tracking_uri)
-    # Against a tracking server the UI lives at the same address; a local store has no URL.
-    return f"{uri.rstrip('/')}/{path}" if uri.startswith(("http://", "https://")) else path
+    # Against a tracking server the UI lives at the same address; a local store is browsed
+    # with `make ui`, which serves it at LOCAL_UI_URL.
+    base = uri if uri.startswith(("http://", "https://")) else LOCAL_UI_URL
+    return f"{base.rstrip('/')}/{path}"
 
 
 def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
@@ -348,10 +370,19 @@ def _plots(client: MlflowClient, run_id: str) -> tuple[Plot, ...]:
     return tuple(plots)
 
 
-def _gate_section(tags: Mapping[str, str]) -> GateSection | None:
+def _gate_section(client: MlflowClient, name: str, tags: Mapping[str, str]) -> GateSection | None:
     decision = tags.get(artifacts.GATE_DECISION)
     if decision is None:
         return None
+    champion = _none_if_unset(tags.get("gate.champion_version"))
+    metric = tags.get("gate.metric")
+    champion_own = None
+    if champion is not None and metric is not None:
+        try:
+            champion_tags = production.get_version(client, name, champion).tags
+        except (PipelineError, RegistryError, MlflowException):
+            champion_tags = {}
+        champion_own = _float(champion_tags, metric)
     return GateSection(
         decision=decision,
         reason=tags.get("gate.reason", NOT_RECORDED),
@@ -366,6 +397,11 @@ def _gate_section(tags: Mapping[str, str]) -> GateSection | None:
         resamples=_int(tags.get("gate.resamples")),
         rule=_none_if_unset(tags.get("gate.rule")),
         comparison_rows=_int(tags.get("gate.comparison_rows")),
+        challenger_compared=_float(tags, "gate.candidate_compared_value"),
+        baseline_value=_float(tags, "gate.baseline_value"),
+        baseline_ci_lower=_float(tags, "gate.baseline_ci_lower"),
+        baseline_ci_upper=_float(tags, "gate.baseline_ci_upper"),
+        champion_own=champion_own,
     )
 
 
@@ -438,37 +474,71 @@ def _summary_rows(card: ModelCardInput) -> list[tuple[str, str]]:
         ("Registered at", card.created),
         ("Run", f"{card.run_name} ({card.run_id})" if card.run_name else card.run_id),
         ("Description", _text(card.description)),
+        *_classification_rows(card),
     ]
 
 
+def _classification_rows(card: ModelCardInput) -> list[tuple[str, str]]:
+    rows = []
+    if card.positive_class is not None:
+        rows.append(("Positive class (binary metrics)", card.positive_class))
+    if card.decision_threshold is not None:
+        rows.append(("Decision threshold (tuned)", card.decision_threshold))
+    if card.warning is not None:
+        rows.append(("Warning", card.warning))
+    return rows
+
+
 def _gate_rows(gate: GateSection) -> list[tuple[str, str]]:
+    """The decision, then every model's score on the same compared rows, then each model's
+    score on its own held-out rows, each labelled: the two must never share a column."""
+    compared = _text(gate.comparison_rows)
     rows = [
         ("Decision", gate.decision),
         ("Reason", gate.reason),
         ("Rule", _text(gate.rule)),
         ("Metric", _text(gate.metric)),
-        ("Challenger (this version)", _number(gate.challenger_value)),
+        ("Rows compared (held-out, unseen by every model compared)", compared),
+        ("This version, on the compared rows", _number(gate.challenger_compared)),
+    ]
+    if gate.champion_version is not None:
+        rows.append(
+            (
+                f"Champion v{gate.champion_version}, on the compared rows",
+                _number(gate.champion_value),
+            )
+        )
+    rows += [
+        ("Trivial baseline, on the compared rows", _number(gate.baseline_value)),
+        (
+            "Gain over the baseline (positive: better), confidence interval",
+            _interval(gate.baseline_ci_lower, gate.baseline_ci_upper),
+        ),
     ]
     if gate.champion_version is None:
-        # Nothing to compare with: no champion value, gain or interval exists to record.
-        return [
-            *rows,
-            ("Champion", "none (first model)"),
-            ("Rows scored", _text(gate.comparison_rows)),
+        rows.append(("Champion", "none (first model)"))
+    else:
+        rows += [
+            ("Gain over the champion (positive: better)", _number(gate.difference)),
+            ("Confidence interval of the gain", _interval(gate.ci_lower, gate.ci_upper)),
+            ("Bootstrap resamples", _text(gate.resamples)),
         ]
-    interval = NOT_RECORDED
-    if gate.ci_lower is not None and gate.ci_upper is not None:
-        interval = f"[{_number(gate.ci_lower)}, {_number(gate.ci_upper)}]"
-    return [
-        *rows,
-        ("Champion", f"v{gate.champion_version}"),
-        ("Champion value", _number(gate.champion_value)),
-        ("Gain over the champion (positive: better)", _number(gate.difference)),
-        ("Confidence interval of the gain", interval),
-        ("Confidence level", _level(gate.ci_level)),
-        ("Bootstrap resamples", _text(gate.resamples)),
-        ("Rows compared", _text(gate.comparison_rows)),
-    ]
+    rows.append(("Confidence level", _level(gate.ci_level)))
+    rows.append(("This version, on all its own held-out rows", _number(gate.challenger_value)))
+    if gate.champion_version is not None:
+        rows.append(
+            (
+                f"Champion v{gate.champion_version}, on its own held-out rows (when trained)",
+                _number(gate.champion_own),
+            )
+        )
+    return rows
+
+
+def _interval(lower: float | None, upper: float | None) -> str:
+    if lower is None or upper is None:
+        return NOT_RECORDED
+    return f"[{_number(lower)}, {_number(upper)}]"
 
 
 def _data_rows(data: DataSection) -> list[tuple[str, str]]:
@@ -529,7 +599,7 @@ def _lineage_rows(lineage: Lineage) -> list[tuple[str, str]]:
         ("Git commit", _text(lineage.git_commit)),
         ("Uncommitted changes (git dirty)", _text(lineage.git_dirty)),
         ("Config hash", _text(lineage.config_hash)),
-        ("MLflow run", lineage.run_link),
+        ("Code hash", _text(lineage.code_hash)),
     ]
 
 
@@ -582,6 +652,7 @@ def _context(card: ModelCardInput) -> dict[str, Any]:
         "decision": None if card.gate is None else card.gate.decision,
         "metrics": _metric_rows(card.metrics),
         "cv_metrics": _metric_rows(card.cv_metrics),
+        "baseline_metrics": _metric_rows(card.baseline_metrics),
         "data": _data_rows(card.data),
         "target_heading": heading,
         "target_header": header,
@@ -591,5 +662,6 @@ def _context(card: ModelCardInput) -> dict[str, Any]:
         "params_title": "Best parameters (chosen by the search)" if card.search else "Parameters",
         "params": list(card.estimator_params.items()),
         "lineage": _lineage_rows(card.lineage),
+        "run_link": card.lineage.run_link,
         "libraries": list(card.lineage.libraries.items()) if card.lineage.libraries else None,
     }

@@ -8,6 +8,13 @@ The run also gets the reference profile monitoring compares production traffic w
 predictions on them, and its held-out metrics over `monitoring.performance.reference_chunks`
 chunks, named without the `test_` prefix (`accuracy`, `rmse`, ...) as monitoring names the
 metrics of a production window.
+
+Beside the gate's metrics a classifier's run gets what a binary or imbalanced problem needs to
+be judged by a person: balanced accuracy, precision/recall/F1 per class, average precision,
+Brier score and a reliability curve, the tuned decision threshold, the trivial baseline's score
+on the same rows (``baseline_test_*``), and a warning tag when accuracy is the gate metric of a
+rare class. The training rows' input domain (``input_domain.json``: categories and numeric
+ranges) lets the server flag a request value the model never saw.
 """
 
 from __future__ import annotations
@@ -27,15 +34,21 @@ from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts
 from pipeline.config import PipelineConfig
-from pipeline.metrics import metric, prediction_metrics
+from pipeline.contracts import INPUT_DOMAIN_ARTIFACT, ColumnDomain, InputDomain
+from pipeline.metrics import classification_diagnostics, metric, prediction_metrics
 from pipeline.monitoring.profile import (
     PerformanceReference,
     ReferenceProfile,
     build_reference_profile,
 )
+from pipeline.steps import baseline, features
 from pipeline.steps.features import Split
 
 logger = logging.getLogger(__name__)
+
+# Permutation importance: a seeded sample of held-out rows bounds its cost on big data.
+IMPORTANCE_ROWS = 5_000
+IMPORTANCE_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -51,11 +64,21 @@ def run(
     """Score `model` on the held-out rows and log `test_*` metrics and plots on `run_id`."""
     client = MlflowClient()
     metrics = score(config, model, data_split.X_test, data_split.y_test)
+    if config.task == "classification":
+        metrics.update(diagnostics(config, model, data_split.X_test, data_split.y_test))
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)
-    plots = _log_plots(client, config, run_id, model, data_split)
+    trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
+    for name, value in score(config, trivial.model, data_split.X_test, data_split.y_test).items():
+        client.log_metric(run_id, f"baseline_{name}", value)
+    _record_classification_notes(client, config, run_id, model, data_split)
+    importance = feature_importance(config, model, data_split.X_test, data_split.y_test)
+    plots = _log_plots(client, config, run_id, model, data_split, importance)
     profile = reference_profile(config, model, data_split)
     client.log_dict(run_id, profile.to_dict(), artifacts.REFERENCE_PROFILE_PATH)
+    client.log_dict(
+        run_id, input_domain(model, data_split.X_train).to_json(), INPUT_DOMAIN_ARTIFACT
+    )
     logger.info(
         "Held-out metrics for run %s: %s",
         run_id,
@@ -78,6 +101,50 @@ def score(
         classes=list(model.classes_) if with_proba else None,
     )
     return {metric(name).held_out: value for name, value in scores.items()}
+
+
+def diagnostics(
+    config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
+) -> dict[str, float]:
+    """A classifier's held-out diagnostics (``metrics.classification_diagnostics``), ``test_*``."""
+    classes = list(model.classes_)
+    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    values = classification_diagnostics(
+        y, model.predict(X), proba, classes, features.positive_class(config, classes)
+    )
+    return {f"test_{name}": value for name, value in values.items()}
+
+
+def input_domain(model: Pipeline, X_train: pd.DataFrame) -> InputDomain:
+    """The categories and finite numeric range of every feature in the training rows."""
+    numeric, categorical = _feature_kinds(model, X_train)
+    columns: dict[str, ColumnDomain] = {}
+    for name in numeric:
+        values = pd.to_numeric(X_train[name], errors="coerce").astype(float)
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            columns[name] = ColumnDomain(name, low=float(finite.min()), high=float(finite.max()))
+    for name in categorical:
+        seen = X_train[name].dropna().astype(str).unique()
+        columns[name] = ColumnDomain(name, categories=frozenset(seen.tolist()))
+    return InputDomain(columns)
+
+
+def _record_classification_notes(
+    client: MlflowClient, config: PipelineConfig, run_id: str, model: Pipeline, data_split: Split
+) -> None:
+    """The tuned threshold as a param, and the imbalance warning as a tag and a log line."""
+    if config.task != "classification":
+        return
+    threshold = features.decision_threshold(model)
+    if threshold is not None:
+        client.log_param(run_id, "decision_threshold", f"{threshold:.6g}")
+    positive = features.positive_class(config, list(model.classes_))
+    client.set_tag(run_id, artifacts.POSITIVE_CLASS, str(positive))
+    warning = features.imbalance_warning(config, data_split.y_train)
+    if warning is not None:
+        logger.warning("gate.metric %s: %s", config.gate.metric, warning)
+        client.set_tag(run_id, artifacts.IMBALANCE_WARNING, warning)
 
 
 def reference_profile(
@@ -150,7 +217,12 @@ def _performance_reference(
 
 
 def _log_plots(
-    client: MlflowClient, config: PipelineConfig, run_id: str, model: Pipeline, data_split: Split
+    client: MlflowClient,
+    config: PipelineConfig,
+    run_id: str,
+    model: Pipeline,
+    data_split: Split,
+    importance: pd.Series | None,
 ) -> tuple[str, ...]:
     X, y = data_split.X_test, data_split.y_test
     figures: dict[str, plt.Figure] = {}
@@ -161,7 +233,7 @@ def _log_plots(
             display.ax_.set_title("Confusion matrix (held-out)")
             figures["plots/confusion_matrix.png"] = display.figure_
             if hasattr(model, "predict_proba") and len(model.classes_) == 2:
-                positive = model.classes_[1]
+                positive = features.positive_class(config, list(model.classes_))
                 roc = skm.RocCurveDisplay.from_estimator(model, X, y, pos_label=positive)
                 roc.ax_.set_title(f"ROC curve (positive class: {positive})")
                 figures["plots/roc_curve.png"] = roc.figure_
@@ -170,19 +242,45 @@ def _log_plots(
                 figures["plots/precision_recall_curve.png"] = pr.figure_
             elif hasattr(model, "predict_proba"):
                 figures.update(_one_vs_rest_curves(model, X, y))
+            if hasattr(model, "predict_proba"):
+                figures["plots/reliability_curve.png"] = _reliability_figure(config, model, X, y)
         else:
             residuals = skm.PredictionErrorDisplay.from_estimator(
                 model, X, y, kind="residual_vs_predicted"
             )
             residuals.ax_.set_title("Residuals vs predicted (held-out)")
             figures["plots/residuals.png"] = residuals.figure_
-        importance = _feature_importance(model)
         if importance is not None:
-            figures["plots/feature_importance.png"] = _importance_figure(importance)
+            figures["plots/feature_importance.png"] = _importance_figure(importance.tail(20))
     for path, figure in figures.items():
         client.log_figure(run_id, figure, path)
         plt.close(figure)
     return tuple(figures)
+
+
+def _reliability_figure(
+    config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
+) -> plt.Figure:
+    """Predicted probability against observed frequency: of the positive class for a binary
+    task, of the predicted class (its confidence) for more classes."""
+    from sklearn.calibration import CalibrationDisplay
+
+    proba = model.predict_proba(X)
+    classes = list(model.classes_)
+    bins = int(min(10, max(2, len(y) // 20)))
+    if len(classes) == 2:
+        positive = features.positive_class(config, classes)
+        display = CalibrationDisplay.from_predictions(
+            np.asarray(y) == positive, proba[:, classes.index(positive)], n_bins=bins
+        )
+        display.ax_.set_title(f"Reliability (positive class: {positive}, held-out)")
+    else:
+        predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+        display = CalibrationDisplay.from_predictions(
+            predicted == np.asarray(y, dtype=object), proba.max(axis=1), n_bins=bins
+        )
+        display.ax_.set_title("Reliability of the predicted class's probability (held-out)")
+    return display.figure_
 
 
 def _one_vs_rest_curves(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, plt.Figure]:
@@ -208,23 +306,34 @@ def _one_vs_rest_curves(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[
     }
 
 
-def _feature_importance(model: Pipeline) -> pd.Series | None:
-    estimator = model.named_steps["model"]
-    values = getattr(estimator, "feature_importances_", None)
-    if values is None and hasattr(estimator, "coef_"):
-        coef = np.atleast_2d(estimator.coef_)
-        values = np.abs(coef).mean(axis=0)
-    if values is None:
+def feature_importance(
+    config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
+) -> pd.Series | None:
+    """Permutation importance of every input column on held-out rows: how much the gate's
+    metric drops when the column is shuffled. Any model has it, it names the columns a request
+    has (not encoded ones), and monitoring weighs drift by it."""
+    from sklearn.inspection import permutation_importance
+
+    if len(y) < 2:
         return None
-    names = model.named_steps["preprocess"].get_feature_names_out()
-    if len(names) != len(values):
-        return None
-    return pd.Series(values, index=names).sort_values().tail(20)
+    rows = np.random.default_rng(config.split.seed).permutation(len(y))[:IMPORTANCE_ROWS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = permutation_importance(
+            model,
+            X.iloc[rows],
+            y.iloc[rows],
+            scoring=config.gate_metric.scorer,
+            n_repeats=IMPORTANCE_REPEATS,
+            random_state=config.split.seed,
+        )
+    return pd.Series(result.importances_mean, index=[str(c) for c in X.columns]).sort_values()
 
 
 def _importance_figure(importance: pd.Series) -> plt.Figure:
     figure, axis = plt.subplots(figsize=(7, max(3, 0.3 * len(importance))))
     axis.barh(importance.index, importance.to_numpy())
-    axis.set_title("Feature importance (top 20)")
+    axis.set_title("Permutation importance on held-out rows (top 20)")
+    axis.set_xlabel("drop of the gate metric when the column is shuffled")
     figure.tight_layout()
     return figure

@@ -191,6 +191,11 @@ def test_both_cards_show_the_data_and_lineage_the_run_recorded(
             assert html.escape(value) in text, value
         assert f"| Rows | {tags['data.rows']} |" in iris.markdown
         assert f"#/experiments/{client.get_run(iris.run_id).info.experiment_id}/runs/" in text
+        assert tags["code.hash"] in text
+    # The run link is a link a person can click (a local store is browsed with `make ui`).
+    link = f"{model_card.LOCAL_UI_URL}/#/experiments/"
+    assert f'<a href="{link}' in iris.html
+    assert f"MLflow run: <{link}" in iris.markdown
 
 
 def test_both_cards_show_the_gate_decision_its_reason_and_its_rule(
@@ -215,6 +220,7 @@ def test_the_html_card_embeds_every_plot_of_the_run_as_a_png_data_uri(
         "plots/confusion_matrix.png",
         "plots/roc_curve.png",
         "plots/precision_recall_curve.png",
+        "plots/reliability_curve.png",
         "plots/feature_importance.png",
     )
     assert set(plots) == set(order)
@@ -231,7 +237,8 @@ def test_the_markdown_card_links_each_plot_by_a_path_that_resolves_to_the_run_ar
         "Confusion matrix",
         "ROC curve",
         "Precision-recall curve",
-        "Feature importance",
+        "Reliability (calibration) curve",
+        "Permutation importance",
     ]
     card_dir = posixpath.dirname(iris.paths.markdown)
     resolved = {posixpath.normpath(posixpath.join(card_dir, link)) for _, link in links}
@@ -331,6 +338,44 @@ def test_a_gate_with_a_bootstrap_interval_shows_gain_interval_level_and_resample
         for shown in ("0.9333", "v1", "0.9111", "0.0222", "[-0.0444, 0.0889]", "95%", "1000"):
             assert shown in text, shown
     assert "| Confidence interval of the gain | [-0.0444, 0.0889] |" in logged.markdown
+
+
+def test_the_gate_table_shows_every_model_on_the_same_rows_apart_from_own_held_out_scores(
+    client: MlflowClient,
+) -> None:
+    champion_version, _ = _hand_made_version(
+        client, "card-rows", version_tags={"test_f1_macro": "0.97777"}
+    )
+    gate = {
+        "gate.decision": "rejected",
+        "gate.reason": "test_f1_macro equals champion v1: no improvement",
+        "gate.metric": "test_f1_macro",
+        "gate.candidate_value": "0.97778",
+        "gate.candidate_compared_value": "0.88571",
+        "gate.champion_version": champion_version,
+        "gate.champion_value": "0.88571",
+        "gate.baseline_value": "0.16667",
+        "gate.baseline_ci_lower": "0.5",
+        "gate.baseline_ci_upper": "0.9",
+        "gate.diff": "0",
+        "gate.comparison_rows": "11",
+    }
+    run = client.create_run(client.get_experiment_by_name("hand-made").experiment_id)
+    client.set_terminated(run.info.run_id)
+    version = client.create_model_version(
+        "card-rows", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=gate
+    ).version
+    markdown = _log_card(client, "card-rows", str(version)).markdown
+    for row in (
+        "| Rows compared (held-out, unseen by every model compared) | 11 |",
+        "| This version, on the compared rows | 0.8857 |",
+        f"| Champion v{champion_version}, on the compared rows | 0.8857 |",
+        "| Trivial baseline, on the compared rows | 0.1667 |",
+        "| Gain over the baseline (positive: better), confidence interval | [0.5000, 0.9000] |",
+        "| This version, on all its own held-out rows | 0.9778 |",
+        f"| Champion v{champion_version}, on its own held-out rows (when trained) | 0.9778 |",
+    ):
+        assert row in markdown, row
 
 
 def test_a_searched_version_shows_the_search_and_calls_its_params_the_best_ones(

@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 
 from pipeline.config import load_config
+from pipeline.contracts import InputDomain
 from pipeline.steps import evaluate, ingest, train
-from tests.pipeline.factories import diabetes_config, fitted
+from tests.pipeline.factories import diabetes_config, fitted, shipped_config
 
 
 def test_regression_scores_are_rmse_mae_and_r2_of_the_held_out_rows(
@@ -74,7 +75,60 @@ def test_a_binary_evaluation_logs_roc_and_precision_recall_curves(
         "plots/roc_curve.png",
         "plots/precision_recall_curve.png",
         "plots/feature_importance.png",
+        "plots/reliability_curve.png",
     }
     logged = {a.path for a in MlflowClient().list_artifacts(training.run_id, "plots")}
     assert logged == set(result.plots)
-    assert 0.9 < MlflowClient().get_run(training.run_id).data.metrics["test_roc_auc"] <= 1.0
+    run = MlflowClient().get_run(training.run_id)
+    metrics = run.data.metrics
+    assert 0.9 < metrics["test_roc_auc"] <= 1.0
+    # What a binary problem needs beside the gate metric, about the positive class.
+    positive = run.data.tags["data.positive_class"]
+    assert positive == str(training.model.classes_[1])
+    proba = training.model.predict_proba(training.split.X_test)[:, 1]
+    is_positive = training.split.y_test.astype(str) == positive
+    assert metrics["test_average_precision"] == pytest.approx(
+        skm.average_precision_score(is_positive, proba)
+    )
+    assert metrics["test_brier"] == pytest.approx(skm.brier_score_loss(is_positive, proba))
+    predicted = training.model.predict(training.split.X_test)
+    assert metrics["test_balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(training.split.y_test, predicted)
+    )
+    for label in training.model.classes_:
+        assert f"test_recall_{label}" in metrics and f"test_precision_{label}" in metrics
+    # The majority class's share on the same rows, as the baseline scores it.
+    assert metrics["baseline_test_roc_auc"] == pytest.approx(0.5)
+    assert "cv_roc_auc_mean" in metrics
+
+
+def test_the_input_domain_holds_training_categories_and_ranges(
+    write_config: Callable[..., Path],
+) -> None:
+    config = shipped_config("customers")
+    customers = fitted(config)
+    domain = evaluate.input_domain(customers.model, customers.split.X_train)
+    X = customers.split.X_train
+    tenure = domain.columns["tenure_months"]
+    assert (tenure.low, tenure.high) == (X["tenure_months"].min(), X["tenure_months"].max())
+    assert domain.columns["contract"].categories == set(X["contract"].dropna().astype(str))
+    record = {"contract": "lifetime", "tenure_months": 10_000.0, "monthly_charges": None}
+    assert domain.warnings(record) == [
+        f"tenure_months: 10000 is outside the training range [{tenure.low:g}, {tenure.high:g}]",
+        "contract: category 'lifetime' was not seen in training",
+    ]
+    assert InputDomain.from_json(domain.to_json()) == domain
+
+
+def test_permutation_importance_names_the_input_columns(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(write_config(iris_config()))
+    iris = fitted(config)
+    importance = evaluate.feature_importance(
+        config, iris.model, iris.split.X_test, iris.split.y_test
+    )
+    assert importance is not None
+    assert set(importance.index) == set(iris.split.X_test.columns)
+    # Petal measurements separate the species; sepal width barely does.
+    assert importance.idxmax().startswith("petal")
