@@ -272,3 +272,35 @@ def test_schema_changes_are_refused_by_the_gate_unless_the_config_allows_them(
     assert "gate.allow_schema_change" in _refused(
         write_config, iris_config(gate={**gate, "allow_schema_change": "yes please"})
     )
+
+
+def test_a_decision_threshold_for_a_regression_is_refused(
+    write_config: Callable[..., Path],
+) -> None:
+    path = write_config(diabetes_config(decision_threshold={"optimize": "f1"}))
+    with pytest.raises(ConfigError, match="decision_threshold applies to classification only"):
+        load_config(path)
+
+
+def test_a_decision_threshold_with_a_search_is_refused_saying_why(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    search = {"strategy": "grid", "space": {"C": [0.1, 1.0]}}
+    path = write_config(iris_config(decision_threshold={"optimize": "f1"}, search=search))
+    with pytest.raises(ConfigError, match="decision_threshold and search cannot be combined"):
+        load_config(path)
+
+
+def test_an_unknown_threshold_objective_is_refused_naming_the_key(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    path = write_config(iris_config(decision_threshold={"optimize": "auc"}))
+    with pytest.raises(ConfigError, match=r"decision_threshold\.optimize"):
+        load_config(path)
+
+
+def test_challengers_must_show_a_significant_gain_and_beat_the_baseline_by_default(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    gate = load_config(write_config(iris_config())).gate
+    assert gate.require_significant_gain and gate.beat_baseline
