@@ -120,6 +120,15 @@ class SplitConfig(_Strict):
         default=None, description="keep class shares in both parts; default: yes for classification"
     )
     cv_folds: int = Field(default=5, ge=2, le=20)
+    recent_rows: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "the last N rows of the data are recent (retrain sets it for labelled production "
+            "rows): they are split apart, so test_size of them is held out and the gate also "
+            "judges on current data"
+        ),
+    )
 
 
 class BootstrapConfig(_Strict):
@@ -312,10 +321,12 @@ class PipelineConfig(_Strict):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def with_data_file(self, path: Path, *, name: str) -> PipelineConfig:
-        """A re-validated copy that trains on the file at `path` instead of the configured data."""
+    def with_data_file(self, path: Path, *, name: str, recent_rows: int = 0) -> PipelineConfig:
+        """A re-validated copy that trains on the file at `path` instead of the configured data;
+        its last `recent_rows` rows are recent ones (``split.recent_rows``)."""
         raw = self.model_dump(mode="python")
         raw["data"].update(path=str(path.resolve()), dataset=None)
+        raw["split"]["recent_rows"] = recent_rows
         return _validate(raw, self._base_dir, source=f"data file {path}", name=name)
 
     def with_overrides(self, **overrides: Any) -> PipelineConfig:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -84,20 +85,22 @@ def run(
             pipeline=None,
         )
     configured = dataset.frame[[*dataset.features, dataset.target]]
-    combined = without_copies(pd.concat([configured, recent], ignore_index=True), dataset)
-    copies = dataset.rows + len(recent) - len(combined)
-    data_path = _write_training_data(config, combined)
+    new = new_rows(configured, recent, dataset)
+    copies = len(recent) - len(new)
+    data_path = _write_training_data(config, pd.concat([configured, new], ignore_index=True))
     logger.info(
         "Retraining %s (%s) on %d configured + %d labelled production rows (%d copies of "
         "rows already there dropped) from %s",
         config.registered_model,
         reason,
         dataset.rows,
-        len(recent) - copies,
+        len(new),
         copies,
         data_path,
     )
-    result = flow.run_all(config.with_data_file(data_path, name=f"{config.name}-retrain"))
+    result = flow.run_all(
+        config.with_data_file(data_path, name=f"{config.name}-retrain", recent_rows=len(new))
+    )
     _record_why(result, reason, checked.run_id if checked else None, len(recent), copies)
     return RetrainResult(
         status="retrained",
@@ -158,11 +161,19 @@ def labelled_production_rows(
     return recent
 
 
-def without_copies(frame: pd.DataFrame, dataset: ingest.Dataset) -> pd.DataFrame:
-    """`frame` without rows identical (features and target, dtype aside) to an earlier row."""
+def new_rows(
+    configured: pd.DataFrame, recent: pd.DataFrame, dataset: ingest.Dataset
+) -> pd.DataFrame:
+    """The rows of `recent` that copy neither a configured row nor an earlier recent row
+    (features and target, dtypes aside): a copy would land on both sides of the split."""
     columns = sorted(dataset.features)
-    hashes = features.row_hashes(frame[columns], frame[dataset.target], columns)
-    return frame[~pd.Series(hashes).duplicated().to_numpy()].reset_index(drop=True)
+
+    def hashes(frame: pd.DataFrame) -> np.ndarray:
+        return features.row_hashes(frame[columns], frame[dataset.target], columns)
+
+    mine = hashes(recent)
+    fresh = ~np.isin(mine, hashes(configured)) & ~pd.Series(mine).duplicated().to_numpy()
+    return recent[fresh].reset_index(drop=True)
 
 
 def _write_training_data(config: PipelineConfig, frame: pd.DataFrame) -> Path:

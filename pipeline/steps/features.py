@@ -100,7 +100,7 @@ def split(config: PipelineConfig, dataset: Dataset) -> Split:
     side: scoring a model on a copy of a row it trained on is not held-out evidence.
     """
     _check_feasible(config, dataset)
-    stratify = dataset.y if config.stratified else None
+    stratify = _strata(config, dataset)
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.X,
         dataset.y,
@@ -113,6 +113,22 @@ def split(config: PipelineConfig, dataset: Dataset) -> Split:
     )
     _check_cross_validation(config, result)
     return result
+
+
+def _strata(config: PipelineConfig, dataset: Dataset) -> pd.Series | None:
+    """What the split keeps in proportion: the class (when stratified) and, with
+    ``split.recent_rows``, whether a row is recent, so that test_size of the recent rows is
+    held out whatever their number. A stratum too small to split falls back to the class."""
+    recent = min(config.split.recent_rows, dataset.rows)
+    classes = dataset.y.astype(str) if config.stratified else None
+    if recent == 0:
+        return dataset.y if config.stratified else None
+    age = pd.Series(["old"] * (dataset.rows - recent) + ["recent"] * recent, index=dataset.y.index)
+    strata = age if classes is None else classes + "|" + age
+    if strata.value_counts().min() < 2:
+        logger.info("Too few recent rows per class to hold out apart; stratifying by class")
+        return dataset.y if config.stratified else None
+    return strata
 
 
 def _without_copies_of_training_rows(data_split: Split) -> Split:

@@ -57,18 +57,18 @@ def test_the_retrain_gate_compares_only_rows_unseen_by_both_when_integers_return
     # the log as floats, many of them copies of rows the champion trained on.
     configured = dataset.frame[[*FEATURES, "species"]]
     trained_on = champion.training.split
-    production = (
-        trained_on.X_train.head(60).astype(float).assign(species=trained_on.y_train.head(60))
-    )
-    combined = retrain.without_copies(
-        pd.concat([configured, production], ignore_index=True), dataset
-    )
-    # Every production row copied a configured row: none survives.
-    assert len(combined) == len(configured.drop_duplicates())
+    copies = trained_on.X_train.head(60).astype(float)
+    copies["species"] = trained_on.y_train.head(60).to_numpy()
+    fresh = copies.head(5).assign(sepal_length_cm=1000.0)  # no flower is a metre long
+    production = pd.concat([copies, fresh, fresh], ignore_index=True)
+    new = retrain.new_rows(configured, production, dataset)
+    # Every copy of a configured row and the second copy of each new row are dropped.
+    assert len(new) == 5
+    combined = pd.concat([configured, new], ignore_index=True)
     data = tmp_path / "retrain.parquet"
     combined.astype({c: float for c in FEATURES}).to_parquet(data, index=False)
     challenger = flow.run_all(
-        config.with_data_file(data, name="iris-retrain").with_overrides(
+        config.with_data_file(data, name="iris-retrain", recent_rows=len(new)).with_overrides(
             **{"split.seed": 7}  # another split: the champion's training rows reach held-out
         )
     )

@@ -203,3 +203,21 @@ def test_a_model_with_a_tuned_threshold_holds_only_trusted_types(
     model = fitted(config).model
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     assert refused_types(untrusted) == []
+
+
+def test_recent_rows_get_their_own_held_out_share(
+    tmp_path: Path, write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 2)), columns=["x1", "x2"])
+    frame["label"] = ["a", "b"] * 100
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    raw = iris_config(data={"path": str(tmp_path / "data.csv"), "target": "label"})
+    raw["split"]["recent_rows"] = 20  # the last 20 rows came from production
+    config = load_config(write_config(raw))
+    data_split = features.split(config, ingest.run(config))
+    # Exactly test_size of them, of each class: by chance alone it would vary around 6.
+    assert data_split.y_test[data_split.y_test.index >= 180].value_counts().to_dict() == {
+        "a": 3,
+        "b": 3,
+    }
