@@ -163,6 +163,18 @@ class GateConfig(_Strict):
         ),
     )
     bootstrap: BootstrapConfig = BootstrapConfig()
+    live: bool = Field(
+        default=False,
+        description=(
+            "send a candidate that passes to Staging (alias challenger) to be judged on live "
+            "traffic by live-gate, instead of straight to Production"
+        ),
+    )
+    live_min_labels: int = Field(
+        default=200,
+        ge=10,
+        description="labelled requests both versions answered before live-gate decides",
+    )
     allow_schema_change: bool = Field(
         default=False,
         description=(
