@@ -320,7 +320,6 @@ def _worker(
                 "wasserstein": float(
                     stats.wasserstein_distance(ref_values, cur_values) / np.std(ref_values)
                 ),
-                "ks_p_value": float(stats.ks_2samp(ref_values, cur_values, method="asymp").pvalue),
             }
         for name in [*CATEGORICAL, "prediction"]:
             ref_counts = reference[name].astype(str).value_counts()

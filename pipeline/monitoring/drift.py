@@ -1,35 +1,50 @@
 """Drift: a window of the prediction log against the reference profile, in bounded memory.
 
 `DriftAccumulator.update` takes the window chunk by chunk and keeps only counts, so the memory
-it needs does not grow with the number of rows: per numeric column about 2,000 integer counts
-(plus, while the column has fewer than `small_sample_rows` values, those values for the KS
-test), per categorical column one count per reference category and one for unseen ones.
+it needs does not grow with the number of rows: per numeric column about 2,000 integer counts,
+per categorical column one count per reference category and one for unseen ones.
 `detect_drift` is the same thing for an iterable of chunks; the result does not depend on how
-the window is cut into chunks (integer counts and sorted samples; only the sums behind the
-tail terms of the Wasserstein distance and the current mean are float sums, equal to about
-1e-15 relative).
+the window is cut into chunks (integer counts; only the sums behind the tail terms of the
+Wasserstein distance and the current mean are float sums, equal to about 1e-15 relative).
 
-Which statistic sets `drifted` (all thresholds from `DriftConfig`):
+One statistic per column, at every window size (docs/drift.md has the why and the numbers):
 
-- numeric, at least `small_sample_rows` current values: the Wasserstein distance divided by
-  the reference standard deviation, drifted at >= `wasserstein`;
-- numeric, fewer values: a two-sample KS test, drifted at p <= `p_value`;
-- categorical, at least `small_sample_rows` values: the Jensen-Shannon distance (base 2),
-  drifted at >= `js`;
-- categorical, fewer values: the chi-square test of homogeneity on the 2 x K table of
-  reference and current counts (`scipy.stats.chi2_contingency`), drifted at p <= `p_value`;
+- numeric: the Wasserstein distance divided by the reference standard deviation;
+- categorical (and a classifier's prediction): the Jensen-Shannon distance (base 2);
 - a numeric column that was constant in the reference (std 0) cannot be normalised by its
-  std: with enough rows the JS distance between the shares below, at and above the constant
-  decides instead (KS for small samples, as for any numeric column);
+  std: the JS distance between the shares below, at and above the constant decides instead;
 - a column with values in the reference but none (all missing) in the window: drifted, test
   "missing"; a column with no reference values: not tested ("none").
+
+**Calibration.** Both reference and window are samples, so even without drift the statistic
+is above zero by an amount that shrinks as 1/sqrt(size), with size = n * m / (n + m) for a
+reference of n values and a window of m (the two-sample effective size, as in Smirnov's KS
+test). The null distribution of each column's statistic is simulated from the reference
+itself: `null_samples` windows of the effective size drawn from the reference CDF (below),
+each compared with it. Satterthwaite's approximation, a gamma distribution fitted by moments
+to statistic**2 * size, turns those into a p-value for any statistic (squared distances of
+this kind are sums of squared, roughly normal terms; the fit is exact for a scaled
+chi-square). Simulations run at a power-of-two bucket of the size (at most
+`_NULL_MAX_SIZE`) and are cached per (column, bucket): statistic**2 * size barely depends on
+size, which is what lets one simulation serve every size in its bucket.
+
+A column drifts when its p-value is <= `p_value` **and** its statistic reaches the effect
+floor (`wasserstein` or `js`): significance alone would flag harmless differences in huge
+windows against huge references. The critical value (the smallest statistic that drifts at
+this window size) is reported as `threshold`.
+
+**Data-set drift** when the share of drifted columns reaches `dataset_drift_share`, or when an
+important feature drifts strongly: p-value <= `important_p_value` / (number of important
+features), a Bonferroni bound that keeps the rule's own false-alarm rate at
+`important_p_value`, and the effect floor reached. The important features are the fewest
+top features by the importance recorded at training that hold `important_coverage` of it;
+without recorded importance (older profiles, models without importances) every feature
+counts as important, and the Bonferroni bound divides by all of them.
 
 PSI (over the reference decile bins, empty bins smoothed with `psi_epsilon`) is reported for
 every column with its band (stable < `psi_moderate` <= moderate < `psi_major` <= major) but
 does not set the flag: it is a second opinion for the report. Its sampling noise alone is
-about (bins - 1) * (1/n + 1/m), so on small windows it would raise false alarms the p-value
-tests are calibrated against, and on large windows it agrees with the Wasserstein distance on
-the shifts that matter.
+about (bins - 1) * (1/n + 1/m), so on small windows it would raise false alarms.
 
 How the reference is represented without its raw data: its fine quantiles q_0..q_K are read
 as the piecewise-linear CDF through (q_k, k/K), i.e. mass 1/K spread evenly between
@@ -43,13 +58,9 @@ tails outside the reference range, where the sum of the values is kept too.
   difference is exact for that pair of CDFs; in the tails F_ref is 0 or 1 and the integral is
   E[(q_0 - X)+] or E[(X - q_K)+], exact from the tail's count and sum. The error against the
   raw samples is about the grid spacing times 1/K.
-- KS: the statistic is the exact sup |F_ref - F_cur| between the reference CDF above and the
-  empirical CDF of the (kept) current values, evaluated on both sides of every current value
-  and grid point (between them both CDFs are monotone and one is constant, so the sup is
-  there). Its p-value is Smirnov's two-sample asymptotic formula with the reference's real
-  size n and the current size m, `kstwo.sf(D, round(n*m / (n+m)))`, exactly what
-  `scipy.stats.ks_2samp(method="asymp")` does: the reference sample's own noise is accounted
-  for, which a one-sample test against the reference CDF would ignore (anti-conservative).
+- Simulated windows are drawn by inverse transform: sorted uniforms counted against the
+  reference CDF at the grid points give the grid counts of a sample of the reference without
+  computing a single value.
 """
 
 from __future__ import annotations
@@ -79,7 +90,7 @@ from pipeline.monitoring.profile import (
 logger = logging.getLogger(__name__)
 
 Kind = Literal["numeric", "categorical"]
-Test = Literal["wasserstein", "ks", "js", "chi2", "missing", "none"]
+Test = Literal["wasserstein", "js", "missing", "none"]
 PsiBand = Literal["stable", "moderate", "major"]
 
 UNSEEN = "<unseen>"
@@ -88,6 +99,10 @@ _PLOT_BINS = 20
 _PLOT_CATEGORIES = 30
 _UNSEEN_EXAMPLES = 10
 _METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+# The null simulation's seed is fixed: the same window always gets the same verdict.
+_NULL_SEED = 12
+_NULL_MIN_SIZE = 8
+_NULL_MAX_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -120,8 +135,9 @@ class ColumnDrift:
     psi_band: PsiBand | None
     wasserstein: float | None  # normalised by the reference std
     js: float | None
-    p_value: float | None  # KS (numeric, small samples) or chi-square (categorical)
-    statistic: float | None  # KS D or the chi-square statistic behind p_value
+    p_value: float | None  # of `statistic` under no drift, at this window's size
+    statistic: float | None  # the value of the statistic that decided (`test`)
+    threshold: float | None  # the smallest `statistic` that drifts at this window's size
     drifted: bool
     histogram: Histogram
     reference_mean: float | None = None
@@ -149,6 +165,7 @@ class ColumnDrift:
             "js": _json_float(self.js),
             "p_value": _json_float(self.p_value),
             "statistic": _json_float(self.statistic),
+            "threshold": _json_float(self.threshold),
             "reference_mean": _json_float(self.reference_mean),
             "current_mean": _json_float(self.current_mean),
             "reference_std": _json_float(self.reference_std),
@@ -176,6 +193,10 @@ class DriftReport:
     drifted_share: float  # drifted columns / tested columns
     dataset_drift: bool
     dataset_drift_share: float = 0.5  # the threshold the verdict used
+    important_columns: tuple[str, ...] = ()  # most important first
+    importance_known: bool = False  # False: every feature counted as important (fallback)
+    important_p_value: float = 0.0  # per important feature: strong drift at or below (0: off)
+    strongly_drifted: tuple[str, ...] = ()  # important columns past `important_p_value`
 
     @property
     def drifted_columns(self) -> tuple[str, ...]:
@@ -192,19 +213,39 @@ class DriftReport:
             "drifted_share": self.drifted_share,
             "dataset_drift_share": self.dataset_drift_share,
             "drifted_columns": list(self.drifted_columns),
+            "important_columns": list(self.important_columns),
+            "importance_known": self.importance_known,
+            "important_p_value": self.important_p_value,
+            "strongly_drifted": list(self.strongly_drifted),
+            "reason": self.reason,
             "columns": {name: column.to_dict() for name, column in self.columns.items()},
         }
 
+    @property
+    def reason(self) -> str:
+        """Why the data-set verdict is what it is, in one sentence."""
+        share = (
+            f"{len(self.drifted_columns)} of {len(self.tested_columns)} columns drifted "
+            f"(share {self.drifted_share:.2f}, data-set drift from {self.dataset_drift_share:.2f})"
+        )
+        if self.strongly_drifted:
+            return (
+                f"{share}; important feature(s) {', '.join(self.strongly_drifted)} drifted "
+                f"strongly (p-value <= {self.important_p_value:.2g})"
+            )
+        return share
+
     def metrics(self) -> dict[str, float]:
-        """Flat MLflow metrics: `drift.<column>.psi|wasserstein|js|p_value|drifted` and the
-        data-set verdict; statistics that do not apply to a column are left out."""
+        """Flat MLflow metrics: the data-set verdict and, per column,
+        `drift.<column>.psi|wasserstein|js|p_value|threshold|drifted`; statistics that do not
+        apply to a column are left out."""
         result: dict[str, float] = {
             "drift.dataset_drift": float(self.dataset_drift),
             "drift.drifted_share": self.drifted_share,
             "drift.rows": float(self.rows),
         }
         for name, column in self.columns.items():
-            for stat in ("psi", "wasserstein", "js", "p_value"):
+            for stat in ("psi", "wasserstein", "js", "p_value", "threshold"):
                 value = getattr(column, stat)
                 if value is not None and math.isfinite(value):
                     result[metric_key("drift", name, stat)] = float(value)
@@ -225,6 +266,8 @@ class DriftAccumulator:
     def __init__(self, profile: ReferenceProfile, config: DriftConfig) -> None:
         self._config = config
         self._rows = 0
+        self._important = important_features(profile, config.important_coverage)
+        self._importance_known = profile.importance is not None
         self._columns: dict[str, _NumericColumn | _CategoricalColumn] = {
             name: _NumericColumn(name, ref, config)
             if isinstance(ref, NumericReference)
@@ -268,26 +311,57 @@ class DriftAccumulator:
                 "reference profile; widen the time window (--since/--until) or check that the "
                 "server logs predictions to the configured monitoring.log_dir"
             )
+        config = self._config
         columns = {name: column.result() for name, column in self._columns.items()}
         tested = [column for column in columns.values() if column.test != "none"]
         drifted = sum(column.drifted for column in tested)
         share = drifted / len(tested) if tested else 0.0
+        # Bonferroni: the rule fires by chance with probability <= important_p_value in all.
+        level = config.important_p_value / max(len(self._important), 1)
+        strong = tuple(
+            name
+            for name in self._important
+            if level > 0 and columns[name].drifted and _strongly(columns[name], level)
+        )
         report = DriftReport(
             columns=columns,
             rows=self._rows,
             drifted_share=share,
-            dataset_drift=bool(tested) and share >= self._config.dataset_drift_share,
-            dataset_drift_share=self._config.dataset_drift_share,
+            dataset_drift=bool(tested) and (share >= config.dataset_drift_share or bool(strong)),
+            dataset_drift_share=config.dataset_drift_share,
+            important_columns=self._important,
+            importance_known=self._importance_known,
+            important_p_value=level,
+            strongly_drifted=strong,
         )
         logger.info(
-            "Drift over %d rows: %d of %d columns drifted (%s); data-set drift: %s",
+            "Drift over %d rows: %s (%s); data-set drift: %s",
             self._rows,
-            drifted,
-            len(tested),
+            report.reason,
             ", ".join(report.drifted_columns) or "none",
             report.dataset_drift,
         )
         return report
+
+
+def important_features(profile: ReferenceProfile, coverage: float) -> tuple[str, ...]:
+    """The fewest features, most important first, whose importance shares add up to at least
+    `coverage`; every feature when the profile records no importance."""
+    importance = profile.importance
+    if importance is None:
+        return profile.features
+    ranked = sorted(profile.features, key=lambda f: -importance.get(f, 0.0))
+    shares = np.cumsum([importance.get(f, 0.0) for f in ranked])
+    # A hair below `coverage` by rounding still counts as reaching it.
+    count = int(np.searchsorted(shares, coverage - 1e-12)) + 1
+    return tuple(ranked[: min(count, len(ranked))])
+
+
+def _strongly(column: ColumnDrift, level: float) -> bool:
+    """Drifted past the important-feature level (a column gone missing always is)."""
+    if column.test == "missing":
+        return True
+    return column.p_value is not None and column.p_value <= level
 
 
 def detect_drift(
@@ -320,7 +394,6 @@ class _NumericColumn:
         self.m2 = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self.sample: list[np.ndarray] | None = []
 
     def prepare(self, values: pd.Series) -> np.ndarray:
         return as_float(values, self.name)
@@ -359,11 +432,6 @@ class _NumericColumn:
         self.n = total
         self.min = min(self.min, float(values[0]))
         self.max = max(self.max, float(values[-1]))
-        if self.sample is not None:
-            if self.n < self.config.small_sample_rows:
-                self.sample.append(values)  # already a copy (np.sort)
-            else:
-                self.sample = None  # never needed again: the count only grows
 
     def result(self) -> ColumnDrift:
         ref = self.ref
@@ -388,80 +456,31 @@ class _NumericColumn:
         reference_shares = np.asarray(ref.bin_counts, dtype=np.float64) / ref.n
         current_shares = _group(self.counts, self.edges, self.decile_edges) / self.n
         psi = _psi(reference_shares, current_shares, config.psi_epsilon)
-        distance = self._wasserstein()
-        normalised = distance / ref.std if ref.std > 0 else None
+        grid = _reference_grid(ref)
+        distance = _wasserstein(grid, self.counts, self.low_sum, self.high_sum)
+        normalised = float(distance[()]) / ref.std if ref.std > 0 else None
         js: float | None = None
-        p_value: float | None = None
-        statistic: float | None = None
         note = ""
-        if self.sample is not None:
-            statistic, p_value = self._ks()
-            test: Test = "ks"
-            drifted = p_value <= config.p_value
-        elif normalised is None:
-            js = _js_distance(self._reference_grid_shares(), self.counts / self.n)
-            test = "js"
-            drifted = js >= config.js
+        test: Test
+        if normalised is None:
+            js = _js_distance(grid.shares, self.counts / self.n)
+            statistic, floor, test = js, config.js, "js"
             note = "constant in the reference: JS distance of the shares below/at/above it"
         else:
-            test = "wasserstein"
-            drifted = normalised >= config.wasserstein
+            statistic, floor, test = normalised, config.wasserstein, "wasserstein"
+        size = _effective_size(ref.n, self.n)
+        null = _numeric_null(ref, _bucket(size), config.null_samples)
         return ColumnDrift(
             **base,
+            **_decide(statistic, null, size, floor, config),
             test=test,
             psi=psi,
             psi_band=_band(psi, config),
             wasserstein=normalised,
             js=js,
-            p_value=p_value,
-            statistic=statistic,
-            drifted=bool(drifted),
             histogram=histogram,
             note=note,
         )
-
-    def _wasserstein(self) -> float:
-        edges, counts, n = self.edges, self.counts, self.n
-        after = self.at_or_below
-        before_next = self.below[1:]
-        cumulative = np.cumsum(counts) / n
-        current_after = cumulative[1::2]  # just after each grid point
-        current_before_next = cumulative[2:-1:2]  # end of each open interval
-        interior = np.sum(
-            np.diff(edges)
-            * _mean_abs_linear(after[:-1] - current_after[:-1], before_next - current_before_next)
-        )
-        low = (edges[0] * counts[0] - self.low_sum) / n
-        high = (self.high_sum - edges[-1] * counts[-1]) / n
-        return float(max(interior + low + high, 0.0))
-
-    def _ks(self) -> tuple[float, float]:
-        assert self.sample is not None
-        current = np.sort(np.concatenate(self.sample))
-        m = current.size
-        # Every quantile is a grid point, whose reference CDF is already known.
-        points = np.concatenate([current, self.edges])
-        distance = 0.0
-        for right in (True, False):
-            side: Literal["left", "right"] = "right" if right else "left"
-            at_grid = self.at_or_below if right else self.below
-            reference = np.concatenate(
-                [_reference_cdf(self.quantiles, current, right=right), at_grid]
-            )
-            empirical = np.searchsorted(current, points, side=side) / m
-            distance = max(distance, float(np.max(np.abs(reference - empirical))))
-        effective = max(1.0, float(np.round(self.ref.n * m / (self.ref.n + m))))
-        p_value = float(np.clip(stats.kstwo.sf(distance, effective), 0.0, 1.0))
-        return distance, p_value
-
-    def _reference_grid_shares(self) -> np.ndarray:
-        """Reference mass in each bin of the counting grid (points and open intervals)."""
-        boundaries = np.empty(self.counts.size + 1)
-        boundaries[0] = 0.0
-        boundaries[1:-1:2] = self.below
-        boundaries[2:-1:2] = self.at_or_below
-        boundaries[-1] = 1.0
-        return np.diff(boundaries)
 
     def _histogram(self) -> Histogram:
         """Equal-width bins over the reference's 1%-99% range (so that a long tail does not
@@ -543,6 +562,8 @@ class _Grid:
     edges: np.ndarray  # the distinct grid points
     at_or_below: np.ndarray  # reference CDF at each grid point, P(X <= e)
     below: np.ndarray  # and P(X < e)
+    boundaries: np.ndarray  # below and at_or_below interleaved: where the counting bins meet
+    shares: np.ndarray  # reference mass in each counting bin (tails, points, intervals)
 
 
 @functools.lru_cache(maxsize=256)
@@ -553,16 +574,147 @@ def _reference_grid(ref: NumericReference) -> _Grid:
     # The decile edges are fine quantiles in a profile built here; the union keeps the
     # grouping of grid counts into decile bins exact for any valid profile.
     edges = np.unique(np.concatenate([quantiles, decile_edges]))
+    at_or_below = _reference_cdf(quantiles, edges, right=True)
+    below = _reference_cdf(quantiles, edges, right=False)
+    boundaries = np.empty(2 * edges.size)
+    boundaries[0::2] = below
+    boundaries[1::2] = at_or_below
     grid = _Grid(
         quantiles=quantiles,
         decile_edges=decile_edges,
         edges=edges,
-        at_or_below=_reference_cdf(quantiles, edges, right=True),
-        below=_reference_cdf(quantiles, edges, right=False),
+        at_or_below=at_or_below,
+        below=below,
+        boundaries=boundaries,
+        shares=np.diff(np.concatenate([[0.0], boundaries, [1.0]])),
     )
-    for array in (quantiles, decile_edges, edges, grid.at_or_below, grid.below):
+    for array in (quantiles, decile_edges, edges, at_or_below, below, boundaries, grid.shares):
         array.flags.writeable = False  # shared between accumulators
     return grid
+
+
+def _wasserstein(
+    grid: _Grid, counts: np.ndarray, low_sum: float | np.ndarray, high_sum: float | np.ndarray
+) -> np.ndarray:
+    """Wasserstein-1 distance between the reference and the counts (one window per row of a
+    2-D `counts`; `low_sum`/`high_sum`: the sums of the values in the two tails)."""
+    edges = grid.edges
+    n = counts.sum(axis=-1)
+    cumulative = np.cumsum(counts, axis=-1) / n[..., np.newaxis]
+    current_after = cumulative[..., 1:-2:2]  # just after each grid point but the last
+    current_before_next = cumulative[..., 2:-1:2]  # end of each open interval
+    interior = np.sum(
+        np.diff(edges)
+        * _mean_abs_linear(
+            grid.at_or_below[:-1] - current_after, grid.below[1:] - current_before_next
+        ),
+        axis=-1,
+    )
+    low = (edges[0] * counts[..., 0] - low_sum) / n
+    high = (high_sum - edges[-1] * counts[..., -1]) / n
+    return np.maximum(interior + low + high, 0.0)
+
+
+@dataclass(frozen=True)
+class _Null:
+    """The distribution of a column's statistic T under no drift: Satterthwaite's gamma
+    (shape, scale) fitted to T**2 * size; scale 0 when the simulated T never moved (a
+    constant or one-category reference: any difference at all is drift)."""
+
+    shape: float
+    scale: float
+
+    def p_value(self, statistic: float, size: float) -> float:
+        if self.scale == 0:
+            return 0.0 if statistic > 0 else 1.0
+        return float(stats.gamma.sf(statistic**2 * size, self.shape, scale=self.scale))
+
+    def critical(self, level: float, size: float) -> float:
+        """The statistic whose p-value is `level` at this size."""
+        if self.scale == 0:
+            return 0.0
+        return math.sqrt(float(stats.gamma.isf(level, self.shape, scale=self.scale)) / size)
+
+
+def _fit_null(statistics: np.ndarray, size: float) -> _Null:
+    squared = np.square(statistics) * size
+    mean, variance = float(np.mean(squared)), float(np.var(squared, ddof=1))
+    if mean <= 0 or variance <= 0:
+        return _Null(shape=1.0, scale=0.0)
+    return _Null(shape=mean * mean / variance, scale=variance / mean)
+
+
+def _effective_size(reference: int, current: int) -> float:
+    """The two-sample effective size: both samples' noise adds, as 1/n + 1/m."""
+    return reference * current / (reference + current)
+
+
+def _bucket(size: float) -> int:
+    """The simulated window size standing in for `size`: a power of two <= size (within the
+    simulated range), so that one simulation serves every window in the bucket."""
+    exponent = math.floor(math.log2(max(size, 1.0)))
+    return int(min(max(2**exponent, _NULL_MIN_SIZE), _NULL_MAX_SIZE))
+
+
+@functools.lru_cache(maxsize=1024)
+def _numeric_null(ref: NumericReference, size: int, replicates: int) -> _Null:
+    """Windows of `size` values drawn from the reference (and a little past it), each
+    compared with the reference as a real window is. Cached per (column, size bucket): every
+    window of a monitoring run, and of later runs with the same reference, reuses it."""
+    grid = _reference_grid(ref)
+    rng = np.random.default_rng([_NULL_SEED, size])
+    # A new value falls past the reference's range with probability about 1/(n + 1) on
+    # each side; a small reference of a long-tailed column is exceeded by a lot, which a
+    # window drawn within the range would never show.
+    tail = 1.0 / (ref.n + 1)
+    uniforms = np.sort(rng.random((replicates, size)), axis=1)
+    # Inverse transform without computing values: sorted uniforms counted against the
+    # reference CDF at the grid points give the grid counts. One searchsorted for all
+    # replicates: row i is shifted into [i, i + 1).
+    offsets = np.arange(replicates)[:, None]
+    boundaries = tail + (1.0 - 2.0 * tail) * grid.boundaries + offsets
+    positions = np.searchsorted((uniforms + offsets).ravel(), boundaries) - offsets * size
+    counts = np.diff(positions, axis=1, prepend=0, append=size)
+    if ref.std == 0:
+        statistics = _js_distances(grid.shares, counts / size)
+    else:
+        # How far past: exponential with the mean excess of the outer tenth of the reference.
+        low_scale, high_scale = _tail_scales(grid.quantiles)
+        low, high = counts[:, 0], counts[:, -1]
+        low_sum = low * grid.edges[0] - rng.gamma(low, low_scale)
+        high_sum = high * grid.edges[-1] + rng.gamma(high, high_scale)
+        statistics = _wasserstein(grid, counts, low_sum, high_sum) / ref.std
+    return _fit_null(statistics, size)
+
+
+def _tail_scales(quantiles: np.ndarray) -> tuple[float, float]:
+    """Mean excess below the 10% and above the 90% reference quantile."""
+    tenth = max((quantiles.size - 1) // 10, 1)
+    low = quantiles[tenth] - np.mean(quantiles[: tenth + 1])
+    high = np.mean(quantiles[-tenth - 1 :]) - quantiles[-tenth - 1]
+    return max(float(low), 0.0), max(float(high), 0.0)  # rounding may leave -1e-17
+
+
+@functools.lru_cache(maxsize=1024)
+def _categorical_null(shares: tuple[float, ...], n: int, size: int, replicates: int) -> _Null:
+    rng = np.random.default_rng([_NULL_SEED, size])
+    probabilities = np.asarray(shares) / sum(shares)
+    reference = rng.multinomial(n, probabilities, size=replicates) / n
+    current = rng.multinomial(size, probabilities, size=replicates) / size
+    return _fit_null(_js_distances(reference, current), _effective_size(n, size))
+
+
+def _decide(
+    statistic: float, null: _Null, size: float, floor: float, config: DriftConfig
+) -> dict[str, Any]:
+    """The calibrated fields of a tested column: p-value, threshold and the flag."""
+    p_value = null.p_value(statistic, size)
+    return {
+        "statistic": statistic,
+        "p_value": p_value,
+        "threshold": max(floor, null.critical(config.p_value, size)),
+        "drifted": p_value <= config.p_value and statistic >= floor,
+    }
 
 
 class _CategoricalColumn:
@@ -637,23 +789,18 @@ class _CategoricalColumn:
         config = self.config
         psi = _psi(reference_shares, current_shares, config.psi_epsilon)
         js = _js_distance(reference_shares, current_shares)
-        statistic, p_value = _chi2(reference_counts, current_counts)
-        if self.n < config.small_sample_rows:
-            test: Test = "chi2"
-            drifted = p_value <= config.p_value
-        else:
-            test = "js"
-            drifted = js >= config.js
+        size = _effective_size(ref.n, self.n)
+        null = _categorical_null(
+            tuple(reference_shares.tolist()), ref.n, _bucket(self.n), config.null_samples
+        )
         return ColumnDrift(
             **base,
-            test=test,
+            **_decide(js, null, size, config.js, config),
+            test="js",
             psi=psi,
             psi_band=_band(psi, config),
             wasserstein=None,
             js=js,
-            p_value=p_value,
-            statistic=statistic,
-            drifted=bool(drifted),
             histogram=histogram,
         )
 
@@ -735,26 +882,22 @@ def _band(psi: float, config: DriftConfig) -> PsiBand:
 
 def _js_distance(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon distance, base 2 (0 identical, 1 disjoint); inputs are shares."""
+    return float(_js_distances(p, q[np.newaxis])[0])
+
+
+def _js_distances(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The JS distance between `p` and each row of `q`."""
     # Rounding can leave the divergence a hair below 0 (sqrt: NaN) or the distance above 1.
     with np.errstate(invalid="ignore"):
-        value = float(jensenshannon(p, q, base=2))
-    return 0.0 if math.isnan(value) else min(value, 1.0)
-
-
-def _chi2(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """Chi-square test of homogeneity of the 2 x K table (categories seen on either side)."""
-    seen = (reference + current) > 0
-    if np.count_nonzero(seen) < 2:
-        return 0.0, 1.0  # one category in all: nothing can differ
-    result = stats.chi2_contingency(np.vstack([reference[seen], current[seen]]))
-    return float(result.statistic), float(result.pvalue)
+        values = jensenshannon(np.broadcast_to(p, q.shape), q, base=2, axis=1)
+    return np.minimum(np.nan_to_num(values, nan=0.0), 1.0)
 
 
 def _untested(base: dict[str, Any], histogram: Histogram) -> ColumnDrift:
     """A column no statistic applies to: no reference values (not tested), or no current
     values (drifted: the column went missing)."""
     no_statistics: dict[str, Any] = dict.fromkeys(
-        ("psi", "psi_band", "wasserstein", "js", "p_value", "statistic")
+        ("psi", "psi_band", "wasserstein", "js", "p_value", "statistic", "threshold")
     )
     if base["reference_n"] == 0:
         return ColumnDrift(

@@ -3,6 +3,13 @@ of the same metrics over chunks of the held-out rows (the reference profile's pe
 
 Late labels (feedback) turn logged predictions into rows the evaluate step's own metric
 function can score, so a window's accuracy means what the held-out accuracy meant.
+
+The band is mean +- sigma * std * sqrt(chunk_rows / rows + 1 / chunks): the reference std was
+measured over chunks of `chunk_rows` rows, and a metric's sampling noise goes as
+1/sqrt(rows), so a window smaller than a chunk gets a wider band and a larger one a narrower
+band; the 1 / chunks term is the uncertainty of the reference mean itself, which no window
+size removes. The band is then clipped to the values the metric can take (accuracy is never
+above 1, log loss never below 0).
 """
 
 from __future__ import annotations
@@ -27,10 +34,22 @@ from pipeline.monitoring.profile import PREDICTION, PerformanceReference
 
 logger = logging.getLogger(__name__)
 
+# The values each metric can take, for clipping its band; a metric not listed is unbounded.
+_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "f1_macro": (0.0, 1.0),
+    "roc_auc": (0.0, 1.0),
+    "log_loss": (0.0, math.inf),
+    "rmse": (0.0, math.inf),
+    "mae": (0.0, math.inf),
+    "r2": (-math.inf, 1.0),
+}
+
 
 @dataclass(frozen=True)
 class MetricCheck:
-    """One metric of one window against the reference band mean +- sigma * std.
+    """One metric of one window against its reference band (mean +- sigma * std, the std
+    scaled by `scale` to the window's size, clipped to the metric's range).
 
     A metric whose reference chunks show no spread (std 0: tiny chunks where, say, every
     chunk's ROC AUC is 1.0) has a band of zero width that any window would leave; it is
@@ -43,6 +62,7 @@ class MetricCheck:
     lower: float
     upper: float
     lower_is_better: bool
+    scale: float = 1.0  # the reference std's factor for this window's size
 
     @property
     def judged(self) -> bool:
@@ -66,6 +86,7 @@ class MetricCheck:
             "reference_std": self.reference_std,
             "lower": self.lower,
             "upper": self.upper,
+            "scale": self.scale,
             "judged": self.judged,
             "outside": self.outside,
             "degraded": self.degraded,
@@ -158,8 +179,13 @@ def check_performance(
         return ()
     means, stds = reference.mean, reference.std
     bands = {
-        metric: (means[metric], stds[metric])
-        for metric in reference.metric_chunks
+        metric: _Band(
+            mean=means[metric],
+            std=stds[metric],
+            chunk_rows=reference.chunk_rows,
+            chunks=sum(math.isfinite(v) for v in values),
+        )
+        for metric, values in reference.metric_chunks.items()
         if math.isfinite(means[metric]) and math.isfinite(stds[metric])
     }
     proba = [c for c in labels.columns if c.startswith(PROBA_PREFIX)]
@@ -180,27 +206,40 @@ def check_performance(
                 start=start.to_pydatetime(),
                 end=(start + offset).to_pydatetime(),
                 rows=len(rows),
-                metrics=_checks(values, bands, settings.sigma),
+                metrics=_checks(values, bands, settings.sigma, rows=len(rows)),
             )
         )
     return tuple(windows)
 
 
+@dataclass(frozen=True)
+class _Band:
+    """What the reference knows of one metric: its mean and spread over the chunks."""
+
+    mean: float
+    std: float
+    chunk_rows: int
+    chunks: int
+
+
 def _checks(
-    values: Mapping[str, float], bands: Mapping[str, tuple[float, float]], sigma: float
+    values: Mapping[str, float], bands: Mapping[str, _Band], sigma: float, *, rows: int
 ) -> dict[str, MetricCheck]:
     checks = {}
     for metric, value in values.items():
         if metric not in bands or not math.isfinite(value):
             continue
-        mean, std = bands[metric]
+        band = bands[metric]
+        scale = math.sqrt(band.chunk_rows / rows + 1 / max(band.chunks, 1))
+        low, high = _RANGES.get(metric, (-math.inf, math.inf))
         checks[metric] = MetricCheck(
             value=float(value),
-            reference_mean=mean,
-            reference_std=std,
-            lower=mean - sigma * std,
-            upper=mean + sigma * std,
+            reference_mean=band.mean,
+            reference_std=band.std,
+            lower=max(band.mean - sigma * scale * band.std, low),
+            upper=min(band.mean + sigma * scale * band.std, high),
             lower_is_better=metric_info(metric).lower_is_better,
+            scale=scale,
         )
     return checks
 

@@ -9,7 +9,10 @@ window of production traffic against it:
   quantiles (1,000 intervals by default) that stand in for the reference sample in the
   Wasserstein distance and the KS test;
 - categorical columns: the count of every category and the missing count;
-- optionally the held-out performance over reference chunks (for performance monitoring).
+- optionally the held-out performance over reference chunks (for performance monitoring);
+- optionally each feature's share of the model's importance (the data-set drift verdict's
+  important-feature rule); a profile without it (older ones, models without importances) is
+  read as "no importance known".
 
 The prediction is one more column named `prediction`: categorical (the label's `str`) for a
 classifier, numeric for a regressor, as in the prediction log.
@@ -97,6 +100,7 @@ class ReferenceProfile:
     task: Task
     columns: Mapping[str, ColumnReference]
     performance: PerformanceReference | None = None
+    importance: Mapping[str, float] | None = None  # feature -> share of the total, sums to 1
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -118,6 +122,7 @@ class ReferenceProfile:
                     for name, values in self.performance.metric_chunks.items()
                 },
             },
+            "importance": None if self.importance is None else dict(self.importance),
         }
 
     def to_json(self) -> str:
@@ -141,6 +146,7 @@ class ReferenceProfile:
                 for name, column in data["columns"].items()
             }
             performance = data.get("performance")
+            importance = data.get("importance")  # absent in profiles written before it existed
             return cls(
                 task=task,
                 columns=columns,
@@ -153,6 +159,7 @@ class ReferenceProfile:
                     },
                     chunk_rows=int(performance["chunk_rows"]),
                 ),
+                importance=None if importance is None else _importance_from_dict(importance),
             )
         except DataValidationError:
             raise
@@ -180,6 +187,7 @@ def build_reference_profile(
     categorical: Sequence[str],
     task: str,
     performance: PerformanceReference | None = None,
+    importance: Mapping[str, float] | pd.Series | None = None,
     n_bins: int = 10,
     n_quantiles: int = DEFAULT_QUANTILES,
 ) -> ReferenceProfile:
@@ -187,6 +195,11 @@ def build_reference_profile(
 
     `n_bins` is the number of PSI bins (reference deciles by default; pass the config's
     `monitoring.drift.psi_bins`); it is fixed here, at training time, for every later window.
+    `importance` is the model's importance by feature, keyed by the raw feature names or by
+    the fitted preprocessing's output names (`numeric__age`, `categorical__city_Paris`, as
+    `get_feature_names_out` gives them); values below zero count as zero, the rest are summed
+    per raw feature and stored as shares. None, or nothing above zero: no importance is
+    recorded.
     """
     if task not in ("classification", "regression"):
         raise ConfigError(f"task '{task}' must be 'classification' or 'regression'")
@@ -225,7 +238,51 @@ def build_reference_profile(
         columns[PREDICTION] = _numeric_reference(
             as_float(predicted, PREDICTION), n_bins=n_bins, n_quantiles=n_quantiles
         )
-    return ReferenceProfile(task=cast(Task, task), columns=columns, performance=performance)
+    return ReferenceProfile(
+        task=cast(Task, task),
+        columns=columns,
+        performance=performance,
+        importance=None
+        if importance is None
+        else _importance_shares(importance, numeric=numeric, categorical=categorical),
+    )
+
+
+def _importance_shares(
+    importance: Mapping[str, float] | pd.Series,
+    *,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+) -> dict[str, float] | None:
+    totals = dict.fromkeys((*numeric, *categorical), 0.0)
+    for key, value in dict(importance).items():
+        if not math.isfinite(float(value)):
+            raise DataValidationError(f"feature importance of '{key}' is {value}, not a number")
+        feature = _raw_feature(str(key), numeric=numeric, categorical=categorical)
+        # A permutation importance below zero is noise (shuffling helped by chance), not
+        # importance; magnitudes such as |coefficients| are the caller's to take.
+        totals[feature] += max(float(value), 0.0)
+    total = sum(totals.values())
+    if total <= 0:
+        return None
+    return {feature: value / total for feature, value in totals.items()}
+
+
+def _raw_feature(key: str, *, numeric: Sequence[str], categorical: Sequence[str]) -> str:
+    """The raw feature an importance key belongs to: itself, or the feature behind a
+    preprocessing output name (`<transformer>__<feature>`, one-hot `..._<category>`)."""
+    names = (key, key.split("__", 1)[1]) if "__" in key else (key,)
+    for name in names:
+        if name in numeric or name in categorical:
+            return name
+    # One-hot columns: the longest categorical feature the output name starts with.
+    owners = [f for f in categorical if any(n.startswith(f"{f}_") for n in names)]
+    if owners:
+        return max(owners, key=len)
+    raise DataValidationError(
+        f"feature importance names '{key}', which is none of the profiled features "
+        f"({', '.join([*numeric, *categorical])}) nor a preprocessing output of one"
+    )
 
 
 def as_float(values: pd.Series, column: str) -> np.ndarray:
@@ -313,6 +370,13 @@ def _decode_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {value!r}")
     return float(value)
+
+
+def _importance_from_dict(data: Mapping[str, Any]) -> dict[str, float]:
+    shares = {str(name): _decode_float(value) for name, value in data.items()}
+    if any(not math.isfinite(v) or v < 0 for v in shares.values()):
+        raise ValueError("importance shares must be finite and >= 0")
+    return shares
 
 
 def _column_to_dict(ref: ColumnReference) -> dict[str, Any]:

@@ -46,16 +46,15 @@ def render_html(found: MonitorResult) -> str:
     """The page; every name and value from the log or the registry is escaped."""
     drift = found.drift
     verdict = "data-set drift" if drift.dataset_drift else "no data-set drift"
+    important = ", ".join(drift.important_columns) or "none"
+    if not drift.importance_known:
+        important += " (no importance recorded at training: every feature counts)"
     summary = [
         ("Model", f"{found.model_name} v{found.model_version} (training run {found.model_run_id})"),
         ("Window", f"{found.window_start.isoformat()} to {found.window_end.isoformat()}"),
         ("Predictions", f"{found.rows} ({found.labelled_rows} labelled)"),
-        (
-            "Drift",
-            f"{len(drift.drifted_columns)} of {len(drift.tested_columns)} columns drifted "
-            f"(share {drift.drifted_share:.2f}, threshold {drift.dataset_drift_share:.2f}): "
-            f"{verdict}",
-        ),
+        ("Drift", f"{drift.reason}: {verdict}"),
+        ("Important features", important),
         ("Verdict", found.verdict),
     ]
     columns = drift.columns.values()
@@ -63,7 +62,10 @@ def render_html(found: MonitorResult) -> str:
         "drift_report.html.j2",
         title=f"Drift report: {found.model_name} v{found.model_version}",
         summary=summary,
-        columns=[{"cells": _column_cells(c), "flag": c.drifted} for c in columns],
+        columns=[
+            {"cells": _column_cells(c, c.column in drift.important_columns), "flag": c.drifted}
+            for c in columns
+        ],
         performance=[
             {"cells": _performance_cells(w.start.isoformat(), w.rows, m, c), "flag": c.degraded}
             for w in found.performance
@@ -82,10 +84,10 @@ def render_html(found: MonitorResult) -> str:
     )
 
 
-def _column_cells(column: ColumnDrift) -> tuple[str, ...]:
+def _column_cells(column: ColumnDrift, important: bool) -> tuple[str, ...]:
     band = f" ({column.psi_band})" if column.psi_band is not None else ""
     return (
-        column.column,
+        column.column + (" *" if important else ""),
         column.kind,
         column.test,
         str(column.n),
@@ -93,6 +95,7 @@ def _column_cells(column: ColumnDrift) -> tuple[str, ...]:
         _number(column.psi) + band,
         _number(column.wasserstein),
         _number(column.js),
+        _number(column.threshold),
         _number(column.p_value),
         "yes" if column.drifted else "no",
     )

@@ -74,7 +74,7 @@ def run(
     _record_classification_notes(client, config, run_id, model, data_split)
     importance = feature_importance(config, model, data_split.X_test, data_split.y_test)
     plots = _log_plots(client, config, run_id, model, data_split, importance)
-    profile = reference_profile(config, model, data_split)
+    profile = reference_profile(config, model, data_split, importance)
     client.log_dict(run_id, profile.to_dict(), artifacts.REFERENCE_PROFILE_PATH)
     client.log_dict(
         run_id, input_domain(model, data_split.X_train).to_json(), INPUT_DOMAIN_ARTIFACT
@@ -148,9 +148,13 @@ def _record_classification_notes(
 
 
 def reference_profile(
-    config: PipelineConfig, model: Pipeline, data_split: Split
+    config: PipelineConfig,
+    model: Pipeline,
+    data_split: Split,
+    importance: pd.Series | None = None,
 ) -> ReferenceProfile:
-    """What monitoring compares production with: training rows, predictions, held-out chunks."""
+    """What monitoring compares production with: training rows, predictions, held-out chunks,
+    and the features' permutation importance (drift in an important feature matters more)."""
     numeric, categorical = _feature_kinds(model, data_split.X_train)
     return build_reference_profile(
         data_split.X_train,
@@ -159,6 +163,7 @@ def reference_profile(
         categorical=categorical,
         task=config.task,
         performance=_performance_reference(config, model, data_split),
+        importance=importance,
         n_bins=config.monitoring.drift.psi_bins,
     )
 

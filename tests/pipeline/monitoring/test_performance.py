@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -87,7 +88,12 @@ def test_each_window_judges_each_metric_against_mean_plus_or_minus_sigma_std() -
     good, bad = windows
     accuracy = good.metrics["accuracy"]
     assert (accuracy.value, accuracy.reference_mean) == (1.0, pytest.approx(0.9))
-    assert (accuracy.lower, accuracy.upper) == (pytest.approx(0.86), pytest.approx(0.94))
+    # std 0.02 over chunks of 20 rows, scaled to 24 rows, plus the reference mean's own noise.
+    half = 2.0 * 0.02 * math.sqrt(20 / 24 + 1 / 3)
+    assert (accuracy.lower, accuracy.upper) == (
+        pytest.approx(0.9 - half),
+        pytest.approx(0.9 + half),
+    )
     assert not good.degraded  # better than the band is no reason to act
     assert bad.degraded_metrics == ("accuracy",)
 
@@ -108,3 +114,36 @@ def test_no_labels_or_no_reference_performance_give_no_windows() -> None:
     assert check_performance("classification", PerformanceMonitorConfig(), None, rows.frame()) == ()
     empty = LabelledRows("classification").frame()
     assert check_performance("classification", PerformanceMonitorConfig(), REFERENCE, empty) == ()
+
+
+def test_the_band_is_clipped_to_the_values_the_metric_can_take() -> None:
+    reference = PerformanceReference(
+        metric_chunks={"accuracy": (0.6, 0.99, 0.95), "log_loss": (0.05, 0.6, 0.1)},
+        chunk_rows=20,
+    )
+    rows = LabelledRows("classification")
+    rows.update(_chunk(["a", "b"] * 10, ["a", "b"] * 10).assign(**{"proba.a": 0.9, "proba.b": 0.1}))
+    (window,) = check_performance(
+        "classification", PerformanceMonitorConfig(), reference, rows.frame()
+    )
+    assert window.metrics["accuracy"].upper == 1.0
+    assert window.metrics["log_loss"].lower == 0.0
+    assert window.metrics["accuracy"].lower > 0.0
+
+
+def test_a_window_smaller_than_a_reference_chunk_gets_a_wider_band_than_a_larger_one() -> None:
+    rows = LabelledRows("classification")
+    rows.update(_chunk(["a"] * 5, ["a"] * 5))  # day 1: 5 rows
+    rows.update(
+        _chunk(["a"] * 200, ["a"] * 200, start=START + timedelta(days=1)).assign(
+            timestamp=lambda f: START + timedelta(days=1, seconds=1)
+        )
+    )  # day 2: 200 rows
+    small, large = check_performance(
+        "classification", PerformanceMonitorConfig(), REFERENCE, rows.frame()
+    )
+    assert (small.rows, large.rows) == (5, 200)
+    small_width = small.metrics["accuracy"].upper - small.metrics["accuracy"].lower
+    large_width = large.metrics["accuracy"].upper - large.metrics["accuracy"].lower
+    assert small.metrics["accuracy"].scale > 1 > large.metrics["accuracy"].scale
+    assert small_width > 2 * large_width

@@ -242,3 +242,51 @@ def test_a_malformed_profile_is_refused_with_the_column_and_key(
 def test_a_profile_that_is_not_json_is_refused() -> None:
     with pytest.raises(DataValidationError, match="reference profile: not valid JSON"):
         ReferenceProfile.from_json("{not json")
+
+
+def _with_importance(importance: dict[str, float] | pd.Series | None) -> ReferenceProfile:
+    frame = _training_frame(500)
+    return build_reference_profile(
+        frame,
+        ["yes"] * 500,
+        numeric=["age", "income"],
+        categorical=["city"],
+        task="classification",
+        importance=importance,
+    )
+
+
+def test_importance_is_stored_as_each_features_share_and_round_trips() -> None:
+    # A permutation importance below zero (shuffling helped by chance) counts as none.
+    profile = _with_importance({"age": 3.0, "income": 1.0, "city": -0.2})
+    assert profile.importance == {"age": 0.75, "income": 0.25, "city": 0.0}
+    assert _json_round_trip(profile).importance == profile.importance
+
+
+def test_importance_by_preprocessing_output_name_is_summed_per_raw_feature() -> None:
+    output = pd.Series(
+        {
+            "numeric__age": 2.0,
+            "numeric__income": 1.0,
+            "categorical__city_paris": 0.5,
+            "categorical__city_nice": 0.5,
+        }
+    )
+    profile = _with_importance(output)
+    assert profile.importance == {"age": 0.5, "income": 0.25, "city": 0.25}
+
+
+def test_no_importance_or_only_zeros_records_none() -> None:
+    assert _with_importance(None).importance is None
+    assert _with_importance({"age": 0.0, "income": -0.1}).importance is None
+
+
+def test_a_profile_written_before_importance_existed_is_read_as_without_importance() -> None:
+    data = _profile().to_dict()
+    del data["importance"]
+    assert ReferenceProfile.from_dict(data).importance is None
+
+
+def test_importance_of_a_name_that_is_no_feature_is_refused_with_the_name() -> None:
+    with pytest.raises(DataValidationError, match="feature importance names 'numeric__height'"):
+        _with_importance({"numeric__height": 1.0})

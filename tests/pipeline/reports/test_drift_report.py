@@ -82,11 +82,15 @@ def test_drifted_columns_are_flagged_in_the_table_and_their_heading() -> None:
     found = _found(reference, current)
     page = drift_report.render_html(found)
     assert found.drift.drifted_columns == ("moved",)
-    assert '<tr class="flag"><td>moved</td><td>numeric</td><td>wasserstein</td>' in page
-    assert "<tr><td>stable</td>" in page
+    # Without recorded importance every feature is important (marked *).
+    assert '<tr class="flag"><td>moved *</td><td>numeric</td><td>wasserstein</td>' in page
+    assert "<tr><td>stable *</td>" in page
     assert "<h3>moved (drifted)</h3>" in page
     assert "<h3>stable</h3>" in page
-    assert "<tr><th>Verdict</th><td>ok</td></tr>" in page  # one of three columns: no data-set drift
+    # One of three columns, but an important one drifting strongly: data-set drift.
+    assert "important feature(s) moved drifted strongly" in page
+    assert "<tr><th>Verdict</th><td>drift</td></tr>" in page
+    assert "no importance recorded at training: every feature counts" in page
 
 
 def test_unseen_categories_are_named_under_their_column() -> None:
@@ -132,7 +136,8 @@ def test_the_json_report_is_strict_json_with_model_window_drift_and_performance(
         "end": (START + timedelta(days=1)).isoformat(),
     }
     assert document["verdict"] == "degraded"
-    assert document["drift"]["columns"]["x"]["test"] == "ks"
+    assert document["drift"]["columns"]["x"]["test"] == "wasserstein"
+    assert document["drift"]["important_columns"] == ["x"]
     assert document["performance"]["degraded"] is True
     assert document["performance"]["windows"][0]["metrics"]["accuracy"]["degraded"] is True
 
@@ -155,6 +160,7 @@ def test_the_drift_report_and_the_model_card_share_one_stylesheet() -> None:
         config_yaml=None,
         metrics={},
         cv_metrics={},
+        baseline_metrics={},
         plots=(),
         gate=None,
         lineage=model_card.Lineage(None, None, None, None, None, None, "#/r"),
