@@ -25,7 +25,8 @@ class MonitorResult:
 
     @property
     def drift_detected(self) -> bool:
-        """The data-set verdict: the share of drifted columns reached the configured share."""
+        """The data-set verdict: the share of drifted columns reached the configured share, or an
+        important feature drifted strongly (``DriftReport.reason`` says which)."""
         return bool(self.drift.dataset_drift)
 
     @property
@@ -58,7 +59,8 @@ class MonitorResult:
             f"drift: {len(drifted)} of {len(self.drift.columns)} columns "
             f"(share {self.drift.drifted_share:.2f})"
             + (f": {', '.join(drifted)}" if drifted else "")
-            + (" -> data-set drift" if self.drift_detected else " -> no data-set drift"),
+            + (" -> data-set drift" if self.drift_detected else " -> no data-set drift")
+            + (f" ({self.drift.reason})" if self.drift.reason else ""),
         ]
         if not self.performance:
             lines.append("performance: no labelled predictions in the window")
