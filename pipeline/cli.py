@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,11 @@ DEFAULT_CONFIG = "configs/iris.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
+    # `mlflow run` names its own run in MLFLOW_RUN_ID, and MLflow resumes that run in every
+    # `start_run` of this process whatever experiment it targets: a command decides itself
+    # whether to log into it (`_adopt`), so the variable must not leak into any step.
+    args.launcher_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
+    _say_what_it_waits_on(args.step)
     from mlflow.exceptions import MlflowException
 
     from pipeline.tracking import configure_tracking
@@ -41,8 +47,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return exc.exit_code
     except MlflowException as exc:
-        logger.error("MLflow refused the operation: %s", exc.message)
+        # MLflow quotes the URL it called, credentials and all.
+        message = re.sub(r"(\w+://)[^/@\s]+@", r"\1", str(exc.message))
+        logger.error("MLflow refused the operation: %s", message)
         return 1
+
+
+def _say_what_it_waits_on(step: str) -> None:
+    """One line before the seconds of importing MLflow, when the store is not a local file.
+
+    A remote store answers every registry read over the network; a command that sits silent
+    meanwhile looks hung, so say where it is talking to.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and not uri.startswith(("sqlite:", "file:", "/", ".")):
+        from pipeline.contracts import store_id  # the URI without credentials
+
+        logger.info("%s: loading MLflow, then waiting on the store %s", step, store_id(uri))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -58,10 +79,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.steps import ingest, train
+    from pipeline.tracking import launcher_run_in, point_launcher_to
 
     config = _config(args)
     dataset = ingest.run(config)
-    result = train.run(config, dataset, run_id=_adopt_launcher_run(config))
+    result = train.run(
+        config, dataset, run_id=launcher_run_in(args.launcher_run_id, config.experiment)
+    )
+    point_launcher_to(args.launcher_run_id, result.run_id)
     print(f"run_id={result.run_id}\nmodel_uri={result.model_uri}")
     return 0
 
@@ -92,29 +117,40 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 def _cmd_main(args: argparse.Namespace) -> int:
     from pipeline.steps import flow
+    from pipeline.tracking import launcher_run_in, point_launcher_to
 
     config = _config(args)
-    result = flow.run_all(config, run_id=_adopt_launcher_run(config), force=args.force)
+    result = flow.run_all(
+        config, run_id=launcher_run_in(args.launcher_run_id, config.experiment), force=args.force
+    )
     decision = result.decision
+    if not result.cached_from:  # a cache hit leaves its own note on the launcher run
+        point_launcher_to(args.launcher_run_id, result.run_id)
     if result.cached_from:
         print(
             f"cache hit: run {result.cached_from} has the same config, data and code; "
             "training and evaluation skipped (--force re-runs them)"
         )
+    # A reused version's recorded decision is old news: report what the registry says now.
+    gate_line = (
+        f"not run again (cache hit): {result.registry_state}"
+        if result.registry_state
+        else f"{decision.decision}: {decision.reason}"
+    )
     print(
         f"run_id={result.run_id}\n"
         f"registered {decision.name} version {decision.version}\n"
-        f"gate: {decision.decision}: {decision.reason}"
+        f"gate: {gate_line}"
     )
-    if result.registry_state:
-        print(f"registry: {result.registry_state}")
     return 0
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from pipeline.steps import reproduce
+    from pipeline.tracking import point_launcher_to
 
-    result = reproduce.run(args.name, args.version)
+    result = reproduce.run(args.name, args.version, launcher_run_id=args.launcher_run_id)
+    point_launcher_to(args.launcher_run_id, result.run_id)
     print(
         f"reproduced {result.name} v{result.version} (run {result.original_run_id}) in run "
         f"{result.run_id}; data hash {result.data_hash[:12]} matches"
@@ -200,15 +236,15 @@ NEEDS_ACTION_EXIT = 10
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.monitoring import monitor
+    from pipeline.tracking import launcher_run_in, point_launcher_to
 
     config = load_config(args.config)
+    launcher_id = launcher_run_in(args.launcher_run_id, config.monitoring_experiment)
     result = monitor.run(
-        config,
-        version=args.version or None,
-        since=args.since,
-        until=args.until,
-        run_id=_launcher_run_id(),
+        config, version=args.version or None, since=args.since, until=args.until, run_id=launcher_id
     )
+    if launcher_id is None:
+        point_launcher_to(args.launcher_run_id, result.run_id)
     print(result.summary())
     # A distinct status, not an error: schedulers branch on it (`monitor || retrain`).
     return NEEDS_ACTION_EXIT if result.needs_action else 0
@@ -226,8 +262,12 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.monitoring import retrain
+    from pipeline.tracking import point_launcher_to
 
     result = retrain.run(load_config(args.config), force=args.force, since=args.since)
+    point_launcher_to(
+        args.launcher_run_id, result.pipeline.run_id if result.pipeline else result.monitor_run_id
+    )
     if result.pipeline is None:
         print(f"retrain: not retrained: {result.reason}")
         # Drift without labels still needs someone to act: say so in the status too.
@@ -265,15 +305,6 @@ def _cmd_score(args: argparse.Namespace) -> int:
         f"{result.seconds:.1f} s -> {result.output_path}"
     )
     return 0
-
-
-def _launcher_run_id() -> str | None:
-    """The run `mlflow run` created for this entry point, taken out of the environment.
-
-    MLflow resumes the run named by MLFLOW_RUN_ID in every `start_run`; the steps decide
-    themselves which run they log to, so the variable must not leak into them.
-    """
-    return os.environ.pop("MLFLOW_RUN_ID", None) or None
 
 
 def _cmd_ui_url(args: argparse.Namespace) -> int:
@@ -317,30 +348,6 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
             "split.cv_folds": getattr(args, "cv_folds", None),
         }
     )
-
-
-def _adopt_launcher_run(config: PipelineConfig) -> str | None:
-    """Under `mlflow run`, log into the run it created when that run is in our experiment.
-
-    `mlflow run` puts its run in the experiment named on its own command line; the config names
-    ours. When they differ, the candidate gets its own run there and the launcher run points to it.
-    """
-    launcher_id = _launcher_run_id()
-    if launcher_id is None:
-        return None
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    experiment = mlflow.set_experiment(config.experiment)
-    if client.get_run(launcher_id).info.experiment_id == experiment.experiment_id:
-        return launcher_id
-    client.set_tag(
-        launcher_id,
-        "mlflow.note.content",
-        f"The candidate run of this invocation is in experiment '{config.experiment}'.",
-    )
-    return None
 
 
 def _configure_logging(verbose: bool) -> None:

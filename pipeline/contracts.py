@@ -6,9 +6,10 @@ scikit-learn or pandas, nothing that makes the server slow to start.
 
 What lives here:
 
-- the prediction log: its layout on disk, its columns and their Arrow types, written by the
-  server (predictions and labels) and by ``python -m pipeline feedback`` (labels), read by
-  monitoring, retraining and live comparison (``docs/prediction-log.md``);
+- the prediction log: its layout on disk, its columns and their Arrow types and the store id
+  each part records, written by the server (predictions and labels) and by
+  ``python -m pipeline feedback`` (labels), read by monitoring, retraining and live
+  comparison (``docs/prediction-log.md``);
 - the skops types a logged model may hold to be loaded, by the pipeline and by the server;
 - the naming of held-out metrics, which the server shows for the version it answers with;
 - the MLflow signature column types a model may take, and what each means on the wire.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -89,6 +91,46 @@ def prediction_schema(
     fields.append(pa.field("prediction", label_type(task)))
     fields += [pa.field(PROBA_PREFIX + name, pa.float64()) for name in classes or ()]
     return pa.schema(fields)
+
+
+STORE_ID_KEY = b"mlops.store_id"
+"""Parquet key-value metadata of every part: the store id of the registry whose model made the
+predictions (or whose model the labels are for). Readers skip parts of another store, since a
+model name and version mean another model there."""
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""The store both sides use when ``MLFLOW_TRACKING_URI`` is not set."""
+_SQLITE = "sqlite:///"
+
+
+def store_id(tracking_uri: str | None = None) -> str:
+    """The registry a tracking URI names, spelled one way whoever resolves it.
+
+    A relative SQLite path is made absolute against the working directory (the server and the
+    pipeline commands run from the same project directory); a server URI keeps scheme, host,
+    port and path, lower-cased where case means nothing, and loses credentials and query.
+    Without a URI: ``MLFLOW_TRACKING_URI``, else :data:`DEFAULT_TRACKING_URI`.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith(_SQLITE):
+        database = uri.removeprefix(_SQLITE).split("?", 1)[0]
+        return f"{_SQLITE}{Path(database).resolve()}" if database else uri
+    parts = urlsplit(uri)
+    if not parts.scheme or parts.scheme == "file":
+        return f"file://{Path(parts.path).resolve()}"
+    host = (parts.hostname or "").lower()
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+
+
+def part_store_id(schema: pa.Schema) -> str | None:
+    """The store id a part records, or None for a part written before parts recorded one."""
+    value = (schema.metadata or {}).get(STORE_ID_KEY)
+    return value.decode() if value is not None else None
+
+
+def with_store_id(table: pa.Table, store: str) -> pa.Table:
+    """``table`` carrying ``store`` in its schema metadata, as every part is written."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), STORE_ID_KEY: store})
 
 
 def feedback_schema(task: Task) -> pa.Schema:

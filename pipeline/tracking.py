@@ -50,6 +50,39 @@ def configure_tracking() -> str:
     return uri
 
 
+def launcher_run_in(launcher_id: str | None, experiment_name: str) -> str | None:
+    """The run `mlflow run` created, when it is in `experiment_name`: the command logs into it.
+
+    `mlflow run` puts its run in the experiment named on its own command line (`Default`
+    without one); a command's runs belong in the config's experiments. When they differ, the
+    command makes its own run and leaves a note on the launcher run (`point_launcher_to`).
+    """
+    if launcher_id is None:
+        return None
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or client.get_run(launcher_id).info.experiment_id != (
+        experiment.experiment_id
+    ):
+        return None
+    return launcher_id
+
+
+def point_launcher_to(launcher_id: str | None, run_id: str | None) -> None:
+    """A note on the run `mlflow run` created, saying where this invocation's own run is."""
+    if launcher_id is None or run_id is None or run_id == launcher_id:
+        return
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    client.set_tag(
+        launcher_id,
+        "mlflow.note.content",
+        f"This invocation's run is {run.info.run_name or run_id} ({run_id}) "
+        f"in experiment '{experiment}'.",
+    )
+
+
 def prepare_sqlite_store(uri: str, timeout: float = STORE_LOCK_TIMEOUT_SECONDS) -> None:
     """Make sure a SQLite store exists at MLflow's current schema, creating it at most once.
 
@@ -219,7 +252,11 @@ def current_actor() -> str:
 
 RUNS_TABLE_VIEW = "pipeline"
 _SHARED_VIEW_TAG = "mlflow.sharedViewState."
-_DEFAULT_COLUMNS = ("attributes.`Dataset`", "attributes.`Models`")
+STATUS_TAG = "pipeline.status"
+"""A run tag the runs table shows as its first column: which run serves in Production, and
+which run of `mlflow run` was a cache hit (it trained nothing)."""
+# Widths (px) that fit the columns beside Run Name and Created in a 1,400 px window.
+_WIDTHS = {"tags": 140, "params": 190, "metrics": 95}
 
 
 def publish_runs_table_view(
@@ -229,7 +266,10 @@ def publish_runs_table_view(
 
     The MLflow UI hides every param and metric column until someone picks them; a shared view
     (an experiment tag the UI reads for `?viewStateShareKey=`) makes the link printed by
-    `make ui` open with candidates compared side by side. Columns accumulate across runs, so
+    `make ui` open with candidates compared side by side: the status tag (Production, cache
+    hit), the estimator and the held-out metrics first and narrow enough to be seen without
+    scrolling at 1,400 px, the rest after them. The sort stays by creation time, the one
+    order in which the UI nests trials under their parent. Columns accumulate across runs, so
     candidates with different estimators all keep their parameters visible.
     """
     client = MlflowClient()
@@ -239,13 +279,23 @@ def publish_runs_table_view(
         columns = list(json.loads(existing)["selectedColumns"]) if existing else []
     except (ValueError, KeyError, TypeError):
         columns = []
-    wanted = [
-        *_DEFAULT_COLUMNS,
-        *(f"params.`{name}`" for name in params),
-        *(f"metrics.`{name}`" for name in metrics),
+    params, metrics = list(params), list(metrics)
+    first = [
+        f"tags.`{STATUS_TAG}`",
+        "params.`estimator`",
+        *(f"metrics.`{m}`" for m in metrics if m.startswith("test_")),
     ]
-    columns += [column for column in wanted if column not in columns]
-    client.set_experiment_tag(experiment_id, tag, json.dumps({"selectedColumns": columns}))
+    wanted = [
+        *first,
+        *(f"metrics.`{m}`" for m in metrics),
+        *(f"params.`{p}`" for p in params),
+    ]
+    columns = [c for c in columns if c.startswith(("params.", "metrics.", "tags."))]
+    columns = [*first, *(c for c in [*columns, *wanted] if c not in first)]
+    columns = list(dict.fromkeys(columns))
+    widths = {c: _WIDTHS[c.split(".", 1)[0]] for c in first}
+    state = {"selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
+    client.set_experiment_tag(experiment_id, tag, json.dumps(state))
 
 
 def runs_table_url(base_url: str, experiment_id: str) -> str:

@@ -27,6 +27,9 @@ of files grows with rows / ``rotate_rows`` or time / ``part_seconds``, whichever
 never with the number of flushes. A part that cannot be written (disk full, no permission)
 loses the records not yet on disk, which are counted and logged; the rows it held before
 stay, and serving goes on. The columns are the contract in ``docs/prediction-log.md``.
+
+Every part records the store id of the registry the server resolves its models from
+(``pipeline.contracts.store_id``), so readers against another registry skip it.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ from pipeline.contracts import (
     feedback_schema,
     part_name,
     temporary_path,
+    with_store_id,
 )
 from pipeline.contracts import prediction_schema as _schema
+from pipeline.contracts import store_id as _store_id_of
 from serving.model.inference import FramePredictions, PredictionRow, record_values
 from serving.model.store import LoadedModel, to_native
 
@@ -226,6 +231,7 @@ class PredictionLog:
         poll_seconds: float = POLL_SECONDS,
         sink: Sink | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store_id: str | None = None,
     ) -> None:
         if min(queue_size, rotate_rows, rotate_seconds, part_seconds, held_rows, poll_seconds) <= 0:
             raise ValueError(
@@ -233,6 +239,9 @@ class PredictionLog:
                 "poll_seconds must be > 0"
             )
         self.log_dir = log_dir
+        # The registry's store id, written into every part. Without one, the URI the settings
+        # default to: SERVING_TRACKING_URI, else MLFLOW_TRACKING_URI, else the local SQLite file.
+        self.store_id = store_id or _store_id_of(os.environ.get("SERVING_TRACKING_URI"))
         self.queue_size = queue_size
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
@@ -494,7 +503,8 @@ class PredictionLog:
         directory = self.log_dir / part.model_name / DIRECTORIES[part.kind]
         new = part.path is None
         path = part.path or directory / part_name(datetime.now(UTC), next(_PART_NUMBERS))
-        error = self._store(pa.concat_tables(part.tables[:tables]), directory, path)
+        table = with_store_id(pa.concat_tables(part.tables[:tables]), self.store_id)
+        error = self._store(table, directory, path)
         if error is not None:
             lost = part.forget(tables)  # the rows already in the file stay there
             self._write_errors += 1

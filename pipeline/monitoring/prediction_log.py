@@ -8,6 +8,11 @@ column per model input, `prediction` and, for classifiers with probabilities,
 with `request_id`, `row`, `label`, `timestamp`. Every part is written to a hidden
 `.<name>.tmp` and renamed, so a reader never sees half a file.
 
+Every part records the store id of the registry it was written for (Parquet metadata,
+`pipeline.contracts.STORE_ID_KEY`). A model name and version mean another model in another
+registry, so parts of another store are skipped with a warning naming them; parts written
+before parts recorded a store id are read.
+
 Reading streams through one `pyarrow.dataset` over the parts: the time and version filters are
 pushed down to it, so row groups (and whole parts) whose Parquet statistics show no row in
 scope are skipped without being read; parts written by other model versions (other columns,
@@ -23,7 +28,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +51,10 @@ from pipeline.contracts import (
     TIMESTAMP,
     Task,
     feedback_schema,
+    part_store_id,
+    store_id,
     temporary_path,
+    with_store_id,
 )
 from pipeline.errors import DataValidationError
 
@@ -55,6 +63,7 @@ logger = logging.getLogger(__name__)
 _PARQUET = ds.ParquetFileFormat()
 _LOCAL = pafs.LocalFileSystem()
 _part_sequence = itertools.count()
+_reported: set[Path] = set()  # parts of another store already warned about by this process
 
 
 def utc(moment: datetime) -> datetime:
@@ -114,12 +123,24 @@ class LogPart:
         return int(self.fragment.count_rows(filter=row_filter))
 
 
+def current_store_id() -> str:
+    """The store id of the registry this process uses (its MLflow tracking URI)."""
+    import mlflow
+
+    return store_id(mlflow.get_tracking_uri())
+
+
 @dataclass(frozen=True)
 class PredictionLog:
-    """The prediction log and the labels of one registered model."""
+    """The prediction log and the labels of one registered model, as served from one registry.
+
+    `store_id` (default: this process's tracking URI) selects the parts read and is written
+    into the label parts.
+    """
 
     log_dir: Path
     model_name: str
+    store_id: str = field(default_factory=current_store_id)
 
     @property
     def directory(self) -> Path:
@@ -143,6 +164,7 @@ class PredictionLog:
         """Prediction parts that may hold rows of `version` in [since, until), oldest first."""
         since, until = _aware(since), _aware(until)
         parts = [_open_part(path) for path in _part_files(self.predictions_dir)]
+        parts = [p for p in parts if self._of_this_store(p.path, p.schema)]
         return [p for p in parts if p.may_hold(p.scope(since, until, version))]
 
     def versions(
@@ -219,7 +241,8 @@ class PredictionLog:
                     f"feedback part '{path}' cannot be read ({exc}); it needs the columns "
                     "request_id, row, label and timestamp: move it out of the directory"
                 ) from exc
-            frames.append(table.to_pandas().assign(_order=order))
+            if self._of_this_store(path, table.schema):
+                frames.append(table.to_pandas().assign(_order=order))
         if not frames:
             return pd.DataFrame(
                 {"request_id": pd.Series(dtype="str"), "row": pd.Series(dtype="int64")}
@@ -252,6 +275,7 @@ class PredictionLog:
             },
             schema=schema,
         )
+        table = with_store_id(table, self.store_id)
         self.feedback_dir.mkdir(parents=True, exist_ok=True)
         path = self.feedback_dir / part_name(moment)
         temporary = temporary_path(path)  # hidden from readers while written
@@ -259,6 +283,26 @@ class PredictionLog:
         temporary.replace(path)
         logger.info("Wrote %d labels to %s", len(labels), path)
         return path
+
+    def _of_this_store(self, path: Path, schema: pa.Schema) -> bool:
+        """Whether a part belongs to this store; a part of another one is warned about once."""
+        recorded = part_store_id(schema)
+        if recorded is None or recorded == self.store_id:
+            return True
+        if path not in _reported:
+            _reported.add(path)
+            logger.warning(
+                "Skipping prediction log part %s of model '%s': it was written for the registry "
+                "%s, and this command uses %s, where '%s' and its versions are other models. "
+                "Point MLFLOW_TRACKING_URI at that registry to read it, or move it out of %s",
+                path,
+                self.model_name,
+                recorded,
+                self.store_id,
+                self.model_name,
+                self.log_dir,
+            )
+        return False
 
     def _check_columns(
         self,

@@ -16,6 +16,7 @@ their own version in Production. The alias and the history are further separate 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -150,10 +151,39 @@ def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
-        raise RegistryError(
+        if exc.error_code != _NOT_FOUND:
+            raise  # an unreachable or failing store is not a missing version
+        raise RegistryError(_missing_version(client, name, version)) from exc
+
+
+_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+
+
+def _missing_version(client: MlflowClient, name: str, version: str) -> str:
+    """Why `name` version `version` is not there: a mistyped model name says so, with the
+    names it may have meant, rather than blaming the version."""
+    if name in _model_names(client):
+        return (
             f"registered model '{name}' has no version '{version}'; pass an existing one "
             "(the MLflow UI's Models page lists them)"
-        ) from exc
+        )
+    return _missing_model(client, name)
+
+
+def _model_names(client: MlflowClient) -> list[str]:
+    return [
+        model.name
+        for model in client.search_registered_models(max_results=1000)
+        if not is_internal_model(model.name)
+    ]
+
+
+def _missing_model(client: MlflowClient, name: str) -> str:
+    names = _model_names(client)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+    known = f"registered models: {', '.join(sorted(names))}" if names else "none is registered"
+    return f"registered model '{name}' does not exist; {hint or known}"
 
 
 def production_version(client: MlflowClient, name: str) -> ModelVersion | None:
@@ -199,7 +229,9 @@ def history(client: MlflowClient, name: str) -> list[PromotionEvent]:
     try:
         tags = client.get_registered_model(name).tags
     except MlflowException as exc:
-        raise RegistryError(f"registered model '{name}' does not exist") from exc
+        if exc.error_code != _NOT_FOUND:
+            raise  # an unreachable or failing store is not a missing model
+        raise RegistryError(_missing_model(client, name)) from exc
     keyed = sorted(
         ((_history_order(key), value) for key, value in tags.items() if _history_order(key)),
         reverse=True,

@@ -37,7 +37,7 @@ from pipeline import artifacts
 from pipeline.errors import RegistryError
 from pipeline.failpoints import failpoint
 from pipeline.registry import production
-from pipeline.tracking import current_actor
+from pipeline.tracking import STATUS_TAG, current_actor
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +279,28 @@ def _carry_out(client: MlflowClient, name: str, intent: Intent) -> None:
     failpoint("registry.after_history")
     for key, value in intent.outcome_tags.items():
         client.set_model_version_tag(name, intent.to_version, key, value)
+    _show_on_runs(client, name, intent)
     failpoint("registry.after_outcome")
     client.delete_registered_model_tag(name, INTENT_TAG)
+
+
+def _show_on_runs(client: MlflowClient, name: str, intent: Intent) -> None:
+    """Mirror the change in the runs table: the status tag moves to the new Production run.
+
+    Only a mirror for people comparing runs in the MLflow UI (the stage stays the truth), so
+    a run that cannot be tagged (deleted, say) is logged and skipped, never an error.
+    """
+    new = client.get_model_version(name, intent.to_version).run_id
+    old = None
+    if intent.from_version and _version_exists(client, name, intent.from_version):
+        old = client.get_model_version(name, intent.from_version).run_id
+    try:
+        if old and old != new and STATUS_TAG in client.get_run(old).data.tags:
+            client.delete_tag(old, STATUS_TAG)
+        if new:
+            client.set_tag(new, STATUS_TAG, f"Production: {name} v{intent.to_version}")
+    except MlflowException as exc:
+        logger.warning("Could not mark the Production run of '%s' in the runs table: %s", name, exc)
 
 
 def _enforce_stage(client: MlflowClient, name: str, state: RegistryState) -> list[str]:

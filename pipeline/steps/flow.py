@@ -16,6 +16,7 @@ from pipeline.metrics import held_out
 from pipeline.registry import production, transaction
 from pipeline.reports import model_card
 from pipeline.steps import evaluate, features, gate, ingest, register, train
+from pipeline.tracking import STATUS_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class PipelineResult:
     """None when the run was reused from the cache."""
     cached_from: str | None = None
     registry_state: str | None = None
-    """On a cache hit: what the registry shows now (the recorded decision may be old news)."""
+    """On a cache hit of a gated version: what the registry says of it now, in place of the
+    decision recorded when it was first gated."""
 
 
 def run_all(
@@ -109,6 +111,9 @@ def _reuse(
     )
     if launcher_run_id and launcher_run_id != run_id:
         client.set_tag(launcher_run_id, "cache.hit_of", run_id)
+        # The runs table shows this tag as a column: the row says why it has no metrics.
+        client.set_tag(launcher_run_id, STATUS_TAG, f"cache hit of {run.info.run_name}")
+        client.set_tag(launcher_run_id, "mlflow.runName", f"{run.info.run_name}-cache-hit")
         client.set_tag(
             launcher_run_id,
             "mlflow.note.content",
@@ -130,11 +135,13 @@ def _reuse(
     else:
         registered = register_run(config, run_id)
         version = production.get_version(client, registered.name, registered.version)
-    if artifacts.GATE_DECISION in version.tags:
-        decision = gate.recorded_decision(config, version)
-    else:
+    if artifacts.GATE_DECISION not in version.tags:
         decision = gate_version(config, registered.version)
         model_card.log_model_card(client, registered.name, registered.version)
+        registry_state = None  # gated just now: the decision is the news
+    else:
+        decision = gate.recorded_decision(config, version)
+        registry_state = _registry_state(client, decision)
     metrics = held_out(run.data.metrics)
     return PipelineResult(
         data_hash=dataset.data_hash,
@@ -144,24 +151,26 @@ def _reuse(
         decision=decision,
         training=None,
         cached_from=run_id,
-        registry_state=_registry_state(client, decision),
+        registry_state=registry_state,
     )
 
 
 def _registry_state(client: MlflowClient, decision: gate.GateDecision) -> str:
-    """Production as the registry shows it now, next to what the cached decision said."""
-    current = production.production_version(client, decision.name)
-    now = (
-        f"Production is now version {current.version}" if current else "no version is in Production"
-    )
-    if current is not None and str(current.version) == decision.version:
-        return f"version {decision.version} is in Production"
+    """What the registry says of the reused version now; its recorded decision may be old news.
+
+    Promotions, promotes by hand and rollbacks since the first run all move Production, so the
+    version's stage is read afresh and the recorded decision only says how it got there.
+    """
+    name, number = decision.name, decision.version
+    current = production.production_version(client, name)
+    if current is not None and str(current.version) == number:
+        return f"version {number} is in Production"
+    now = f"Production is version {current.version}" if current else "no version is in Production"
+    stage = production.get_version(client, name, number).current_stage
+    where = f"is {stage}" if stage in ("Archived", "Staging") else "is in no stage"
     if decision.promoted:
-        when = production.get_version(client, decision.name, decision.version).tags.get(
-            "promoted.at", "an earlier run"
-        )
-        return f"version {decision.version} was promoted at {when}; {now}"
-    return now
+        return f"version {number} {where} (promoted by the gate earlier, replaced since); {now}"
+    return f"version {number} {where} (the gate {decision.decision} it); {now}"
 
 
 def evaluate_run(config: PipelineConfig, run_id: str) -> evaluate.EvaluationResult:

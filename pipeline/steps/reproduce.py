@@ -23,7 +23,7 @@ from pipeline.config import config_from_mapping
 from pipeline.errors import DataValidationError, PipelineError
 from pipeline.registry import production
 from pipeline.steps import evaluate, ingest, train
-from pipeline.tracking import code_hash, git_state, library_versions
+from pipeline.tracking import code_hash, git_state, launcher_run_in, library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ class ReproduceResult:
         return bool(self.metrics) and all(check.matches for check in self.metrics)
 
 
-def run(name: str, version: str) -> ReproduceResult:
-    """Re-train version `version` of `name` in a new run and compare its held-out metrics."""
+def run(name: str, version: str, launcher_run_id: str | None = None) -> ReproduceResult:
+    """Re-train version `version` of `name` in a new run and compare its held-out metrics.
+
+    `launcher_run_id` (the run `mlflow run` created) becomes that run when it is in the
+    recorded config's experiment.
+    """
     client = MlflowClient()
     model_version = production.get_version(client, name, version)
     if not model_version.run_id:
@@ -80,7 +84,9 @@ def run(name: str, version: str) -> ReproduceResult:
     changes = _code_changes(tags)
     for change in changes:
         logger.warning("Reproducing %s v%s with different code: %s", name, version, change)
-    training = train.run(config, dataset)
+    training = train.run(
+        config, dataset, run_id=launcher_run_in(launcher_run_id, config.experiment)
+    )
     client.set_tag(training.run_id, "mlflow.runName", f"reproduce-{name}-v{version}")
     client.set_tag(training.run_id, artifacts.REPRODUCE_OF_RUN, original.info.run_id)
     client.set_tag(training.run_id, "reproduce.of_version", f"{name}/{version}")

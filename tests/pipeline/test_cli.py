@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -132,8 +133,22 @@ def test_registering_an_unevaluated_run_is_refused(
 def test_promoting_a_missing_version_exits_with_status_4(
     mlflow_store: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert main(["promote", "--name", "ghost", "--version", "1"]) == 4
-    assert "registered model 'ghost' has no version '1'" in caplog.text
+    MlflowClient().create_registered_model("iris")
+    assert main(["promote", "--name", "iris", "--version", "1"]) == 4
+    assert "registered model 'iris' has no version '1'" in caplog.text
+
+
+def test_a_mistyped_model_name_is_named_with_the_models_it_may_mean(
+    mlflow_store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = MlflowClient()
+    client.create_registered_model("iris")
+    client.create_registered_model("iris.lock")  # a held Production lock is no candidate
+    assert main(["promote", "--name", "irsi", "--version", "1"]) == 4
+    assert "registered model 'irsi' does not exist; did you mean 'iris'?" in caplog.text
+    caplog.clear()
+    assert main(["reproduce", "--name", "ghost", "--version", "1"]) == 4
+    assert "registered model 'ghost' does not exist; registered models: iris" in caplog.text
 
 
 def test_evaluate_scores_a_run_on_the_split_it_was_trained_with(
@@ -181,3 +196,29 @@ print(len(commands), sorted({"mlflow", "sklearn", "pandas", "numpy"} & set(sys.m
     )
     assert result.stdout.split(maxsplit=1)[1].strip() == "[]"
     assert int(result.stdout.split()[0]) >= 17
+
+
+@pytest.mark.process
+def test_a_command_on_a_remote_store_says_which_store_it_waits_on(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        # Nothing listens on port 9 (discard): the command fails fast instead of retrying.
+        "MLFLOW_TRACKING_URI": "http://alice:secret@127.0.0.1:9/",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "history", "--name", "iris"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    first = result.stderr.splitlines()[0]
+    assert first.endswith(
+        "history: loading MLflow, then waiting on the store http://127.0.0.1:9"
+    ), result.stderr
+    assert "MLflow refused the operation" in result.stderr
+    assert "secret" not in result.stderr

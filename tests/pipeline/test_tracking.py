@@ -1,9 +1,11 @@
-"""First use of a store: created and migrated once, however many processes start on it."""
+"""First use of a store: created and migrated once, however many processes start on it; and the
+runs-table view the store keeps for the MLflow UI."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import sqlite3
@@ -16,9 +18,10 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.store.db.utils import _get_latest_schema_revision
+from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import prepare_sqlite_store
+from pipeline.tracking import STATUS_TAG, prepare_sqlite_store, publish_runs_table_view
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 4
@@ -179,3 +182,26 @@ def test_help_answers_without_opening_or_creating_a_store(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_runs_table_view_shows_status_estimator_and_held_out_metrics_first(
+    mlflow_store: str,
+) -> None:
+    client = MlflowClient()
+    experiment = client.create_experiment("view")
+    metrics = ["test_accuracy", "test_f1_macro", "test_roc_auc", "test_log_loss", "cv_f1_mean"]
+    publish_runs_table_view(experiment, ["estimator", "model.C"], metrics)
+    publish_runs_table_view(experiment, ["estimator", "model.max_depth"], metrics)
+    state = json.loads(client.get_experiment(experiment).tags["mlflow.sharedViewState.pipeline"])
+    columns = state["selectedColumns"]
+    assert columns[:6] == [
+        f"tags.`{STATUS_TAG}`",
+        "params.`estimator`",
+        *(f"metrics.`{name}`" for name in metrics[:4]),
+    ]
+    # Both candidates' parameters stay; no column twice; the order is the one shown.
+    assert {"params.`model.C`", "params.`model.max_depth`", "metrics.`cv_f1_mean`"} <= set(columns)
+    assert len(columns) == len(set(columns)) and state["columnOrder"] == columns
+    # What fits beside Run Name and Created at 1,400 px (tests/e2e/test_ui_browser.py looks).
+    assert set(state["columnWidths"]) == set(columns[:6])
+    assert sum(state["columnWidths"].values()) <= 720

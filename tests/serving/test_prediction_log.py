@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.contracts import part_store_id
 from serving.model.inference import predict_frame, predict_rows, to_frame
 from serving.model.ref import ModelRef
 from serving.model.store import LoadedModel, load_model
@@ -370,6 +371,33 @@ def test_labels_are_written_to_the_feedback_parts_with_the_contract_columns(
     assert diabetes.schema.field("label").type == pa.float64()
     assert diabetes.column("label").to_pylist() == [151.0]
     assert log.stats.written == {"prediction": 0, "feedback": 3}
+
+
+def test_every_part_records_the_store_id_of_the_registry_the_server_uses(
+    make_log: Callable[..., PredictionLog],
+    models: dict[str, LoadedModel],
+    store: TinyStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    iris = models["iris"]
+    records = records_of(store, "iris", [0])
+    named = make_log(store_id="sqlite:////srv/team/mlflow.db")
+    assert named.log_predictions("req-1", iris, records, predict_rows(iris, records))
+    assert named.log_feedback("iris", "classification", [FeedbackLabel("req-1", 0, "setosa")])
+    named.close()
+    # Without one, the settings' own default: SERVING_TRACKING_URI, normalised.
+    monkeypatch.setenv("SERVING_TRACKING_URI", "http://user:secret@Tracking.example:5000/")
+    defaulted = make_log()
+    assert defaulted.log_predictions("req-2", iris, records, predict_rows(iris, records))
+    defaulted.close()
+
+    recorded = {
+        part_store_id(pq.read_schema(path))
+        for path in parts(named.log_dir, "iris") + parts(named.log_dir, "iris", "feedback")
+    }
+    assert recorded == {"sqlite:////srv/team/mlflow.db", "http://tracking.example:5000"}
+    (feedback_part,) = parts(named.log_dir, "iris", "feedback")
+    assert part_store_id(pq.read_schema(feedback_part)) == "sqlite:////srv/team/mlflow.db"
 
 
 def test_after_close_records_are_dropped_not_queued(

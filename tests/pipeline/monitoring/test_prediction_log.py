@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.contracts import TIMESTAMP
+from pipeline.contracts import TIMESTAMP, part_store_id, store_id, with_store_id
 from pipeline.errors import DataValidationError
 from pipeline.monitoring.prediction_log import PredictionLog, part_name
 
@@ -30,8 +30,10 @@ def write_predictions(
     proba: dict[str, list[float]] | None = None,
     prefix: str = "r",
     seconds_apart: float = 1.0,
+    store: str | None = None,
 ) -> Path:
-    """One predictions part in the layout the server writes (contracts: prediction log)."""
+    """One predictions part in the layout the server writes (contracts: prediction log);
+    `store`: the store id it records (none, as parts written before store ids)."""
     timestamps = [start + timedelta(seconds=i * seconds_apart) for i in range(rows)]
     columns: dict[str, pa.Array] = {
         "request_id": pa.array([f"{prefix}{i}" for i in range(rows)], pa.string()),
@@ -44,12 +46,14 @@ def write_predictions(
         kind = pa.float64() if isinstance(values, np.ndarray) else pa.string()
         columns[f"feature.{name}"] = pa.array(values, kind)
     columns["prediction"] = pa.array(prediction or ["a"] * rows, pa.string())
-    for label, values in (proba or {}).items():
-        columns[f"proba.{label}"] = pa.array(values, pa.float64())
+    for label, probabilities in (proba or {}).items():
+        columns[f"proba.{label}"] = pa.array(probabilities, pa.float64())
     directory = log_dir / model / "predictions"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / part_name(start)
-    pq.write_table(pa.table(columns), path, row_group_size=max(1, rows // 3))
+    table = pa.table(columns)
+    table = with_store_id(table, store) if store else table
+    pq.write_table(table, path, row_group_size=max(1, rows // 3))
     return path
 
 
@@ -173,3 +177,66 @@ def test_a_categorical_feature_keeps_its_missing_values(tmp_path: Path) -> None:
 def test_a_feature_named_like_a_log_column_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match=r"feature names \['label'\] clash"):
         next(PredictionLog(tmp_path, "m").read(["x", "label"], chunk_rows=10))
+
+
+OURS = "sqlite:////srv/ours/mlflow.db"
+THEIRS = "http://tracking.example:5000"
+
+
+def test_parts_and_labels_of_another_store_are_skipped_with_a_warning_naming_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_predictions(tmp_path, "m", version="1", start=START, rows=3, features={"x": _numbers(3)})
+    theirs = write_predictions(
+        tmp_path, "m", version="1", start=START, rows=5, features={"x": _numbers(5)},
+        prefix="t", store=THEIRS,
+    )  # fmt: skip
+    write_predictions(
+        tmp_path, "m", version="1", start=START, rows=2, features={"x": _numbers(2)},
+        prefix="o", store=OURS,
+    )  # fmt: skip
+    ours_log = PredictionLog(tmp_path, "m", store_id=OURS)
+    ours_log.write_feedback(pd.DataFrame({"request_id": ["o0"], "row": 0, "label": ["a"]}))
+    # Their label for a request id ours also has: it must not label our prediction.
+    PredictionLog(tmp_path, "m", store_id=THEIRS).write_feedback(
+        pd.DataFrame({"request_id": ["o1"], "row": 0, "label": ["b"]})
+    )
+
+    with caplog.at_level("WARNING"):
+        counts = ours_log.versions()
+        (chunk,) = ours_log.read(["x"], chunk_rows=100, version="1", labels=True)
+    assert counts == {"1": 5}  # 3 written before store ids + 2 of ours; their 5 are not
+    assert len(chunk) == 5
+    assert chunk["label"].notna().sum() == 1
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(theirs) in m and THEIRS in m and OURS in m for m in skipped), skipped
+    assert sum("feedback" in m for m in skipped) == 1
+    assert PredictionLog(tmp_path, "m", store_id=THEIRS).versions() == {"1": 8}
+
+
+def test_labels_written_by_the_feedback_step_record_its_store(tmp_path: Path) -> None:
+    path = PredictionLog(tmp_path, "m", store_id=OURS).write_feedback(
+        pd.DataFrame({"request_id": ["r0"], "row": 0, "label": ["a"]})
+    )
+    assert part_store_id(pq.read_schema(path)) == OURS
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("http://alice:secret@Tracking.Example:5000/", "http://tracking.example:5000"),
+        ("postgresql://u:p@db:5432/mlflow?sslmode=require", "postgresql://db:5432/mlflow"),
+        ("sqlite:////srv/ours/mlflow.db", "sqlite:////srv/ours/mlflow.db"),
+    ],
+)
+def test_a_store_id_names_the_registry_without_credentials(uri: str, expected: str) -> None:
+    assert store_id(uri) == expected
+
+
+def test_a_relative_sqlite_store_is_named_by_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert store_id("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store_id() == store_id("sqlite:///mlflow.db")

@@ -258,12 +258,15 @@ def test_a_gate_killed_before_its_stage_move_never_lets_main_report_a_false_prom
     assert "gate.decision" not in client.get_model_version(NAME, "1").tags
     assert main(["main", "--config", str(weak)]) == 0
     out = capsys.readouterr().out
-    assert "cache hit" in out and "gate: promoted: first model" in out
-    assert "registry: version 1 is in Production" in out
+    # The cache hit first finishes the interrupted change, then reports the registry as it is.
+    assert (
+        "cache hit" in out and "gate: not run again (cache hit): version 1 is in Production" in out
+    )
+    assert _production(client) == "1"
     assert violations(client, NAME) == []
 
 
-def test_a_cache_hit_says_when_production_has_moved_on_since_the_recorded_decision(
+def test_a_cache_hit_reports_the_registry_now_not_the_decision_recorded_at_first(
     mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     weak, _ = registry_faults.write_configs(tmp_path, NAME)
@@ -274,9 +277,16 @@ def test_a_cache_hit_says_when_production_has_moved_on_since_the_recorded_decisi
     capsys.readouterr()
     assert main(["main", "--config", str(weak)]) == 0
     out = capsys.readouterr().out
-    assert "gate: promoted: first model" in out
-    assert "registry: version 1 was promoted at 20" in out
-    assert "; Production is now version 2" in out
+    assert "first model" not in out
+    assert (
+        "gate: not run again (cache hit): version 1 is Archived (promoted by the gate earlier, "
+        "replaced since); Production is version 2"
+    ) in out
+    commands.rollback(NAME)
+    assert main(["main", "--config", str(weak)]) == 0
+    out = capsys.readouterr().out
+    assert "gate: not run again (cache hit): version 1 is in Production" in out
+    assert "first model" not in out
 
 
 def test_promotes_and_rollbacks_killed_at_random_moments_leave_a_consistent_registry(

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import RegistryError
 from pipeline.registry import commands, production, transaction
+from pipeline.tracking import STATUS_TAG
 from tests.pipeline.registry.invariants import violations
 
 NAME = "m"
@@ -41,7 +42,7 @@ def _stages(client: MlflowClient) -> dict[str, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return {
-            str(v.version): v.current_stage
+            str(v.version): str(v.current_stage)
             for v in client.search_model_versions(f"name = '{NAME}'")
         }
 
@@ -174,3 +175,28 @@ def test_an_intent_tag_that_is_not_a_transaction_record_is_refused_naming_the_ta
     with pytest.raises(RegistryError, match=r"the tag 'txn\.intent' of registered model 'm'"):
         commands.promote(NAME, "2")
     assert _stages(client)["1"] == "Production"
+
+
+def test_the_status_tag_in_the_runs_table_moves_with_production(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    client = MlflowClient()
+    experiment = client.create_experiment("runs")
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    client.create_registered_model("r")
+    for run_id in runs:
+        source = tmp_path / run_id
+        source.mkdir()
+        (source / "MLmodel").write_text("flavors: {}\n")
+        client.create_model_version("r", str(source), run_id=run_id)
+
+    def status(run_id: str) -> str | None:
+        return client.get_run(run_id).data.tags.get(STATUS_TAG)
+
+    production.set_production(client, "r", "1", action="gate", reason="first")
+    assert status(runs[0]) == "Production: r v1"
+    commands.promote("r", "2")
+    assert (status(runs[0]), status(runs[1])) == (None, "Production: r v2")
+    commands.rollback("r")
+    assert (status(runs[0]), status(runs[1])) == ("Production: r v1", None)
+    assert violations(client, "r") == []
