@@ -25,6 +25,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow draws download bars on stderr for every artifact read; they only clutter test logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# One OpenMP thread per process, set before anything loads scikit-learn's OpenMP runtime (the
+# imports above do not; test modules and server processes come later). The suite runs in
+# parallel workers, and OpenMP threads of HistGradientBoosting spin-wait when the cores are
+# oversubscribed: a 0.1 s fit took 13 s with two workers on two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
