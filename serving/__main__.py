@@ -7,14 +7,15 @@ import copy
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
 import uvicorn.config
 from pydantic import ValidationError
 
-from serving.settings import Settings
+from serving.server import PortUnavailableError, bind_socket, serve, server_config
+from serving.settings import Settings, describe_errors
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"Invalid serving settings (SERVING_* variables or flags):\n{exc}", file=sys.stderr)
+        print(
+            f"Invalid serving settings (SERVING_* variables or flags):\n{describe_errors(exc)}",
+            file=sys.stderr,
+        )
         return 2
+    try:  # before anything is loaded: a busy port fails in milliseconds, not after the model
+        sock = bind_socket(settings.host, settings.port)
+    except PortUnavailableError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     logger.info(
         "Starting on http://%s:%d (%d worker%s)",
@@ -79,24 +88,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "" if settings.workers == 1 else "s",
     )
     options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
         "log_level": settings.log_level.lower(),
         "log_config": _log_config(settings.log_level),
-        "timeout_graceful_shutdown": settings.graceful_timeout_seconds,
     }
     if settings.workers == 1:
         # Imported here, not at the top: with several workers this process only supervises
         # them, and skipping the app's imports (MLflow, pandas, scikit-learn) saves ~220 MB.
         from serving.app import create_app
 
-        uvicorn.run(create_app(settings), **options)
+        serve(server_config(create_app(settings), settings, **options), sock)
         return 0
     # Several processes: each worker imports the factory and reads its settings from the
     # environment, so the flags travel there (validated above, so every worker accepts them).
     for field, value in overrides.items():
         os.environ[f"SERVING_{field.upper()}"] = str(value)
-    uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
+    config = server_config(APP_FACTORY, settings, factory=True, workers=settings.workers, **options)
+    # The workers write their counters to files here, and each scrape sums them all.
+    with tempfile.TemporaryDirectory(prefix="serving-metrics-") as shared:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+        serve(config, sock)
     return 0
 
 

@@ -164,6 +164,7 @@ def _install_openapi(app: FastAPI) -> None:
                 f"Inputs of model '{loaded.name}' version {loaded.version} ({loaded.task}). "
                 + str(operation.get("description", ""))
             )
+        _drop_unanswered_422(schema)
         settings: Settings = app.state.settings
         if settings.api_key is not None:
             _require_bearer(schema)
@@ -171,6 +172,18 @@ def _install_openapi(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_PROTOCOL_TAGS = frozenset({"mlflow", "kserve-v2"})
+
+
+def _drop_unanswered_422(schema: dict[str, Any]) -> None:
+    """FastAPI declares a 422 on every route with parameters; the protocol routes answer a
+    bad parameter in their own 400 instead (serving.protocols._common), so they never do."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            if _PROTOCOL_TAGS & set(operation.get("tags", ())):
+                operation.get("responses", {}).pop("422", None)
 
 
 def _require_bearer(schema: dict[str, Any]) -> None:

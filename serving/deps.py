@@ -9,8 +9,15 @@ from typing import Annotated, Any
 import pandas as pd
 from fastapi import Depends, Request
 
-from serving.errors import MalformedRequestError, ModelNotReadyError, PayloadTooLargeError
+from serving.errors import (
+    MalformedRequestError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from serving.middleware.metrics import ServingMetrics
 from serving.middleware.request_id import request_id
+from serving.model.domain import RowWarnings, flagged_columns
 from serving.model.inference import FramePredictions, PredictionRow, loads_json
 from serving.model.state import ActiveModel, ModelHolder
 from serving.model.store import LoadedModel
@@ -44,6 +51,14 @@ def log_predictions(
         log.log_predictions(request_id(request), loaded, inputs, outputs)
 
 
+def count_flags(request: Request, flags: RowWarnings) -> RowWarnings:
+    """Count a request's values outside the training domain in ``/metrics``; the flags."""
+    if flags:
+        metrics: ServingMetrics = request.app.state.metrics
+        metrics.count_outside_domain(flagged_columns(flags))
+    return flags
+
+
 def require_active(holder: ModelHolder) -> ActiveModel:
     """The model answering now; 503 with the reason (and how to fix it) when there is none."""
     active = holder.active
@@ -60,14 +75,37 @@ def get_active_model(holder: HolderDep) -> ActiveModel:
 ActiveModelDep = Annotated[ActiveModel, Depends(get_active_model)]
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """Read at most ``limit`` bytes of the body and decode it as JSON.
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The body of a JSON route, at most ``limit`` bytes, still to be decoded (:func:`decode_json`,
+    off the event loop when it is large).
 
     Raises:
+        UnsupportedMediaTypeError: the Content-Type is not JSON.
         PayloadTooLargeError: the body (declared or streamed) is larger than ``limit``.
-        MalformedRequestError: the body is empty or not JSON.
     """
-    return decode_json(await read_body(request, limit))
+    content_type = request.headers.get("content-type")
+    if not is_json_media_type(content_type):
+        raise UnsupportedMediaTypeError(
+            f"Unsupported Content-Type {shown_header(content_type)}: send the body as JSON with "
+            "'Content-Type: application/json'."
+        )
+    return await read_body(request, limit)
+
+
+def shown_header(value: str | None) -> str:
+    """A header value as an error message quotes it: cut short, never echoed whole."""
+    if value is None:
+        return "(none)"
+    return repr(value if len(value) <= 60 else value[:60] + "...")
+
+
+def is_json_media_type(header: str | None) -> bool:
+    """Whether a Content-Type header says JSON: ``application/json`` (any case, parameters
+    such as ``charset=utf-8`` allowed). Anything else, ``text/plain`` included, is refused:
+    a browser sends those cross-site without asking (a CORS "simple request")."""
+    if header is None:
+        return False
+    return header.split(";", 1)[0].strip().lower() == "application/json"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

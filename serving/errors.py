@@ -61,6 +61,13 @@ class PayloadTooLargeError(ServingError):
     error_type = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(ServingError):
+    """A JSON route got a body that does not say it is JSON (``Content-Type``)."""
+
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
 class ModelNotReadyError(ServingError):
     """No model is loaded yet, so the server cannot answer predictions."""
 

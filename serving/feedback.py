@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.errors import ErrorDetail, InvalidRequestError
+from serving.limits import RequestLimits, capped, check_rows, more_problems
 from serving.middleware.request_id import DESCRIPTION, is_valid_request_id
 from serving.model.inference import json_kind
 from serving.model.store import LoadedModel
@@ -26,13 +27,18 @@ _FORM = (
     'or {"labels": [...]} for several.'
 )
 _SHOWN_CLASSES = 20
+DEFAULT_LIMITS = RequestLimits()
 
 
-def parse_feedback(payload: Any, loaded: LoadedModel) -> list[FeedbackLabel]:
+def parse_feedback(
+    payload: Any, loaded: LoadedModel, limits: RequestLimits = DEFAULT_LIMITS
+) -> list[FeedbackLabel]:
     """The labels of a decoded JSON body, each checked against ``loaded``.
 
     Raises:
-        InvalidRequestError: naming every field that is missing, unknown or wrong, and why.
+        LimitExceededError: more labels than ``limits.max_rows``.
+        InvalidRequestError: naming the first ``limits.max_error_details`` fields that are
+            missing, unknown or wrong, and why, and counting the rest.
     """
     if not isinstance(payload, dict):
         raise InvalidRequestError(
@@ -41,6 +47,7 @@ def parse_feedback(payload: Any, loaded: LoadedModel) -> list[FeedbackLabel]:
         )
     if "labels" in payload:
         items, prefix = _items(payload), "labels"
+        check_rows(len(items), limits)
     else:
         items, prefix = [payload], ""
     labels: list[FeedbackLabel] = []
@@ -51,9 +58,12 @@ def parse_feedback(payload: Any, loaded: LoadedModel) -> list[FeedbackLabel]:
         if label is not None:
             labels.append(label)
     if problems:
-        fields = ", ".join(dict.fromkeys(f"'{p.field}'" for p in problems))
+        listed, hidden = capped(problems, limits)
+        fields = ", ".join(dict.fromkeys(f"'{p.field}'" for p in listed))
         raise InvalidRequestError(
-            f"Invalid feedback in {fields}: fix the listed fields and retry.", problems
+            f"Invalid feedback in {fields}: fix the listed fields and retry."
+            + more_problems(hidden),
+            listed,
         )
     return labels
 
@@ -91,8 +101,9 @@ def _label(
         if key not in FIELDS:
             problems.append(
                 ErrorDetail(
-                    field=f"{where}{key}",
-                    message=f"'{key}' is not a feedback field: send only {', '.join(FIELDS)}.",
+                    field=f"{where}{key[:40]}",
+                    message=f"{_shown(key)} is not a feedback field: send only "
+                    f"{', '.join(FIELDS)}.",
                 )
             )
     request_id = item.get("request_id")

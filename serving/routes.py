@@ -4,33 +4,41 @@ in :mod:`serving.model.batcher`, labels in :mod:`serving.feedback`; every predic
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
+import pandas as pd
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.deps import (
     ActiveModelDep,
     HolderDep,
+    count_flags,
+    decode_json,
     get_prediction_log,
     log_predictions,
-    read_json,
+    read_json_body,
     require_active,
 )
 from serving.errors import ErrorDetail, InvalidRequestError, PredictionLogUnavailableError
 from serving.feedback import parse_feedback
+from serving.limits import RequestLimits
 from serving.middleware.metrics import CONTENT_TYPE, ServingMetrics
+from serving.model.domain import frame_warnings, record_warnings, with_warnings
 from serving.model.inference import (
     PredictionRow,
+    Record,
     parse_numeric_batch,
     parse_request,
     prediction_rows,
 )
-from serving.model.state import ModelHolder
+from serving.model.state import ActiveModel, ModelHolder
 from serving.model.store import LoadedModel
 from serving.schemas import (
     FEEDBACK_REQUEST_BODY,
@@ -52,10 +60,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorPublic, "description": description}
     for status, description in {
         400: "The body is not valid JSON.",
-        413: "The body is larger than SERVING_MAX_BODY_BYTES.",
+        413: "The body is larger than SERVING_MAX_BODY_BYTES, or holds more rows than "
+        "SERVING_MAX_ROWS.",
+        415: "The Content-Type is not application/json.",
         422: "The body does not match the model's input schema; details name each field.",
         500: "The model failed on this request; the error is logged on the server.",
         503: "No model is loaded yet; the message says why and how to fix it.",
+        504: "The request took longer than SERVING_REQUEST_TIMEOUT_SECONDS.",
     }.items()
 }
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -74,16 +85,33 @@ async def predict_records(request: Request) -> Response:
     # No FastAPI dependencies and no response_model validation here: this is the hot path.
     settings: Settings = request.app.state.settings
     active = require_active(request.app.state.models)
-    payload = await read_json(request, settings.max_body_bytes)
-    frame = parse_numeric_batch(active.requests, payload, active.bulk_rows)
-    if frame is not None:  # a bulk batch: checked column-wise, predicted as one frame
-        predictions = await active.predict_frame(frame, proba=True)
-        log_predictions(request, active.loaded, frame, predictions)
-        return prediction_response(active.loaded, prediction_rows(active.loaded, predictions), True)
-    records, is_batch = parse_request(active.requests, payload)
+    body = await read_json_body(request, settings.max_body_bytes)
+    limits = settings.request_limits
+    parse = partial(_parse_predict, active, body, limits)
+    # A large body could hold the event loop (and /health/live) while it is parsed.
+    parsed = await asyncio.to_thread(parse) if len(body) > limits.offload_bytes else parse()
+    if isinstance(parsed, pd.DataFrame):  # a bulk batch: checked column-wise, one frame
+        predictions = await active.predict_frame(parsed, proba=True)
+        log_predictions(request, active.loaded, parsed, predictions)
+        flags = count_flags(request, frame_warnings(active.loaded.domain, parsed))
+        rows = with_warnings(prediction_rows(active.loaded, predictions), flags)
+        return prediction_response(active.loaded, rows, True)
+    records, is_batch = parsed
     rows = await active.predict(records)
     log_predictions(request, active.loaded, records, rows)
-    return prediction_response(active.loaded, rows, is_batch)
+    flags = count_flags(request, record_warnings(active.loaded.domain, records))
+    return prediction_response(active.loaded, with_warnings(rows, flags), is_batch)
+
+
+def _parse_predict(
+    active: ActiveModel, body: bytes, limits: RequestLimits
+) -> pd.DataFrame | tuple[list[Record], bool]:
+    """A /predict body as a checked frame (bulk numeric batches) or as records."""
+    payload = decode_json(body)
+    frame = parse_numeric_batch(active.requests, payload, active.bulk_rows, limits)
+    if frame is not None:
+        return frame
+    return parse_request(active.requests, payload, limits)
 
 
 def prediction_response(loaded: LoadedModel, rows: list[PredictionRow], is_batch: bool) -> Response:
@@ -109,7 +137,7 @@ def prediction_response(loaded: LoadedModel, rows: list[PredictionRow], is_batch
     status_code=202,
     response_model=FeedbackPublic,
     responses={
-        **{status: _ERRORS[status] for status in (400, 413, 422)},
+        **{status: _ERRORS[status] for status in (400, 413, 415, 422, 500)},
         503: {
             "model": ErrorPublic,
             "description": "No model is loaded yet, the prediction log is off, or its queue "
@@ -131,8 +159,8 @@ async def feedback(request: Request) -> FeedbackPublic:
             "`python -m pipeline feedback --file`."
         )
     active = require_active(request.app.state.models)
-    payload = await read_json(request, settings.max_body_bytes)
-    labels = parse_feedback(payload, active.loaded)
+    payload = decode_json(await read_json_body(request, settings.max_body_bytes))
+    labels = parse_feedback(payload, active.loaded, settings.request_limits)
     if len(labels) > log.queue_size:
         raise InvalidRequestError(
             f"{len(labels)} labels in one request are more than the prediction log queue holds "

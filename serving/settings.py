@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.contracts import FEEDBACK_DIR, PREDICTION_LOG_DIR, PREDICTIONS_DIR
+from serving.limits import RequestLimits
 from serving.model.ref import ModelRef, canonical_stage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
         "or sqlite:///mlflow.db).",
     )
     host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port, 1 to 65535.")
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest accepted body.")
     poll_seconds: float = Field(
         default=10.0,
@@ -127,6 +128,48 @@ class Settings(BaseSettings):
         "again with the new rows and renamed over its previous version, so lowering this "
         "costs CPU (the part is encoded again), not files.",
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="Longest a client may take to send a request's line and headers, from "
+        "connecting (or from the first byte of its next request); the connection is then "
+        "answered 408 and closed. 0 disables the deadline.",
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long an idle keep-alive connection stays open between requests.",
+    )
+    max_concurrency: int = Field(
+        default=1000,
+        ge=1,
+        description="Most connections and requests in progress at once (per worker); beyond "
+        "it new requests are answered 503 at once instead of queueing without bound.",
+    )
+    max_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="Most rows (records, tensor rows) one prediction request may hold, "
+        "whatever its encoding; checked before the values are parsed.",
+    )
+    max_columns: int = Field(
+        default=1_000,
+        ge=1,
+        description="Most columns (distinct record keys, CSV or Parquet columns, tensors) one "
+        "prediction request may name; a JSON record with more keys is refused as it is read.",
+    )
+    max_decoded_bytes: int = Field(
+        default=64_000_000,
+        gt=0,
+        description="Largest uncompressed size of a Parquet body's data, read from its "
+        "metadata before anything is decompressed.",
+    )
+    max_error_details: int = Field(
+        default=20,
+        ge=1,
+        description="Most problems an error body lists; the rest are counted, not listed, so "
+        "a bad request of 100,000 rows gets a small answer.",
+    )
     log_level: LogLevel = "INFO"
 
     @field_validator("model_stage")
@@ -165,8 +208,39 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @property
+    def request_limits(self) -> RequestLimits:
+        """What one prediction request may cost (rows, columns, decoded size, error size)."""
+        return RequestLimits(
+            max_rows=self.max_rows,
+            max_columns=self.max_columns,
+            max_decoded_bytes=self.max_decoded_bytes,
+            max_error_details=self.max_error_details,
+        )
+
+    @property
     def model_ref(self) -> ModelRef:
         """The model to serve: ``model_uri`` if given, else ``model_name`` in ``model_stage``."""
         if self.model_uri is not None:
             return ModelRef.from_uri(self.model_uri)
         return ModelRef(name=self.model_name, kind="stage", value=self.model_stage)
+
+
+_KIND_TEXT = {int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A settings error as lines naming the environment variable (``SERVING_PORT``), what
+    was given and what to give; the value of the API key is never shown."""
+    return "\n".join(_describe(problem) for problem in error.errors())
+
+
+def _describe(problem: Any) -> str:
+    field = str(problem["loc"][0]) if problem["loc"] else ""
+    info = Settings.model_fields.get(field)
+    given = "" if field == "api_key" else f" (got {str(problem.get('input'))[:60]!r})"
+    text = f"SERVING_{field.upper() or '*'}: {problem['msg']}{given}."
+    if info is not None and info.annotation in _KIND_TEXT:
+        text += f" Give {_KIND_TEXT[info.annotation]}."
+    if info is not None and info.description:
+        text += f" ({info.description})"
+    return text

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.serving.calibrate import calibrate, stub_main
+from bench.serving.ceiling import ceiling_lines, ceiling_main, measure_ceiling
 from bench.serving.console import log
 from bench.serving.load import GENERATORS
 from bench.serving.machine import machine_facts
@@ -70,14 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ours-protocol",
-        choices=("predict", "invocations"),
+        choices=("predict", "invocations", "v2"),
         default="predict",
         help="what our server is sent: POST /predict with JSON records (default), or the same "
-        "/invocations dataframe_split bytes as MLflow (once our server has that route)",
+        "/invocations dataframe_split bytes as MLflow, or v2 infer with one FP64 tensor per "
+        "column",
     )
     parser.add_argument(
         "--bulk-protocol",
-        choices=("predict", "invocations"),
+        choices=("predict", "invocations", "v2"),
         default="invocations",
         help="what our server is sent in the bulk phase: the same /invocations dataframe_split "
         "bytes as MLflow (default: like for like), or /predict JSON records (3.4x larger body)",
@@ -116,6 +118,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     # The calibration stub is this package in a child process (see servers.stub_server).
     parser.add_argument("--stub-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mlserver",
+        action="store_true",
+        help="also run MLServer (bench extra, installed into .venv-bench) with adaptive "
+        "batching on the same version and v2 bodies; compare with --ours-protocol v2",
+    )
+    parser.add_argument(
+        "--workers-compare",
+        action="store_true",
+        help="also run ours with SERVING_WORKERS=2 (row 'ours-2w') and print its throughput "
+        "against one worker",
+    )
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the bare FastAPI /predict run that our single-row /predict is compared to",
+    )
     return parser
 
 
@@ -145,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.stub_server is not None:
         return stub_main(args.stub_server)
+    if args.ceiling_server is not None:
+        return ceiling_main(args.ceiling_server)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     atexit.register(stop_all_servers)
@@ -160,7 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.write_text(json.dumps({"machine": facts, "calibration": results}, indent=2))
         return 0
     runs = _bench_all(args, X_train, y_train, data)
+    ceiling = None if args.mlflow_only or args.no_ceiling else measure_ceiling(args, data)
+    ours = [
+        (f"{run.server} ({run.model}, {args.ours_protocol})", run.single.req_per_s)
+        for run in runs
+        if run.server.startswith("ours") and run.single is not None
+    ]
     print(report(facts, runs, args), flush=True)
+    print("\n".join(ceiling_lines(ours, ceiling)), flush=True)
     if args.json:
         write_json(args.json, facts, runs, args)
         log(f"wrote {args.json}")
@@ -195,6 +224,10 @@ def _bench_all(
 def _order(args: argparse.Namespace, round_index: int) -> list[str]:
     """The servers of one round, in the order they run."""
     ours_kinds = OURS_KINDS[args.prediction_log]
+    if args.workers_compare:
+        ours_kinds = [*ours_kinds, "ours-2w"]
+    if args.mlserver:
+        ours_kinds = [*ours_kinds, "mlserver"]
     if args.ours_only:
         kinds = list(ours_kinds)
     elif args.mlflow_only:

@@ -11,12 +11,15 @@ from typing import Any
 from bench.serving.bulk import BulkResult, run_bulk, sanity_labels
 from bench.serving.console import fmt_cores, fmt_ms, fmt_num, log
 from bench.serving.load import LoadResult, run_load
+from bench.serving.mlserver import mlserver_server
 from bench.serving.profiling import profiled
 from bench.serving.servers import ServerFailedError, ServerProcess, mlflow_server, our_server
-from bench.serving.store import Dataset, Store
+from bench.serving.store import Dataset, Store, registered_name
 from bench.serving.wire import HOST, REQUEST_TIMEOUT, Payloads, build_payloads, labels_from
 
-SERVER_KINDS = ("ours-nolog", "ours", "mlflow")
+SERVER_KINDS = ("ours-nolog", "ours", "ours-2w", "mlflow", "mlserver")
+"""ours-2w: ours with SERVING_WORKERS=2 and the prediction log on (``--workers-compare``);
+mlserver: MLServer on the v2 protocol with adaptive batching (``--mlserver``)."""
 """``ours`` is our server with its prediction log on (its default), ``ours-nolog`` with it off."""
 _SANITY_ROWS = 20
 
@@ -115,30 +118,35 @@ def bench_server(
 
 def _plan(kind: str, key: str, data: Dataset, args: argparse.Namespace, round_index: int) -> _Plan:
     ours = kind.startswith("ours")
-    protocol = args.ours_protocol if ours else "invocations"
-    bulk_protocol = args.bulk_protocol if ours else "invocations"
+    peer = "v2" if kind == "mlserver" else "invocations"
+    protocol = args.ours_protocol if ours else peer
+    bulk_protocol = args.bulk_protocol if ours else peer
     return _Plan(
         kind=kind,
         key=key,
         tag=f"{key}-{kind}" + (f"-round{round_index + 1}" if args.rounds > 1 else ""),
         protocol=protocol,
-        payloads=build_payloads(protocol, data),
+        payloads=build_payloads(protocol, data, registered_name(key)),
         bulk_protocol=bulk_protocol,
-        bulk_payloads=build_payloads(bulk_protocol, data),
+        bulk_payloads=build_payloads(bulk_protocol, data, registered_name(key)),
         args=args,
     )
 
 
 def _server(plan: _Plan, store: Store, workdir: Path) -> tuple[ServerProcess, Path | None]:
     """The server to run, and where its prediction log goes (None: off, or not ours)."""
+    if plan.kind == "mlserver":
+        return mlserver_server(store, plan.key, workdir), None
     if not plan.kind.startswith("ours"):
         return mlflow_server(store, plan.key, workdir), None
     # The default body limit (1 MB) is far below a 10,000-row request: raise it so the
     # bulk phase can run. Single-row requests are unaffected.
     biggest = max(len(plan.payloads.bulk), len(plan.bulk_payloads.bulk))
     limit = max(1_000_000, 2 * biggest) if plan.args.bulk_requests else None
-    log_dir = workdir / f"prediction-log-{plan.tag}" if plan.kind == "ours" else None
-    return our_server(store, plan.key, workdir, limit, log_dir), log_dir
+    logged = plan.kind in ("ours", "ours-2w")
+    log_dir = workdir / f"prediction-log-{plan.tag}" if logged else None
+    workers = 2 if plan.kind == "ours-2w" else 1
+    return our_server(store, plan.key, workdir, limit, log_dir, workers), log_dir
 
 
 def _measure(plan: _Plan, server: ServerProcess, run: ServerRun, log_dir: Path | None) -> None:

@@ -199,9 +199,15 @@ def _checkout_env() -> dict[str, str]:
 
 
 def our_server(
-    store: Store, key: str, workdir: Path, max_body_bytes: int | None, log_dir: Path | None
+    store: Store,
+    key: str,
+    workdir: Path,
+    max_body_bytes: int | None,
+    log_dir: Path | None,
+    workers: int = 1,
 ) -> ServerProcess:
-    """Our server; its prediction log writes to ``log_dir``, or is off when that is None."""
+    """Our server with ``workers`` worker processes; its prediction log writes to
+    ``log_dir``, or is off when that is None."""
     port = free_port()
     # Serve the `serving` package of the checkout this benchmark lives in.
     env = _checkout_env()
@@ -212,6 +218,7 @@ def our_server(
             "SERVING_PORT": str(port),
             "SERVING_HOST": HOST,
             "SERVING_LOG_LEVEL": "WARNING",
+            "SERVING_WORKERS": str(workers),
         }
     )
     if max_body_bytes is not None:
@@ -221,7 +228,8 @@ def our_server(
     else:
         env["SERVING_PREDICTION_LOG_DIR"] = str(log_dir)  # otherwise all defaults
     return ServerProcess(
-        label=f"ours ({key}, prediction log {'off' if log_dir is None else 'on'})",
+        label=f"ours ({key}, prediction log {'off' if log_dir is None else 'on'}"
+        + (f", {workers} workers)" if workers > 1 else ")"),
         argv=[sys.executable, "-m", "serving"],
         env=env,
         port=port,

@@ -54,6 +54,11 @@ def load_dataset(bulk_rows: int) -> tuple[Any, Any, Dataset]:
     return X_train, y_train, data
 
 
+def registered_name(key: str) -> str:
+    """The registered model the benchmark serves for model ``key`` (rf, lr)."""
+    return f"bench-{key}"
+
+
 def build_estimator(key: str, columns: Sequence[str]) -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import RandomForestClassifier
@@ -108,7 +113,7 @@ def _register(client: Any, experiment_id: str, key: str, X_train: Any, y_train: 
 
     started = time.perf_counter()
     model = build_estimator(key, list(X_train.columns)).fit(X_train, y_train)
-    name = f"bench-{key}"
+    name = registered_name(key)
     with (
         warnings.catch_warnings(),
         mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-{key}"),

@@ -28,9 +28,14 @@ class Payloads:
     bulk: bytes
 
 
-def build_payloads(protocol: str, data: Dataset) -> Payloads:
-    """Bodies for our ``/predict`` (``protocol="predict"``) or MLflow's ``/invocations``."""
+def build_payloads(protocol: str, data: Dataset, model_name: str = "") -> Payloads:
+    """Bodies for our ``/predict`` (``protocol="predict"``), Open Inference Protocol v2
+    infer of ``model_name`` (``"v2"``: one FP64 tensor per column) or MLflow's
+    ``/invocations``."""
     columns = data.columns
+    if protocol == "v2":
+        single = [_v2_body(columns, [row]) for row in data.single_rows]
+        return Payloads(f"/v2/models/{model_name}/infer", single, _v2_body(columns, data.bulk_rows))
     if protocol == "predict":
         single = [
             json.dumps(dict(zip(columns, row, strict=True))).encode() for row in data.single_rows
@@ -47,6 +52,14 @@ def build_payloads(protocol: str, data: Dataset) -> Payloads:
     return Payloads("/invocations", single, bulk)
 
 
+def _v2_body(columns: list[str], rows: list[list[float]]) -> bytes:
+    inputs = [
+        {"name": name, "shape": [len(rows)], "datatype": "FP64", "data": [r[i] for r in rows]}
+        for i, name in enumerate(columns)
+    ]
+    return json.dumps({"inputs": inputs}).encode()
+
+
 def http_request(port: int, path: str, body: bytes) -> bytes:
     """A complete pre-built HTTP/1.1 keep-alive POST."""
     head = (
@@ -61,8 +74,10 @@ def http_request(port: int, path: str, body: bytes) -> bytes:
 
 
 def labels_from(protocol: str, body: bytes) -> list[Any]:
-    """The predicted labels in a response body of /predict or /invocations."""
+    """The predicted labels in a response body of /predict, v2 infer or /invocations."""
     decoded = json.loads(body)
+    if protocol == "v2":
+        return list(decoded["outputs"][0]["data"])
     if protocol == "predict":
         if "predictions" in decoded:
             return [p["label"] for p in decoded["predictions"]]

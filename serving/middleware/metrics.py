@@ -1,13 +1,18 @@
 """Prometheus metrics: one registry per app, and a pure ASGI middleware for request metrics.
 
-Series (text exposition format on ``GET /metrics``):
+Series (text exposition format on ``GET /metrics``); with several workers the request,
+batch, reload and domain counters are summed over all workers, the rest are the answering
+worker's own:
 
-- ``serving_requests_total{method, route, status}``: every HTTP request, by route template.
+- ``serving_requests_total{method, route, status}``: every HTTP request, by route template
+  (``unmatched`` for paths no route serves) and method (``other`` beyond the standard ones).
 - ``serving_request_duration_seconds{method, route, status}``: latency histogram, without
   the health routes (``/health/*``) and ``/metrics`` themselves.
 - ``serving_batch_size_rows``: rows per model call (micro-batching at work when > 1).
 - ``serving_batch_fallbacks_total``: merged batches that failed and were re-run per request.
 - ``serving_queue_depth``: requests waiting for a batch right now.
+- ``serving_input_outside_domain_total{column}``: request values outside the training domain
+  (answered, and flagged per row in ``warnings``).
 - ``serving_model_info{name, version}``: 1 for the version answering predictions.
 - ``serving_model_reloads_total{result="success"|"failure"}``: model loads and swaps.
 - ``serving_model_reload_failing``: 1 while the registry cannot be asked or the version it
@@ -28,27 +33,36 @@ or ``feedback``:
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from serving.prediction_log import PredictionLogStats
 
-__all__ = ["CONTENT_TYPE", "MetricsMiddleware", "ServingMetrics"]
+__all__ = ["CONTENT_TYPE", "MULTIPROCESS_DIR", "MetricsMiddleware", "ServingMetrics"]
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's variable: where workers write the shared metrics (several workers)."""
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 _UNMATCHED = "unmatched"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+_OTHER_METHOD = "other"
+"""Label of every method outside ``_METHODS``: a client inventing methods must not be able
+to add series (each one a few lines on every scrape, forever)."""
 
 
 def _untimed(route: str) -> bool:
@@ -56,34 +70,43 @@ def _untimed(route: str) -> bool:
 
 
 class ServingMetrics:
-    """The metrics of one app, in their own registry (apps in one process never collide)."""
+    """The metrics of one app, in their own registries (apps in one process never collide).
+
+    ``shared`` holds the counters and histograms: with several workers
+    (``PROMETHEUS_MULTIPROC_DIR`` set by ``python -m serving``), each worker writes them to
+    files there and every scrape sums all workers' files, whichever worker answers it.
+    ``registry`` holds what only the answering worker can tell: its pid, its queue, its
+    model, its prediction log.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shared = CollectorRegistry()
+        self._multiprocess_dir = os.environ.get(MULTIPROCESS_DIR)
         labels = ("method", "route", "status")
         self.requests = Counter(
             "serving_requests",
             "HTTP requests by route template and status.",
             labels,
-            registry=self.registry,
+            registry=self.shared,
         )
         self.latency = Histogram(
             "serving_request_duration_seconds",
             "HTTP request latency by route template and status (health routes excluded).",
             labels,
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=self.shared,
         )
         self.batch_size = Histogram(
             "serving_batch_size_rows",
             "Rows per model predict call (requests merged by micro-batching).",
             buckets=_BATCH_BUCKETS,
-            registry=self.registry,
+            registry=self.shared,
         )
         self.batch_fallbacks = Counter(
             "serving_batch_fallbacks",
             "Merged batches that failed and were predicted again one request at a time.",
-            registry=self.registry,
+            registry=self.shared,
         )
         self.queue_depth = Gauge(
             "serving_queue_depth",
@@ -101,7 +124,7 @@ class ServingMetrics:
             "serving_model_reloads",
             "Attempts to load a model version (at start-up or after the registry changed).",
             ("result",),
-            registry=self.registry,
+            registry=self.shared,
         )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
@@ -116,6 +139,13 @@ class ServingMetrics:
             "1 for the type of the current registry or model fault (see /health/ready).",
             ("type",),
             registry=self.registry,
+        )
+        self.outside_domain = Counter(
+            "serving_input_outside_domain",
+            "Request values outside the training domain (answered, flagged in 'warnings'), "
+            "by input column.",
+            ("column",),
+            registry=self.shared,
         )
         self._queue_depth: Callable[[], int] = lambda: 0
         self._children: dict[tuple[str, str, int], tuple[Any, Any | None]] = {}
@@ -158,8 +188,31 @@ class ServingMetrics:
         if histogram is not None:
             histogram.observe(seconds)
 
+    def count_outside_domain(self, columns: Iterable[str]) -> None:
+        """Count flagged values; ``columns`` are the model's inputs (a bounded label set)."""
+        for column in columns:
+            self.outside_domain.labels(column=column).inc()
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.shared) + generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        every_worker.register(_SharedFiles(self._multiprocess_dir, self.shared))
+        return generate_latest(every_worker) + generate_latest(self.registry)
+
+
+class _SharedFiles(Collector):
+    """The ``shared`` metrics summed over every worker's files (gauges of the per-worker
+    registry are in those files too, and left out: the answering worker reports its own)."""
+
+    def __init__(self, path: str, shared: CollectorRegistry) -> None:
+        self._collector = MultiProcessCollector(None, path=path)
+        self._names = {metric.name for metric in shared.collect()}
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._collector.collect():
+            if metric.name in self._names:
+                yield metric
 
 
 class _PredictionLogCollector(Collector):
@@ -222,6 +275,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or _UNMATCHED
-            self.metrics.observe_request(
-                scope["method"], route, status, time.perf_counter() - start
-            )
+            method = scope["method"] if scope["method"] in _METHODS else _OTHER_METHOD
+            self.metrics.observe_request(method, route, status, time.perf_counter() - start)

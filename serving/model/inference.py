@@ -12,13 +12,22 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 from pydantic_core import ErrorDetails
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES, INTEGER_TYPES, ColumnType
 from serving.errors import ErrorDetail, InvalidRequestError
+from serving.limits import RequestLimits, check_rows, more_problems
 from serving.model.store import InputColumn, LoadedModel, to_native
 
 logger = logging.getLogger(__name__)
@@ -33,15 +42,35 @@ def _python_type(column_type: ColumnType) -> Any:
         return Annotated[float, Field(strict=True, allow_inf_nan=False)]
     if column_type.kind == "integer":
         limit = 2 ** (column_type.bits or 63)
-        return Annotated[int, Field(strict=True, ge=-limit, le=limit - 1)]
+        return Annotated[
+            int, BeforeValidator(_whole_float_as_int), Field(strict=True, ge=-limit, le=limit - 1)
+        ]
     if column_type.kind == "boolean":
         return Annotated[bool, Field(strict=True)]
     return Annotated[str, Field(strict=True)]
 
 
+def _whole_float_as_int(value: Any) -> Any:
+    """2007.0 is the integer 2007 (JSON writers often send whole numbers as floats); 2007.5,
+    NaN and infinity stay floats, for the strict check to refuse."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 _PYTHON_TYPES: dict[str, Any] = {name: _python_type(t) for name, t in COLUMN_TYPES.items()}
 _NUMBER_TYPES = frozenset({int, float, type(None)})
+_SLICE = 200
+"""Records validated per pydantic call in a large batch."""
+DEFAULT_LIMITS = RequestLimits()
 _INPUT_FORM = 'Send one record as a JSON object of feature values, or {"records": [record, ...]}.'
+
+
+_WARNINGS = (
+    "Present when a value of this row lies outside the training domain (an unseen category, "
+    "a number outside the training range): one message per such column, naming it. The "
+    "prediction is made anyway."
+)
 
 
 class ClassPrediction(BaseModel):
@@ -54,6 +83,7 @@ class ClassPrediction(BaseModel):
     probabilities: dict[str, float] | None = Field(
         description="Probability per class label, if the model has predict_proba."
     )
+    warnings: list[str] | None = Field(default=None, description=_WARNINGS)
 
 
 class RegressionPrediction(BaseModel):
@@ -62,6 +92,7 @@ class RegressionPrediction(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     value: float
+    warnings: list[str] | None = Field(default=None, description=_WARNINGS)
 
 
 Prediction = ClassPrediction | RegressionPrediction
@@ -76,6 +107,8 @@ class RequestModels:
     record: type[BaseModel]
     batch: type[BaseModel]
     columns: tuple[InputColumn, ...]
+    records: TypeAdapter[list[Any]]
+    """A list of records: how large batches are validated, one slice at a time."""
 
 
 def build_request_models(columns: Sequence[InputColumn]) -> RequestModels:
@@ -107,15 +140,19 @@ def build_request_models(columns: Sequence[InputColumn]) -> RequestModels:
         __config__=ConfigDict(extra="forbid"),
         records=(list[record], Field(min_length=1, description="One or more records.")),  # type: ignore[valid-type]
     )
-    return RequestModels(record=record, batch=batch, columns=tuple(columns))
+    records: TypeAdapter[list[Any]] = TypeAdapter(list[record])  # type: ignore[valid-type]
+    return RequestModels(record=record, batch=batch, columns=tuple(columns), records=records)
 
 
-def parse_request(models: RequestModels, payload: Any) -> tuple[list[Record], bool]:
+def parse_request(
+    models: RequestModels, payload: Any, limits: RequestLimits = DEFAULT_LIMITS
+) -> tuple[list[Record], bool]:
     """Validate a decoded JSON body; return the records and whether it was a batch.
 
     Raises:
-        InvalidRequestError: naming every field that is missing, null, mistyped, not finite
-            or unknown.
+        LimitExceededError: more records than ``limits.max_rows``.
+        InvalidRequestError: naming the first ``limits.max_error_details`` fields that are
+            missing, null, mistyped, not finite or unknown, and counting the rest.
     """
     if not isinstance(payload, dict):
         raise InvalidRequestError(
@@ -124,21 +161,106 @@ def parse_request(models: RequestModels, payload: Any) -> tuple[list[Record], bo
         )
     names = {column.name for column in models.columns}
     is_batch = "records" in payload and "records" not in names
+    if not is_batch:
+        try:
+            return [models.record.model_validate(payload).model_dump(by_alias=True)], False
+        except ValidationError as exc:
+            raise _invalid([(0, exc)], models, limits) from None
+    records = payload["records"]
+    if not isinstance(records, list):
+        records = [records]  # the batch model then says what 'records' must be
+    check_rows(len(records), limits)
+    # Small batches are validated whole (every problem found); large ones are screened for
+    # misshapen records first, each a counter rather than pydantic errors.
+    misshapen = _misshapen_records(models.columns, records) if len(records) > _SLICE else {}
+    if misshapen:
+        raise _misshapen(models, records, misshapen, limits)
+    # The first slice with the envelope (its other keys, an empty list), then the rest
+    # slice by slice: a slice's errors are all pydantic holds at once, and the GIL is let go
+    # between slices, so 99,990 bad records neither fill memory nor hold the event loop.
+    failures: list[tuple[int, ValidationError]] = []
+    rows: list[BaseModel] = []
     try:
-        if is_batch:
-            batch = models.batch.model_validate(payload)
-            rows: list[BaseModel] = list(batch.records)  # type: ignore[attr-defined]
-        else:
-            rows = [models.record.model_validate(payload)]
+        first = records[:_SLICE] if isinstance(payload["records"], list) else payload["records"]
+        batch = models.batch.model_validate({**payload, "records": first})
+        rows.extend(batch.records)  # type: ignore[attr-defined]
     except ValidationError as exc:
-        details = [_describe(error, models.columns) for error in exc.errors()]
-        fields = ", ".join(dict.fromkeys(f"'{d.field}'" for d in details))
-        raise InvalidRequestError(
-            f"Invalid input in {fields}: fix the listed fields and retry. "
-            "GET /model lists the expected columns and types.",
-            details,
-        ) from exc
-    return [row.model_dump(by_alias=True) for row in rows], is_batch
+        failures.append((0, exc))
+    for start in range(_SLICE, len(records), _SLICE):
+        try:
+            rows.extend(models.records.validate_python(records[start : start + _SLICE]))
+        except ValidationError as exc:
+            failures.append((start, exc))
+    if failures:
+        raise _invalid(failures, models, limits)
+    return [row.model_dump(by_alias=True) for row in rows], True
+
+
+def _invalid(
+    failures: Sequence[tuple[int, ValidationError]],
+    models: RequestModels,
+    limits: RequestLimits,
+    total: int | None = None,
+) -> InvalidRequestError:
+    """The 422 for failed validations, listing at most ``max_error_details`` problems and
+    counting the rest; pydantic's error lists are materialised only until enough are known."""
+    cap = limits.max_error_details
+    located: list[ErrorDetails] = []
+    for start, exc in failures:
+        if len(located) >= cap:
+            break
+        for error in exc.errors(include_url=False)[: cap - len(located)]:
+            located.append(_shifted(error, start))
+    details = [_describe(error, models.columns) for error in located]
+    if total is None:
+        total = sum(exc.error_count() for _, exc in failures)
+    hidden = total - len(details)
+    fields = ", ".join(dict.fromkeys(f"'{d.field}'" for d in details))
+    return InvalidRequestError(
+        f"Invalid input in {fields}: fix the listed fields and retry. "
+        "GET /model lists the expected columns and types." + more_problems(hidden),
+        details,
+    )
+
+
+def _misshapen_records(columns: Sequence[InputColumn], records: list[Any]) -> dict[int, int]:
+    """Records that are not objects, lack a required input or hold an unknown key, found by
+    set operations before pydantic sees a value; index -> how many such problems it has."""
+    known = frozenset(column.name for column in columns)
+    required = frozenset(column.name for column in columns if column.required)
+    found: dict[int, int] = {}
+    for index, record in enumerate(records):
+        if type(record) is not dict:
+            found[index] = 1
+            continue
+        keys = record.keys()
+        if not (keys <= known and required <= keys):
+            found[index] = len(keys - known) + len(required - keys)
+    return found
+
+
+def _misshapen(
+    models: RequestModels, records: list[Any], misshapen: dict[int, int], limits: RequestLimits
+) -> InvalidRequestError:
+    """The 422 for misshapen records: the first ones described by pydantic (each validated
+    alone), the rest only counted, so 99,990 of them cost a counter, not 100 MB of errors."""
+    failures: list[tuple[int, ValidationError]] = []
+    for index in list(misshapen)[: limits.max_error_details]:
+        try:
+            models.records.validate_python([records[index]])
+        except ValidationError as exc:
+            failures.append((index, exc))
+    validated = sum(misshapen[index] for index, _ in failures)
+    total = sum(misshapen.values()) - validated + sum(exc.error_count() for _, exc in failures)
+    return _invalid(failures, models, limits, total)
+
+
+def _shifted(error: ErrorDetails, start: int) -> ErrorDetails:
+    """An error of a slice validated alone, located as in the whole batch."""
+    loc = error["loc"]
+    if not loc or not isinstance(loc[0], int):
+        return error
+    return {**error, "loc": ("records", start + loc[0], *loc[1:])}
 
 
 def to_frame(columns: Sequence[InputColumn], records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -169,11 +291,20 @@ def loads_json(body: bytes) -> Any:
     """
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            # Python's json would accept it, and the lone surrogate would then fail every
+            # UTF-8 encoding downstream (an error message echoing it, the prediction log).
+            raise ValueError(
+                f"a lone UTF-16 surrogate escape such as \\ud800 ({exc}): send valid "
+                "Unicode text, each \\ud800-\\udbff escape followed by its \\udc00-\\udfff pair"
+            ) from exc
         return json.loads(body)
 
 
-def parse_numeric_batch(models: RequestModels, payload: Any, min_rows: int) -> pd.DataFrame | None:
+def parse_numeric_batch(
+    models: RequestModels, payload: Any, min_rows: int, limits: RequestLimits = DEFAULT_LIMITS
+) -> pd.DataFrame | None:
     """A ``{"records": [...]}`` batch of at least ``min_rows`` records for a model whose inputs
     are all double or float, checked column-wise and built straight into the DataFrame that
     :func:`to_frame` builds from what :func:`parse_request` returns for the same body.
@@ -185,9 +316,11 @@ def parse_numeric_batch(models: RequestModels, payload: Any, min_rows: int) -> p
     """
     columns = models.columns
     records = _numeric_batch_records(columns, payload, min_rows)
+    if records is not None:
+        check_rows(len(records), limits)
     rows = None if records is None else record_values(records, [c.name for c in columns])
     found = None if rows is None else numeric_matrix(rows)
-    if found is None or not _all_values_fit(columns, *found):
+    if found is None or not all_values_fit(columns, *found):
         return None
     matrix = found[0]
     return numeric_frame(columns, [matrix[:, i] for i in range(len(columns))], len(matrix))
@@ -211,7 +344,7 @@ def _numeric_batch_records(
     return records
 
 
-def _all_values_fit(
+def all_values_fit(
     columns: Sequence[InputColumn], matrix: np.ndarray, nulls: np.ndarray | None
 ) -> bool:
     """No value is infinite or NaN, and no required input is null."""
@@ -257,7 +390,11 @@ def numeric_matrix(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarra
     if not set(map(type, flat)) <= _NUMBER_TYPES:
         return None
     nulls = np.fromiter((value is None for value in flat), bool, len(flat))
-    return matrix.astype(np.float64), nulls.reshape(matrix.shape)
+    try:
+        numbers = matrix.astype(np.float64)
+    except OverflowError:  # an integer beyond float64: the value-by-value way names it
+        return None
+    return numbers, nulls.reshape(matrix.shape)
 
 
 def _holds_booleans(rows: Sequence[Sequence[Any]], matrix: np.ndarray) -> bool:
@@ -312,7 +449,7 @@ def predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> F
     computed only when ``proba`` is true, or when they are how a forest's labels are found.
     """
     try:
-        return _predict_frame(loaded, frame, proba=proba)
+        predictions = _predict_frame(loaded, frame, proba=proba)
     except ValueError as exc:
         if "infinity" not in str(exc) and "too large" not in str(exc):
             raise
@@ -321,6 +458,22 @@ def predict_frame(loaded: LoadedModel, frame: pd.DataFrame, *, proba: bool) -> F
             + _extreme_fields(frame)
             + ": send values in the range the model was trained on (GET /model lists the inputs)."
         ) from exc
+    if not _all_finite(predictions):
+        # Extreme but finite inputs (1e99, 1.79e308) can overflow inside the model: NaN
+        # probabilities or an infinite value would break every protocol's response schema.
+        raise InvalidRequestError(
+            "The model's output is not a finite number for these values"
+            + _extreme_fields(frame)
+            + ": send values in the range the model was trained on (GET /model lists the inputs)."
+        )
+    return predictions
+
+
+def _all_finite(predictions: FramePredictions) -> bool:
+    outputs, probabilities = predictions.outputs, predictions.probabilities
+    if outputs.dtype.kind == "f" and not bool(np.isfinite(outputs).all()):
+        return False
+    return probabilities is None or bool(np.isfinite(probabilities).all())
 
 
 def _extreme_fields(frame: pd.DataFrame) -> str:

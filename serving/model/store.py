@@ -37,6 +37,7 @@ from pipeline.contracts import (
     HELD_OUT_PREFIX,
     STORE_LOCK_SUFFIX,
     TRUSTED_MODULE_PREFIXES,
+    InputDomain,
     Task,
     refused_types,
 )
@@ -50,6 +51,7 @@ from serving.errors import (
     UnsafeModelError,
     UnsupportedModelError,
 )
+from serving.model.domain import load_domain
 from serving.model.ref import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ class LoadedModel:
     estimator: Any = field(repr=False)
     input_example: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
     """The logged input example as records (None for missing values); empty if none."""
+    domain: InputDomain | None = field(default=None, repr=False)
+    """The training domain logged with the run (values outside it are flagged); None if none."""
 
     @property
     def has_proba(self) -> bool:
@@ -168,6 +172,7 @@ def load_model(ref: ModelRef, tracking_uri: str) -> LoadedModel:
         metrics=_held_out_metrics(client, run_id, version),
         estimator=estimator,
         input_example=example,
+        domain=load_domain(run_id, tracking_uri, label),
     )
     logger.info("Loaded %s (%s, %d input columns)", label, loaded.task, len(columns))
     return loaded

@@ -109,36 +109,47 @@ def coerce_value(column: InputColumn, value: Any) -> Any:
     """Turn one decoded value into what the model expects for ``column``, or raise
     :class:`ValueCoercionError` naming the expected type.
 
-    Follows ``mlflow models serve`` where it is safe: missing values (null, NaN) pass for
-    double and string columns and for optional columns; integers pass for doubles; numeric
-    strings pass for numbers (CSV-style clients); strings columns take any scalar. Stricter
-    where MLflow would silently change the value: 4.5 is not a long, true is not a number.
+    The input contract every protocol shares (docs/serving-limits.md): missing values
+    (null, NaN) pass for optional columns only (a column with gaps in training); integers
+    pass for doubles and whole-number floats (2007.0) for integers; numeric strings pass for
+    numbers (CSV-style clients); string columns take any scalar. Stricter than MLflow where
+    it would silently change the value: 4.5 is not a long, true is not a number.
     """
     kind = column.type
     if isinstance(value, list | dict):
         raise ValueCoercionError(f"expected a single {kind} value, got {json_kind(value)}")
-    if is_missing(value):
-        if column.required and kind not in (*FLOAT_TYPES, "string"):
-            raise ValueCoercionError(f"a value is required ({kind}), got null")
-        return None
     coerce = _COERCERS.get(COLUMN_TYPES[kind].kind)
-    return value if coerce is None else coerce(kind, value)  # string: any scalar, unchanged
+    if not is_missing(value) and coerce is not None:
+        value = coerce(kind, value)  # string columns: any scalar, unchanged
+    if is_missing(value):
+        if column.required:
+            raise ValueCoercionError(
+                f"a value is required ({kind}, no gaps in training), got null or NaN"
+            )
+        return None
+    return value
 
 
 def _coerce_float(kind: str, value: Any) -> float | int:
     number = _as_number(value, kind)
-    if math.isinf(number):
-        raise ValueCoercionError(f"expected a finite number ({kind}), got {value!r}")
+    try:
+        infinite = math.isinf(number)
+    except OverflowError:  # an integer beyond float64 (1 followed by 400 zeros)
+        raise ValueCoercionError(
+            f"a number out of range for {kind}: send a smaller value"
+        ) from None
+    if infinite:  # NaN (from the text "nan") is a missing value, as null is
+        raise ValueCoercionError(f"expected a finite number ({kind}), got {shown(value)}")
     return number
 
 
 def _coerce_integer(kind: str, value: Any) -> int:
     number = _as_number(value, kind)
-    if isinstance(number, float) and not number.is_integer():
-        raise ValueCoercionError(f"expected an integer ({kind}), got {value!r}")
+    if isinstance(number, float) and not number.is_integer():  # also NaN and infinity
+        raise ValueCoercionError(f"expected an integer ({kind}), got {shown(value)}")
     bits = COLUMN_TYPES[kind].bits or 63
     if not -(2**bits) <= int(number) < 2**bits:
-        raise ValueCoercionError(f"{value!r} is out of range for {kind}")
+        raise ValueCoercionError(f"{shown(value)} is out of range for {kind}")
     return int(number)
 
 
@@ -149,7 +160,7 @@ def _coerce_boolean(kind: str, value: Any) -> bool:
         return value.strip().lower() == "true"
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ValueCoercionError(f"expected true or false ({kind}), got {value!r}")
+    raise ValueCoercionError(f"expected true or false ({kind}), got {shown(value)}")
 
 
 _COERCERS: dict[str, Callable[[str, Any], Any]] = {
@@ -170,11 +181,11 @@ def numeric_values_fit(column: InputColumn, values: np.ndarray) -> bool:
         return kind != "integer" or _within(values, _INT32_LIMIT)
     if values.dtype.kind != "f":
         return False
-    if kind in FLOAT_TYPES:
-        return not bool(np.isinf(values).any())
     missing = np.isnan(values)
     if column.required and bool(missing.any()):
         return False
+    if kind in FLOAT_TYPES:
+        return not bool(np.isinf(values).any())
     present = values[~missing]
     limit = _INT32_LIMIT if kind == "integer" else _MAX_EXACT_INT
     return _within(present, limit) and bool(np.all(np.floor(present) == present))
@@ -199,7 +210,17 @@ def _as_number(value: Any, kind: str) -> int | float:
             return float(text)
         except ValueError:
             pass
-    raise ValueCoercionError(f"expected a number ({kind}), got {value!r}")
+    raise ValueCoercionError(f"expected a number ({kind}), got {shown(value)}")
+
+
+SHOWN_CHARS = 40
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: short, whatever the client sent (an integer of
+    400 digits or a long string would otherwise be echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 def expected_columns(columns: Sequence[InputColumn]) -> str:

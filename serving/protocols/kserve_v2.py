@@ -7,32 +7,55 @@ single ``[N, n_columns]`` tensor in signature order. Errors are ``{"error": "...
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import math
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
+import numpy as np
+import orjson
+import pandas as pd
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from pipeline.contracts import COLUMN_TYPES, NUMERIC_TYPES
-from serving.deps import log_predictions
+from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES, NUMERIC_TYPES
+from serving.deps import count_flags, is_json_media_type, log_predictions, shown_header
 from serving.errors import InvalidRequestError
+from serving.limits import LimitExceededError, RequestLimits, check_columns, check_rows
 from serving.middleware.request_id import adopt_request_id
-from serving.model.inference import ClassPrediction, Prediction
-from serving.model.store import InputColumn, LoadedModel
+from serving.model.domain import RowWarnings, frame_warnings, record_warnings
+from serving.model.inference import (
+    FramePredictions,
+    PredictionRow,
+    all_values_fit,
+    loads_json,
+    numeric_frame,
+    numeric_matrix,
+)
+from serving.model.store import InputColumn, LoadedModel, to_native
 from serving.protocols._common import (
     ProtocolError,
     ValueCoercionError,
     coerce_value,
     expected_columns,
     json_kind,
+    numeric_values_fit,
     protocol_route_class,
     read_body,
+    shown,
 )
-from serving.protocols.deps import OptionalPredictorDep, PredictorDep, Record
+from serving.protocols.deps import (
+    OptionalPredictorDep,
+    Predictor,
+    PredictorDep,
+    Record,
+    current_predictor,
+    get_predictor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +68,7 @@ _FLOATS = frozenset({"FP64", "FP32", "FP16"})
 _INTS = frozenset({"INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"})
 _ACCEPTED_BY_KIND: dict[str, frozenset[str]] = {
     "float": _FLOATS | _INTS,
-    "integer": _INTS,
+    "integer": _INTS | _FLOATS,  # whole numbers only: 2007.0, not 2007.5
     "string": frozenset({"BYTES"}),
     "boolean": frozenset({"BOOL"}),
 }
@@ -54,6 +77,9 @@ ACCEPTED: dict[str, frozenset[str]] = {
 }
 """The tensor datatypes a column of each signature type takes."""
 ALL_DATATYPES = _FLOATS | _INTS | {"BYTES", "BOOL"}
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 
 class InferError(ProtocolError):
@@ -142,8 +168,23 @@ def model_metadata(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def parse_infer_request(payload: Any, loaded: LoadedModel) -> tuple[list[Record], list[str]]:
-    """Validate an inference request; return the records and the output names to send."""
+def parse_infer_request(
+    payload: Any,
+    loaded: LoadedModel,
+    limits: RequestLimits = DEFAULT_LIMITS,
+    bulk_rows: int | None = None,
+) -> tuple[list[Record] | pd.DataFrame, list[str]]:
+    """Validate an inference request; return the records and the output names to send.
+
+    With ``bulk_rows``, one tensor per column holding at least that many rows, for a model
+    whose inputs are all numeric, comes back as the model's frame instead, checked
+    column-wise by the same rules (anything those checks do not accept goes the record way,
+    which names the problem).
+
+    Raises:
+        InferError: a 400 naming the tensor and what is wrong with it; a 413 for more
+            tensors than ``limits.max_columns`` or rows than ``limits.max_rows``.
+    """
     if not isinstance(payload, dict):
         raise InferError(
             400,
@@ -164,37 +205,145 @@ def parse_infer_request(payload: Any, loaded: LoadedModel) -> tuple[list[Record]
             '{"name", "shape", "datatype", "data"}; '
             f"the model's inputs are {expected_columns(loaded.columns)}.",
         )
-    tensors = [_tensor(t, index) for index, t in enumerate(inputs)]
+    record_rows = limits.max_rows if bulk_rows is None else min(limits.max_rows, bulk_rows - 1)
+    fast = _float_records(inputs, loaded.columns, record_rows)
+    if fast is not None:
+        return fast, _requested_outputs(payload.get("outputs"), loaded)
+    try:
+        check_columns(len(inputs), limits)
+        tensors = [_tensor(t, index, limits) for index, t in enumerate(inputs)]
+    except LimitExceededError as exc:
+        raise InferError(413, exc.message) from exc
     outputs = _requested_outputs(payload.get("outputs"), loaded)
     names = {c.name for c in loaded.columns}
     if len(tensors) == 1 and tensors[0][0] not in names and len(tensors[0][1]) == 2:
         return _records_from_matrix(tensors[0], loaded.columns), outputs
-    return _records_from_columns(tensors, loaded.columns), outputs
+    seen = _column_tensors(tensors, loaded.columns)
+    n_rows = _row_count(seen)
+    if bulk_rows is not None and n_rows >= bulk_rows:
+        frame = _numeric_frame(seen, loaded.columns, n_rows)
+        if frame is not None:
+            return frame, outputs
+    return _records_from_columns(seen, n_rows, loaded.columns), outputs
+
+
+_FLOAT_TENSORS = _FLOATS | _INTS
+
+
+def _float_records(
+    inputs: list[Any], columns: Sequence[InputColumn], max_rows: int
+) -> list[Record] | None:
+    """The records of well-formed flat numeric column tensors for a model whose inputs are
+    all double or float, checked at once (numbers, finite, no null in a required input),
+    as the record way would accept them; None for anything else, which the record way then
+    checks value by value and names, and for more than ``max_rows`` rows (bulk requests,
+    predicted as one frame). The common single-row request costs a few dict lookups
+    and one array, not a coercion per value."""
+    by_name = {column.name: column for column in columns}
+    if len(inputs) > len(by_name) or not all(c.type in FLOAT_TYPES for c in columns):
+        return None
+    sent: dict[str, list[Any]] = {}
+    try:
+        for tensor in inputs:
+            name, data, shape = tensor["name"], tensor["data"], tensor["shape"]
+            if name not in by_name or name in sent or tensor["datatype"] not in _FLOAT_TENSORS:
+                return None
+            if type(data) is not list or (shape != [len(data)] and shape != [len(data), 1]):
+                return None
+            sent[name] = data
+    except (TypeError, KeyError):  # not an object, a key missing, a name that is not text
+        return None
+    rows = {len(data) for data in sent.values()}
+    if len(rows) != 1 or not 0 < rows.pop() <= max_rows:
+        return None
+    present = [column for column in columns if column.name in sent]
+    if any(c.required for c in columns if c.name not in sent):
+        return None
+    found = numeric_matrix([sent[column.name] for column in present])
+    if found is None or not all_values_fit(present, found[0].T, _transposed(found[1])):
+        return None
+    matrix = found[0].T.astype(np.float64)
+    names = [column.name for column in present]
+    absent = {column.name: None for column in columns if column.name not in sent}
+    return [
+        {**dict(zip(names, (None if v != v else v for v in row), strict=True)), **absent}
+        for row in matrix.tolist()
+    ]
+
+
+def _transposed(nulls: np.ndarray | None) -> np.ndarray | None:
+    return None if nulls is None else nulls.T
+
+
+def _numeric_frame(
+    seen: dict[str, Tensor], columns: Sequence[InputColumn], n_rows: int
+) -> pd.DataFrame | None:
+    """The model's frame from numeric column tensors, or None for the record way."""
+    if not all(column.type in NUMERIC_TYPES for column in columns):
+        return None
+    arrays: list[np.ndarray | None] = []
+    for column in columns:
+        sent = seen.get(column.name)
+        if sent is None:
+            arrays.append(None)
+            continue
+        found = numeric_matrix([sent[3]])
+        if found is None or not numeric_values_fit(column, found[0][0]):
+            return None  # a string, a boolean, a null where one is not allowed ...
+        arrays.append(found[0][0])
+    return numeric_frame(columns, arrays, n_rows)
+
+
+Answers = tuple[list[Any], list[float]]
+"""One request's answers as the tensors hold them: the labels (or values), and the class
+probabilities flattened row by row (empty without them)."""
+
+
+def row_answers(loaded: LoadedModel, rows: Sequence[PredictionRow]) -> Answers:
+    """The answers of the plain rows the batcher returns."""
+    if loaded.task == "regression":
+        return [row["value"] for row in rows], []
+    classes = [str(c) for c in loaded.classes or ()]
+    flat = [
+        row["probabilities"][c] for row in rows if row["probabilities"] is not None for c in classes
+    ]
+    return [row["label"] for row in rows], flat
+
+
+def frame_answers(predictions: FramePredictions) -> Answers:
+    """The answers of one frame's model call, straight from its arrays: no object per row."""
+    labels = predictions.outputs.tolist()
+    if predictions.outputs.dtype == object:
+        labels = [to_native(label) for label in labels]
+    probabilities = predictions.probabilities
+    return labels, [] if probabilities is None else probabilities.ravel().tolist()
 
 
 def infer_response(
     loaded: LoadedModel,
-    predictions: Sequence[Prediction],
+    answers: Answers,
     outputs: Sequence[str],
     request_id: str | None,
+    flags: RowWarnings | None = None,
 ) -> dict[str, Any]:
-    """The response: ``predict`` (and ``predict_proba`` for classifiers that have it)."""
+    """The response: ``predict`` (and ``predict_proba`` for classifiers that have it), and
+    ``parameters.warnings`` (one entry per flagged row) for values outside the training
+    domain."""
     tensors: list[dict[str, Any]] = []
-    n = len(predictions)
+    labels, flat = answers
+    n = len(labels)
     for name in outputs:
         if name == PREDICT:
-            data = [p.label if isinstance(p, ClassPrediction) else p.value for p in predictions]
             tensors.append(
-                {"name": PREDICT, "shape": [n], "datatype": predict_datatype(loaded), "data": data}
+                {
+                    "name": PREDICT,
+                    "shape": [n],
+                    "datatype": predict_datatype(loaded),
+                    "data": labels,
+                }
             )
         else:
             classes = [str(c) for c in loaded.classes or ()]
-            flat = [
-                p.probabilities[c]
-                for p in predictions
-                if isinstance(p, ClassPrediction) and p.probabilities is not None
-                for c in classes
-            ]
             tensors.append(
                 {
                     "name": PREDICT_PROBA,
@@ -204,18 +353,23 @@ def infer_response(
                     "parameters": {"classes": list(loaded.classes or ())},
                 }
             )
-    return {
+    response: dict[str, Any] = {
         "model_name": loaded.name,
         "model_version": loaded.version,
         "id": request_id if request_id is not None else str(uuid.uuid4()),
         "outputs": tensors,
     }
+    if flags:
+        response["parameters"] = {
+            "warnings": [{"row": row, "messages": flags[row]} for row in sorted(flags)]
+        }
+    return response
 
 
 Tensor = tuple[str, list[int], str, list[Any]]
 
 
-def _tensor(raw: Any, index: int) -> Tensor:
+def _tensor(raw: Any, index: int, limits: RequestLimits) -> Tensor:
     where = f"inputs[{index}]"
     if not isinstance(raw, dict):
         raise InferError(400, f"{where} must be an object, got {json_kind(raw)}.")
@@ -235,7 +389,8 @@ def _tensor(raw: Any, index: int) -> Tensor:
         raise InferError(
             400, f"{where} has shape {shape!r}: send a list of non-negative integers like [3]."
         )
-    if datatype not in ALL_DATATYPES:
+    check_rows(shape[0], limits)  # before its data is flattened
+    if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
         raise InferError(
             400,
             f"{where} has unknown datatype {datatype!r}: use one of "
@@ -272,15 +427,13 @@ def _check_value(name: str, datatype: str, value: Any) -> None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok and value is not None:
         raise InferError(
-            400, f"input '{name}' is {datatype} but holds {json_kind(value)} ({value!r})."
+            400, f"input '{name}' is {datatype} but holds {json_kind(value)} ({shown(value)})."
         )
 
 
 def _records_from_columns(
-    tensors: Sequence[Tensor], columns: Sequence[InputColumn]
+    seen: dict[str, Tensor], n_rows: int, columns: Sequence[InputColumn]
 ) -> list[Record]:
-    seen = _column_tensors(tensors, columns)
-    n_rows = _row_count(seen)
     values: dict[str, list[Any]] = {}
     for column in columns:
         sent = seen.get(column.name)
@@ -417,38 +570,185 @@ def _requested_outputs(raw: Any, loaded: LoadedModel) -> list[str]:
     return list(dict.fromkeys(names)) or available
 
 
+def _parse_body(
+    body: bytes, loaded: LoadedModel, limits: RequestLimits, bulk_rows: int
+) -> tuple[dict[str, Any], tuple[list[Record] | pd.DataFrame, list[str]]]:
+    try:
+        payload = loads_json(body)
+    except (ValueError, RecursionError) as exc:
+        raise InferError(400, f"The body is not valid JSON ({exc}).") from exc
+    return payload, parse_infer_request(payload, loaded, limits, bulk_rows)
+
+
 # --- routes ----------------------------------------------------------------------------
 
 
-@router.get("/health/live", summary="KServe v2 liveness")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+Responses = dict[int | str, dict[str, Any]]
 
 
-@router.get("/health/ready", summary="KServe v2 readiness: 200 once a model is loaded")
+def _errors(*statuses: int) -> Responses:
+    return {status: {"model": ErrorPublic, "description": _STATUS[status]} for status in statuses}
+
+
+class ErrorPublic(BaseModel):
+    error: str = Field(description="What is wrong and how to fix it.")
+
+
+_STATUS = {
+    400: "The request does not fit the protocol or the model's inputs; the message says how.",
+    404: "No such model, or not at this version: only the loaded version is served.",
+    413: "The body, its rows or its tensors are over the server's limits.",
+    415: "The Content-Type is not application/json.",
+    500: "The model failed on this input; the error is logged on the server.",
+    503: "No model is loaded yet.",
+    504: "The request took longer than SERVING_REQUEST_TIMEOUT_SECONDS.",
+}
+_TENSOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        "datatype": {"type": "string", "enum": sorted(ALL_DATATYPES)},
+        "data": {"type": "array"},
+        "parameters": {"type": "object"},
+    },
+    "required": ["name", "shape", "datatype", "data"],
+}
+INFER_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "title": "InferenceRequest",
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "parameters": {"type": "object"},
+                    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_SCHEMA},
+                    "outputs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}},
+                            "required": ["name"],
+                        },
+                    },
+                },
+                "required": ["inputs"],
+            }
+        }
+    },
+}
+"""The body of v2 infer, for OpenAPI (the route checks it in :func:`parse_infer_request`)."""
+_LIVE: Responses = {200: {"description": "The process is up.", "content": {"application/json": {}}}}
+_READY: Responses = {
+    200: {"description": "A model is loaded.", "content": {"application/json": {}}},
+    503: {"description": "No model is loaded yet.", "content": {"application/json": {}}},
+}
+_MODEL: Responses = {
+    200: {"description": "The model answers.", "content": {"application/json": {}}}
+}
+
+
+@router.get("/health/live", summary="KServe v2 liveness", responses=_LIVE)
+async def live() -> Response:
+    return JSONResponse({"live": True})
+
+
+@router.get(
+    "/health/ready", summary="KServe v2 readiness: 200 once a model is loaded", responses=_READY
+)
 async def ready(predictor: OptionalPredictorDep) -> Response:
     status = 200 if predictor is not None else 503
     return JSONResponse({"ready": predictor is not None}, status_code=status)
 
 
-@router.get("/models/{name}", summary="KServe v2 model metadata")
-@router.get("/models/{name}/versions/{version}", summary="KServe v2 model metadata")
-async def metadata(predictor: PredictorDep, name: str, version: str | None = None) -> Response:
+@router.get(
+    "/models/{name}", summary="KServe v2 model metadata", responses={**_MODEL, **_errors(404, 503)}
+)
+async def metadata(predictor: PredictorDep, name: str) -> Response:
+    check_model(predictor.loaded, name)
+    return JSONResponse(model_metadata(predictor.loaded))
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="KServe v2 model metadata, at a version",
+    responses={**_MODEL, **_errors(404, 503)},
+)
+async def version_metadata(predictor: PredictorDep, name: str, version: str) -> Response:
     check_model(predictor.loaded, name, version)
     return JSONResponse(model_metadata(predictor.loaded))
 
 
-@router.get("/models/{name}/ready", summary="KServe v2 model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="KServe v2 model readiness")
-async def model_ready(predictor: PredictorDep, name: str, version: str | None = None) -> Response:
+@router.get(
+    "/models/{name}/ready",
+    summary="KServe v2 model readiness",
+    responses={**_MODEL, **_errors(404, 503)},
+)
+async def model_ready(predictor: PredictorDep, name: str) -> Response:
+    check_model(predictor.loaded, name)
+    return JSONResponse({"name": predictor.loaded.name, "ready": True})
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="KServe v2 model readiness, at a version",
+    responses={**_MODEL, **_errors(404, 503)},
+)
+async def version_ready(predictor: PredictorDep, name: str, version: str) -> Response:
     check_model(predictor.loaded, name, version)
     return JSONResponse({"name": predictor.loaded.name, "ready": True})
 
 
-@router.post("/models/{name}/infer", summary="KServe v2 inference")
-@router.post("/models/{name}/versions/{version}/infer", summary="KServe v2 inference")
-async def infer(
-    request: Request, predictor: PredictorDep, name: str, version: str | None = None
+_INFER_RESPONSES = {
+    200: {
+        "description": "The outputs: predict (and predict_proba).",
+        "content": {"application/json": {}},
+    },
+    **_errors(400, 404, 413, 415, 500, 503, 504),
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="KServe v2 inference",
+    responses=_INFER_RESPONSES,
+    openapi_extra={"requestBody": INFER_REQUEST_BODY},
+)
+async def infer(request: Request, name: str) -> Response:
+    # No FastAPI dependency on the hot path: the predictor is looked up directly.
+    return await _infer(request, get_predictor(request, current_predictor(request)), name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="KServe v2 inference, at a version",
+    responses=_INFER_RESPONSES,
+    openapi_extra={"requestBody": INFER_REQUEST_BODY},
+)
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    predictor = get_predictor(request, current_predictor(request))
+    return await _infer(request, predictor, name, version)
+
+
+async def _predict(
+    request: Request, predictor: Predictor, inputs: list[Record] | pd.DataFrame
+) -> tuple[Answers, RowWarnings]:
+    """Predict records through the batcher, or a bulk frame in one model call; logged."""
+    loaded = predictor.loaded
+    if isinstance(inputs, pd.DataFrame):
+        predictions = await predictor.active.predict_frame(inputs, proba=loaded.has_proba)
+        log_predictions(request, loaded, inputs, predictions)
+        flags = count_flags(request, frame_warnings(loaded.domain, inputs))
+        return frame_answers(predictions), flags
+    rows = await predictor.predict_rows(inputs)
+    log_predictions(request, loaded, inputs, rows)
+    return row_answers(loaded, rows), count_flags(request, record_warnings(loaded.domain, inputs))
+
+
+async def _infer(
+    request: Request, predictor: Predictor, name: str, version: str | None
 ) -> Response:
     loaded = predictor.loaded
     check_model(loaded, name, version)
@@ -457,16 +757,22 @@ async def infer(
             400,
             "The binary tensor extension is not supported: send the request as JSON only.",
         )
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise InferError(
+            415,
+            f"Unsupported Content-Type {shown_header(request.headers.get('content-type'))}: "
+            "send the request as JSON with 'Content-Type: application/json'.",
+        )
     body = await read_body(request)
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InferError(400, f"The body is not valid JSON ({exc}).") from exc
-    records, outputs = parse_infer_request(payload, loaded)
+    limits: RequestLimits = request.app.state.settings.request_limits
+    parse = partial(_parse_body, body, loaded, limits, predictor.active.bulk_rows)
+    # A large body could hold the event loop (and /health/live) while it is parsed.
+    parsed = await asyncio.to_thread(parse) if len(body) > limits.offload_bytes else parse()
+    payload, (records, outputs) = parsed
     # The body's id names the request in the log too, unless an X-Request-ID header did.
     request_id = adopt_request_id(request, payload.get("id"))
     try:
-        rows = await predictor.predict_rows(records)
+        answers, flags = await _predict(request, predictor, records)
     except InvalidRequestError as exc:
         raise InferError(400, exc.message) from exc
     except Exception as exc:
@@ -474,9 +780,12 @@ async def infer(
         raise InferError(
             500, "The model failed on this input; the error is logged on the server."
         ) from exc
-    log_predictions(request, loaded, records, rows)
     given = payload.get("id")
     body_out = infer_response(
-        loaded, predictor.typed(rows), outputs, given if given is not None else request_id
+        loaded, answers, outputs, given if given is not None else request_id, flags
     )
-    return JSONResponse(body_out, headers={"X-Model-Version": loaded.version})
+    return Response(
+        orjson.dumps(body_out),
+        media_type="application/json",
+        headers={"X-Model-Version": loaded.version},
+    )

@@ -12,21 +12,39 @@ optional column is imputed (MLflow: 400 from the model); no error message echoes
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import io
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from mlflow.version import VERSION as MLFLOW_VERSION
+from pydantic import BaseModel, Field
 
 from pipeline.contracts import NUMERIC_TYPES
-from serving.deps import get_prediction_log, log_predictions
+from serving.deps import count_flags, get_prediction_log, log_predictions
 from serving.errors import InvalidRequestError
+from serving.limits import (
+    LimitExceededError,
+    RequestLimits,
+    capped,
+    check_columns,
+    check_decoded_bytes,
+    check_rows,
+    more_problems,
+)
+from serving.model.domain import RowWarnings, frame_warnings, record_warnings
 from serving.model.inference import (
     ClassPrediction,
     Prediction,
@@ -46,6 +64,7 @@ from serving.protocols._common import (
     numeric_values_fit,
     protocol_route_class,
     read_body,
+    shown,
 )
 from serving.protocols.deps import OptionalPredictorDep, PredictorDep, Record
 
@@ -80,6 +99,11 @@ _GENERIC_CODES = {
     "too_large": REQUEST_LIMIT_EXCEEDED,
     "invalid": BAD_REQUEST,
 }
+
+
+DEFAULT_LIMITS = RequestLimits()
+_NAMES_SHOWN = RequestLimits(max_error_details=5)
+"""At most this many unknown names are quoted in one message."""
 
 
 class ScoringError(ProtocolError):
@@ -148,20 +172,28 @@ def parse_request(
     columns: Sequence[InputColumn],
     *,
     bulk_rows: int | None = None,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> list[Record] | pd.DataFrame:
     """Parse and validate an ``/invocations`` body into one record per row.
 
-    With ``bulk_rows``, a JSON or CSV request of at least that many rows for a model whose
-    inputs are all numeric comes back as one DataFrame instead (what the records would
+    With ``bulk_rows``, a JSON, CSV or Parquet request of at least that many rows for a model
+    whose inputs are all numeric comes back as one DataFrame instead (what the records would
     become), checked column-wise by the same rules. Whatever those vectorised checks do not
     accept goes the record way, so every error reads exactly as it does there.
+
+    ``limits`` are checked before any value is parsed: rows, columns (an unknown column is
+    refused as soon as it is seen), and a Parquet file's uncompressed size (from its metadata).
     """
     mime = parse_content_type(content_type)
-    if mime == CONTENT_TYPE_CSV:
-        return parse_csv(body, columns, bulk_rows=bulk_rows)
-    if mime == CONTENT_TYPE_PARQUET:
-        return parse_parquet(body, columns)
-    key, data = _json_input(body)
+    try:
+        if mime == CONTENT_TYPE_CSV:
+            return parse_csv(body, columns, bulk_rows=bulk_rows, limits=limits)
+        if mime == CONTENT_TYPE_PARQUET:
+            return parse_parquet(body, columns, bulk_rows=bulk_rows, limits=limits)
+        key, data = _json_input(body)
+        _check_json_table(key, data, columns, limits)
+    except LimitExceededError as exc:
+        raise ScoringError(413, REQUEST_LIMIT_EXCEEDED, exc.message) from exc
     if bulk_rows is not None and _all_numeric(columns):
         frame = _bulk_json_frame(key, data, columns, bulk_rows)
         if frame is not None:
@@ -172,7 +204,61 @@ def parse_request(
 def parse_json(body: bytes, columns: Sequence[InputColumn]) -> list[Record]:
     """Parse a JSON body in any of MLflow's four formats into validated records."""
     key, data = _json_input(body)
+    _check_json_table(key, data, columns, DEFAULT_LIMITS)
     return _json_records(key, data, columns)
+
+
+def _check_json_table(
+    key: str, data: Any, columns: Sequence[InputColumn], limits: RequestLimits
+) -> None:
+    """Rows and column names of a JSON table, checked before any value is: every name must
+    be a model input (the first unknown key of a record is refused as it is met, so 8,000
+    distinct keys cost one dict lookup each, not 8,000 columns)."""
+    if key == DF_SPLIT and isinstance(data, dict):
+        names, rows = data.get("columns"), data.get("data")
+        if isinstance(names, list):
+            check_columns(len(names), limits)
+            check_names([str(name) for name in names], columns, "'dataframe_split.columns'")
+        if isinstance(rows, list):
+            check_rows(len(rows), limits)
+    elif isinstance(data, list):
+        check_rows(len(data), limits)
+        known = {column.name for column in columns}
+        for index, row in enumerate(data):
+            if isinstance(row, dict) and not row.keys() <= known:
+                unknown = [name for name in row if name not in known]
+                check_names(unknown, columns, f"record {index} of '{key}'")
+    elif isinstance(data, dict) and key in (INSTANCES, INPUTS):
+        check_columns(len(data), limits)
+        check_names(list(data), columns, f"'{key}'")
+        for value in data.values():
+            if isinstance(value, list):
+                check_rows(len(value), limits)
+
+
+def check_names(names: Sequence[str], columns: Sequence[InputColumn], where: str) -> None:
+    """Refuse (400) names that are not inputs of the model, or that come twice: the one rule
+    for unknown fields, on every protocol. At most a few names are quoted."""
+    known = {column.name for column in columns}
+    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    if unknown:
+        quoted, hidden = capped([shown(name) for name in unknown], _NAMES_SHOWN)
+        raise ScoringError(
+            400,
+            INVALID_PARAMETER_VALUE,
+            f"Invalid input. {where[0].upper()}{where[1:]} names unknown column(s) "
+            f"{', '.join(quoted)}{more_problems(hidden)}: remove them; the model expects "
+            f"{expected_columns(columns)}.",
+        )
+    duplicated = [name for name, count in Counter(names).items() if count > 1]
+    if duplicated:
+        raise ScoringError(
+            400,
+            INVALID_PARAMETER_VALUE,
+            f"Invalid input. {where[0].upper()}{where[1:]} names "
+            f"{', '.join(shown(name) for name in duplicated)} more than once: send each "
+            "column once (which of the values was meant cannot be told).",
+        )
 
 
 def _json_input(body: bytes) -> tuple[str, Any]:
@@ -231,10 +317,15 @@ def _json_records(key: str, data: Any, columns: Sequence[InputColumn]) -> list[R
 
 
 def parse_csv(
-    body: bytes, columns: Sequence[InputColumn], *, bulk_rows: int | None = None
+    body: bytes,
+    columns: Sequence[InputColumn],
+    *,
+    bulk_rows: int | None = None,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> list[Record] | pd.DataFrame:
-    """Parse a CSV body whose header row names the columns (``bulk_rows``: as in
-    :func:`parse_request`)."""
+    """Parse a CSV body whose header row names the columns (``bulk_rows`` and ``limits``: as
+    in :func:`parse_request`); the header and the number of lines are checked first."""
+    _check_csv_shape(body, columns, limits)
     if bulk_rows is not None and _all_numeric(columns):
         frame = _bulk_csv_frame(body, columns, bulk_rows)
         if frame is not None:
@@ -252,18 +343,87 @@ def parse_csv(
     return _from_frame(frame, columns)
 
 
-def parse_parquet(body: bytes, columns: Sequence[InputColumn]) -> list[Record]:
-    """Parse a Parquet body as written by ``pandas.DataFrame.to_parquet()``."""
+def _check_csv_shape(body: bytes, columns: Sequence[InputColumn], limits: RequestLimits) -> None:
+    """The header row's names and the number of lines, before pandas parses anything."""
+    check_rows(max(0, body.count(b"\n") - 1), limits)
+    header = body.split(b"\n", 1)[0]
     try:
-        frame = pd.read_parquet(io.BytesIO(body))
+        names = next(csv.reader([header.decode("utf-8").rstrip("\r")]), [])
+    except (UnicodeDecodeError, csv.Error):
+        return  # pandas says what is wrong with it
+    check_columns(len(names), limits)
+    check_names(names, columns, "the CSV header")
+
+
+def parse_parquet(
+    body: bytes,
+    columns: Sequence[InputColumn],
+    *,
+    bulk_rows: int | None = None,
+    limits: RequestLimits = DEFAULT_LIMITS,
+) -> list[Record] | pd.DataFrame:
+    """Parse a Parquet body as written by ``pandas.DataFrame.to_parquet()``.
+
+    The file's metadata is read first: its rows, columns and uncompressed size are checked
+    against ``limits`` before one page is decompressed (18 KiB of zstd can hold a million
+    rows). A model whose inputs are all numeric gets a column-wise checked frame.
+    """
+    try:
+        source = pq.ParquetFile(pa.BufferReader(body))
+        metadata = source.metadata
     except Exception as exc:
-        raise ScoringError(
-            400,
-            BAD_REQUEST,
-            "Failed to parse input as Parquet: send a table written by "
-            f"pandas.DataFrame.to_parquet(). Error: {exc}",
-        ) from exc
+        raise _parquet_error(exc) from exc
+    check_rows(metadata.num_rows, limits)
+    check_columns(metadata.num_columns, limits)
+    names = [name for name in source.schema_arrow.names if not name.startswith("__index_level_")]
+    check_names(names, columns, "the Parquet file")
+    check_decoded_bytes(
+        sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
+        limits,
+    )
+    try:
+        # Dictionary-encoded as stored: a 1 MB dictionary value repeated on every row is
+        # counted below, not decoded (to_pandas would copy it into each row).
+        table = pq.ParquetFile(pa.BufferReader(body), read_dictionary=names).read(columns=names)
+        check_decoded_bytes(_decoded_bytes(table), limits)
+        frame = table.to_pandas()
+    except LimitExceededError:
+        raise
+    except Exception as exc:
+        raise _parquet_error(exc) from exc
+    if bulk_rows is not None and _all_numeric(columns) and len(frame) >= bulk_rows:
+        checked = _numeric_columns_frame(frame, columns)
+        if checked is not None:
+            return checked
     return _from_frame(frame, columns)
+
+
+def _decoded_bytes(table: pa.Table) -> int:
+    """What ``table`` takes once its dictionary-encoded columns are decoded, computed from
+    the value lengths and the indices, without decoding."""
+    total = 0
+    for column in table.columns:
+        for chunk in column.chunks:
+            if not pa.types.is_dictionary(chunk.type):
+                total += chunk.nbytes
+            elif pa.types.is_binary(chunk.type.value_type) or pa.types.is_string(
+                chunk.type.value_type
+            ):
+                lengths = pc.binary_length(chunk.dictionary)
+                total += int(pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0)
+                total += chunk.indices.nbytes
+            else:  # a dictionary of numbers: at most 8 bytes a row once decoded
+                total += 8 * len(chunk)
+    return total
+
+
+def _parquet_error(exc: Exception) -> ScoringError:
+    return ScoringError(
+        400,
+        BAD_REQUEST,
+        "Failed to parse input as Parquet: send a table written by "
+        f"pandas.DataFrame.to_parquet(). Error: {str(exc)[:200]}",
+    )
 
 
 def to_records(table: Mapping[str, Sequence[Any]], columns: Sequence[InputColumn]) -> list[Record]:
@@ -318,12 +478,22 @@ def _check_required(names: Iterable[str], columns: Sequence[InputColumn]) -> Non
         )
 
 
-def format_predictions(predictions: Sequence[Prediction]) -> dict[str, list[Any]]:
+def format_predictions(
+    predictions: Sequence[Prediction], flags: RowWarnings | None = None
+) -> dict[str, list[Any]]:
     """``{"predictions": [...]}``: the labels of a classifier or the values of a regressor,
-    as ``mlflow models serve`` answers for an sklearn model."""
-    return {
+    as ``mlflow models serve`` answers for an sklearn model; plus ``"warnings"`` (one entry
+    per flagged row) when values lie outside the training domain."""
+    body = {
         "predictions": [p.label if isinstance(p, ClassPrediction) else p.value for p in predictions]
     }
+    return _flagged(body, flags)
+
+
+def _flagged(body: dict[str, list[Any]], flags: RowWarnings | None) -> dict[str, list[Any]]:
+    if flags:
+        body["warnings"] = [{"row": row, "messages": flags[row]} for row in sorted(flags)]
+    return body
 
 
 def _table_from_split(data: Any) -> dict[str, list[Any]]:
@@ -423,13 +593,13 @@ def _from_frame(frame: pd.DataFrame, columns: Sequence[InputColumn]) -> list[Rec
 # --- bulk requests: column-wise, no per-row objects (no HTTP) -------------------------
 
 
-def predictions_json(outputs: np.ndarray) -> bytes:
+def predictions_json(outputs: np.ndarray, flags: RowWarnings | None = None) -> bytes:
     """``{"predictions": [...]}`` from the model's output array, as ``format_predictions``
     writes it for the same predictions."""
     values = outputs.tolist()
     if outputs.dtype == object:
         values = [to_native(value) for value in values]
-    return orjson.dumps({"predictions": values})
+    return orjson.dumps(_flagged({"predictions": values}, flags))
 
 
 def _all_numeric(columns: Sequence[InputColumn]) -> bool:
@@ -473,9 +643,6 @@ def _split_matrix(data: Any, columns: Sequence[InputColumn], min_rows: int) -> _
         return None
     _check_required(names, columns)
     found = numeric_matrix(rows)
-    if found is None:  # perhaps only because of extra (ignored) columns of text
-        names, rows = _model_columns_only(names, rows, columns)
-        found = numeric_matrix(rows)
     return None if found is None else (names, found[0])
 
 
@@ -509,21 +676,6 @@ def _columns_matrix(
     return None if found is None else (names, found[0].T)
 
 
-def _model_columns_only(
-    names: list[str], rows: list[list[Any]], columns: Sequence[InputColumn]
-) -> tuple[list[str], list[list[Any]]]:
-    """The names and values of the model's inputs only, from ``dataframe_split`` rows."""
-    position = {name: index for index, name in enumerate(names)}  # the last of duplicates
-    keep = sorted(position[c.name] for c in columns if c.name in position)
-    if len(keep) == len(names):
-        return names, rows
-    try:
-        values = np.array(rows, dtype=object)[:, keep].tolist()
-    except (ValueError, IndexError):
-        return names, rows
-    return [names[index] for index in keep], values
-
-
 def _bulk_csv_frame(
     body: bytes, columns: Sequence[InputColumn], min_rows: int
 ) -> pd.DataFrame | None:
@@ -537,9 +689,16 @@ def _bulk_csv_frame(
         return None
     if len(frame) < min_rows:
         return None
-    names = [str(name) for name in frame.columns]
-    _check_required(names, columns)
-    position = {name: index for index, name in enumerate(names)}
+    _check_required([str(name) for name in frame.columns], columns)
+    return _numeric_columns_frame(frame, columns)
+
+
+def _numeric_columns_frame(
+    frame: pd.DataFrame, columns: Sequence[InputColumn]
+) -> pd.DataFrame | None:
+    """The model's frame from a parsed table whose numeric columns pass the checks, or None
+    for the record way (text, booleans or anything else are checked value by value)."""
+    position = {str(name): index for index, name in enumerate(frame.columns)}
     arrays: list[np.ndarray | None] = []
     for column in columns:
         if column.name not in position:
@@ -547,7 +706,7 @@ def _bulk_csv_frame(
             continue
         series = frame.iloc[:, position[column.name]]
         if series.dtype.kind not in "if":
-            return None  # text, booleans or anything else: checked value by value
+            return None
         arrays.append(series.to_numpy())
     return _checked_frame(columns, arrays, len(frame))
 
@@ -567,28 +726,120 @@ def _checked_frame(
 # --- routes ----------------------------------------------------------------------------
 
 
-@router.post("/invocations", summary="MLflow scoring protocol (mlflow models serve)")
+class ErrorPublic(BaseModel):
+    error_code: str = Field(description="MLflow's error code, e.g. BAD_REQUEST.")
+    message: str = Field(description="What is wrong and how to fix it.")
+
+
+_STATUS = {
+    400: "The body is not in one of MLflow's formats, or does not fit the model's inputs.",
+    413: "The body, its rows, columns or decoded size are over the server's limits.",
+    415: "The Content-Type is not application/json, text/csv or application/vnd.apache.parquet.",
+    500: "The model failed on this input; the error is logged on the server.",
+    503: "No model is loaded yet.",
+    504: "The request took longer than SERVING_REQUEST_TIMEOUT_SECONDS.",
+}
+_TABLE_VALUES: dict[str, Any] = {"type": "array", "items": {}}
+_RECORDS: dict[str, Any] = {"type": "array", "items": {"type": "object"}, "minItems": 1}
+INVOCATIONS_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        CONTENT_TYPE_JSON: {
+            "schema": {
+                "title": "ScoringRequest",
+                "description": "Exactly one of the four keys; 'params' is accepted and ignored.",
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            DF_SPLIT: {
+                                "type": "object",
+                                "properties": {
+                                    "columns": {"type": "array", "items": {"type": "string"}},
+                                    "data": {"type": "array", "items": _TABLE_VALUES},
+                                    "index": {"type": "array"},
+                                },
+                                "required": ["columns", "data"],
+                            },
+                            PARAMS: {"type": "object"},
+                        },
+                        "required": [DF_SPLIT],
+                    },
+                    {
+                        "type": "object",
+                        "properties": {DF_RECORDS: _RECORDS, PARAMS: {"type": "object"}},
+                        "required": [DF_RECORDS],
+                    },
+                    *(
+                        {
+                            "type": "object",
+                            "properties": {
+                                key: {"oneOf": [_RECORDS, {"type": "object"}]},
+                                PARAMS: {"type": "object"},
+                            },
+                            "required": [key],
+                        }
+                        for key in (INSTANCES, INPUTS)
+                    ),
+                ],
+            }
+        },
+        CONTENT_TYPE_CSV: {"schema": {"type": "string", "description": "A header row first."}},
+        CONTENT_TYPE_PARQUET: {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+"""The body of /invocations, for OpenAPI (the route checks it in :func:`parse_request`)."""
+_INVOCATIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": '{"predictions": [...]}, and "warnings" for values outside the '
+        "training domain.",
+        "content": {CONTENT_TYPE_JSON: {}},
+    },
+    **{status: {"model": ErrorPublic, "description": text} for status, text in _STATUS.items()},
+}
+_TEXT = "text/plain"
+"""/ping and /version answer MLflow's bodies ("\n", the version), which are not JSON; MLflow
+labels them application/json, which every JSON client then fails to parse."""
+_PING: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A model is loaded.", "content": {_TEXT: {}}},
+    503: {"description": "No model is loaded yet.", "content": {_TEXT: {}}},
+}
+
+
+@router.post(
+    "/invocations",
+    summary="MLflow scoring protocol (mlflow models serve)",
+    responses=_INVOCATIONS_RESPONSES,
+    openapi_extra={"requestBody": INVOCATIONS_REQUEST_BODY},
+)
 async def invocations(request: Request, predictor: PredictorDep) -> Response:
     """Predict rows sent in any of MLflow's formats; answers ``{"predictions": [...]}``."""
     body = await read_body(request)
     active = predictor.active
-    parsed = parse_request(
+    limits: RequestLimits = request.app.state.settings.request_limits
+    parse = partial(
+        parse_request,
         request.headers.get("content-type"),
         body,
         predictor.loaded.columns,
         bulk_rows=active.bulk_rows,
+        limits=limits,
     )
+    # A large body could hold the event loop (and /health/live) while it is parsed.
+    parsed = await asyncio.to_thread(parse) if len(body) > limits.offload_bytes else parse()
     # Probabilities are not part of the answer, but the prediction log records them.
     proba = get_prediction_log(request) is not None and predictor.loaded.has_proba
     try:
         if isinstance(parsed, pd.DataFrame):
             predictions = await active.predict_frame(parsed, proba=proba)
             log_predictions(request, predictor.loaded, parsed, predictions)
-            content = predictions_json(predictions.outputs)
+            flags = count_flags(request, frame_warnings(predictor.loaded.domain, parsed))
+            content = predictions_json(predictions.outputs, flags)
         else:
             rows = await predictor.predict_rows(parsed)
             log_predictions(request, predictor.loaded, parsed, rows)
-            content = orjson.dumps(format_predictions(predictor.typed(rows)))
+            flags = count_flags(request, record_warnings(predictor.loaded.domain, parsed))
+            content = orjson.dumps(format_predictions(predictor.typed(rows), flags))
     except InvalidRequestError as exc:
         raise ScoringError(400, BAD_REQUEST, exc.message) from exc
     except Exception as exc:
@@ -609,13 +860,17 @@ async def invocations(request: Request, predictor: PredictorDep) -> Response:
     )
 
 
-@router.get("/ping", summary="MLflow health check: 200 once a model is loaded")
-@router.get("/health", summary="MLflow health check (same as /ping)")
+@router.get("/ping", summary="MLflow health check: 200 once a model is loaded", responses=_PING)
+@router.get("/health", summary="MLflow health check (same as /ping)", responses=_PING)
 async def ping(predictor: OptionalPredictorDep) -> Response:
     status = 200 if predictor is not None else 503
-    return Response(content="\n", status_code=status, media_type="application/json")
+    return Response(content="\n", status_code=status, media_type=_TEXT)
 
 
-@router.get("/version", summary="The MLflow version this server is compatible with")
+@router.get(
+    "/version",
+    summary="The MLflow version this server is compatible with",
+    responses={200: {"description": "The version.", "content": {_TEXT: {}}}},
+)
 async def version() -> Response:
-    return Response(content=MLFLOW_VERSION, media_type="application/json")
+    return Response(content=MLFLOW_VERSION, media_type=_TEXT)

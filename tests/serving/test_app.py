@@ -18,6 +18,7 @@ from serving.app import create_app
 from tests.serving.factories import SETOSA, MakeClient, TinyStore
 
 MIXED = {"age": 41.0, "rooms": 4, "city": "lyon", "owner": "yes"}
+JSON = {"content-type": "application/json"}
 
 
 def assert_error(response: httpx.Response, status: int, error_type: str, *fragments: str) -> None:
@@ -246,12 +247,12 @@ def test_predict_rejects_malformed_json_saying_what_to_send(iris: TestClient, co
 
 
 def test_predict_rejects_absurdly_nested_json_as_malformed(iris: TestClient) -> None:
-    response = iris.post("/predict", content=b"[" * 200_000)
+    response = iris.post("/predict", content=b"[" * 200_000, headers=JSON)
     assert_error(response, 400, "malformed_request", "not valid JSON")
 
 
 def test_predict_rejects_an_empty_body(iris: TestClient) -> None:
-    response = iris.post("/predict", content=b"")
+    response = iris.post("/predict", content=b"", headers=JSON)
     assert_error(response, 400, "malformed_request", "body is empty")
 
 
@@ -274,7 +275,7 @@ def test_predict_rejects_body_over_the_limit_when_streamed_without_length(
             yield b'{"sepal length (cm)": 5.1, "sepal width (cm)": 3.5},'
         yield b"]}"
 
-    response = client.post("/predict", content=chunks())
+    response = client.post("/predict", content=chunks(), headers=JSON)
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "payload_too_large", "200 bytes")
 

@@ -122,7 +122,7 @@ def test_python_m_serving_refuses_invalid_settings_with_a_readable_message(
     )
     assert result.returncode == 2
     assert "Invalid serving settings" in result.stderr
-    assert "model_uri" in result.stderr
+    assert "SERVING_MODEL_URI: Value error, model URI 'runs:/abc/model'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

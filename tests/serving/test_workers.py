@@ -1,7 +1,8 @@
 """End to end: ``python -m serving --workers N`` as real processes, and graceful shutdown.
 
 Each worker is its own process with its own model and batcher; ``/metrics`` carries
-``serving_worker_info{pid}`` so a scrape tells which worker answered it.
+``serving_worker_info{pid}`` so a scrape tells which worker answered it, and sums the request
+counters of every worker (Prometheus multiprocess mode), whichever answers.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ def test_two_workers_each_answer_predictions_from_their_own_process(
     store: TinyStore, tmp_path: Path
 ) -> None:
     with serving(store, tmp_path, "--workers", "2") as server:
-        predicted: dict[int, float] = {}  # worker pid -> its own /predict count
+        scraped: set[int] = set()  # the workers that answered a /metrics scrape
         request_ids: list[str] = []
+        parts_dir = tmp_path / "prediction_log" / "iris" / "predictions"
 
         def predict_then_scrape(_: int) -> None:
             # A fresh connection per call, so that the kernel hands them to either worker.
@@ -168,17 +170,27 @@ def test_two_workers_each_answer_predictions_from_their_own_process(
             request_ids.append(response.headers["X-Request-ID"])
             metrics = httpx.get(f"{server.base_url}/metrics", timeout=10.0).text
             (pid,) = _WORKER.findall(metrics)
-            counts = _PREDICTED.findall(metrics)
-            predicted[int(pid)] = float(counts[0]) if counts else 0.0
+            scraped.add(int(pid))
+
+        def logging_workers() -> set[int]:
+            # Each worker writes its own parts (its pid in their names) every 2 s while it
+            # predicts: the workers that answered predictions.
+            return {int(part.name.split("-")[2]) for part in parts_dir.glob("*.parquet")}
 
         deadline = time.monotonic() + 60
         with ThreadPoolExecutor(max_workers=8) as pool:
-            while sum(1 for count in predicted.values() if count > 0) < 2:
-                assert time.monotonic() < deadline, f"only these workers answered: {predicted}"
+            while len(scraped) < 2 or len(logging_workers()) < 2:
+                assert time.monotonic() < deadline, f"scraped {scraped}, {logging_workers()}"
                 list(pool.map(predict_then_scrape, range(16)))
+                time.sleep(0.5)
 
-        workers = set(predicted)
+        workers = scraped
         assert len(workers) == 2
+        assert logging_workers() == workers
+        # The request counters are summed over both workers, whichever answers the scrape.
+        for _ in range(6):
+            metrics = httpx.get(f"{server.base_url}/metrics", timeout=10.0).text
+            assert _PREDICTED.findall(metrics) == [f"{len(request_ids)}.0"], metrics
         assert server.process.pid not in workers
         assert workers <= _children(server.process.pid)  # both are the server's own workers
         for pid in sorted(workers):

@@ -162,15 +162,26 @@ def test_regressor_bulk_values_equal_the_record_path_and_sklearn(
     assert values == pytest.approx(slow["predictions"], abs=1e-9)
 
 
-def test_extra_columns_are_ignored_and_columns_may_come_in_any_order(
+def test_columns_may_come_in_any_order(
     iris: Pair, store: TinyStore, record_path: RecordPathSpy
 ) -> None:
     model = store.models["iris"]
     rows = model.features.iloc[::5]
-    shuffled = rows[list(reversed(rows.columns))].assign(colour=1.5)
+    shuffled = rows[list(reversed(rows.columns))]
     response = both(iris, split(shuffled))
     assert response.json() == {"predictions": model.estimator.predict(rows).tolist()}
     assert record_path.calls == 1  # the records app only
+
+
+def test_an_unknown_column_is_the_same_400_on_both_paths(iris: Pair, store: TinyStore) -> None:
+    rows = store.models["iris"].features.iloc[::5].assign(colour=1.5)
+    for payload, headers, where in (
+        (split(rows), JSON, "'dataframe_split.columns'"),
+        (rows.to_csv(index=False), CSV, "The CSV header"),
+        (json.dumps({"dataframe_records": rows.to_dict(orient="records")}), JSON, "Record 0"),
+    ):
+        response = both(iris, payload, headers)
+        assert_error(response, 400, "INVALID_PARAMETER_VALUE", where, "unknown column(s) 'colour'")
 
 
 def test_integer_labels_stay_integers_and_missing_optional_values_are_imputed(
@@ -251,13 +262,18 @@ def test_infinity_is_the_same_400_in_json_and_csv(iris: Pair, store: TinyStore) 
         )
 
 
-def test_nan_in_a_double_column_is_imputed_as_on_the_record_path(
+def test_nan_in_a_required_double_column_is_the_same_400_on_both_paths(
     iris: Pair, store: TinyStore
 ) -> None:
     rows = store.models["iris"].features.iloc[:4].copy()
     rows.iloc[1, 0] = math.nan
     response = both(iris, split(rows))
-    assert response.json() == {"predictions": store.models["iris"].estimator.predict(rows).tolist()}
+    assert_error(
+        response,
+        400,
+        "BAD_REQUEST",
+        "column 'sepal length (cm)' row 1: a value is required (double, no gaps in training)",
+    )
 
 
 def test_text_and_boolean_values_are_the_same_400_naming_column_and_row(
@@ -324,8 +340,8 @@ def bodies() -> Iterator[bytes]:
         {"a": -0.0, "b": 7, "n": -2, "i": 5, "f": 3},
     ]
     yield json.dumps({"dataframe_records": records}).encode()
-    names = ["f", "i", "n", "b", "a", "extra"]
-    rows = [[r[name] for name in names[:-1]] + ["x"] for r in records]
+    names = ["f", "i", "n", "b", "a"]
+    rows = [[r[name] for name in names] for r in records]
     yield json.dumps({"dataframe_split": {"columns": names, "data": rows}}).encode()
     yield json.dumps({"inputs": {k: [r[k] for r in records] for k in ("a", "n", "f")}}).encode()
     ints = [{"a": 1, "n": 2, "i": 3, "f": 4}, {"a": 5, "n": 6, "i": 7, "f": 8}]
@@ -358,7 +374,8 @@ def test_requests_smaller_than_bulk_rows_come_back_as_records() -> None:
 @pytest.mark.parametrize(
     ("column", "values", "fits"),
     [
-        (InputColumn("x", "double", True), [1.0, np.nan], True),
+        (InputColumn("x", "double", True), [1.0, np.nan], False),
+        (InputColumn("x", "double", False), [1.0, np.nan], True),
         (InputColumn("x", "double", True), [1.0, np.inf], False),
         (InputColumn("x", "long", True), [1.0, 2.0], True),
         (InputColumn("x", "long", True), [1.0, np.nan], False),

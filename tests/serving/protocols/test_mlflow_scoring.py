@@ -132,11 +132,21 @@ def test_params_charset_and_unknown_top_level_keys_are_accepted_like_mlflow(
     assert post(iris, payload, headers).json() == {"predictions": expected}
 
 
-def test_extra_columns_are_ignored_and_ints_pass_for_doubles(iris: TestClient) -> None:
+def test_ints_pass_for_doubles(iris: TestClient) -> None:
     record = {"sepal length (cm)": 5, "sepal width (cm)": 3, "petal length (cm)": 1}
-    record |= {"petal width (cm)": 0, "colour": "blue"}
-    response = post(iris, {"dataframe_records": [record]})
+    response = post(iris, {"dataframe_records": [record | {"petal width (cm)": 0}]})
     assert response.json() == {"predictions": ["setosa"]}
+
+
+def test_an_unknown_column_is_a_400_naming_it(iris: TestClient) -> None:
+    record = {"sepal length (cm)": 5, "sepal width (cm)": 3, "petal length (cm)": 1}
+    response = post(iris, {"dataframe_records": [record | {"petal width (cm)": 0, "colour": 1}]})
+    assert_error(
+        response,
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "Record 0 of 'dataframe_records' names unknown column(s) 'colour': remove them",
+    )
 
 
 # --- errors ----------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The uvicorn server around the app: the listening socket bound before anything is loaded,
+a deadline for reading request headers, and keep-alive and concurrency limits.
+
+uvicorn has no deadline for the request line and headers: a client that connects and sends
+one header byte a minute holds a connection (and its memory) for ever. ``HeaderDeadlineProtocol``
+closes a connection whose headers have not all arrived ``header_timeout_seconds`` after it
+opened or after its previous request's first byte; the body is under the request timeout
+(:mod:`serving.middleware.limits`) once the headers are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
+
+from serving.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_TIMEOUT_BODY = b"The request headers did not arrive in time: send them at once, then retry.\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class PortUnavailableError(Exception):
+    """The address to listen on cannot be bound (in use, not local, no permission)."""
+
+
+class ServingConfig(uvicorn.Config):
+    """uvicorn's config plus the header deadline, which travels with it to worker processes."""
+
+    def __init__(self, app: Any, *, header_timeout_seconds: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout_seconds = header_timeout_seconds
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing connections whose headers arrive too slowly."""
+
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        seconds = getattr(self.config, "header_timeout_seconds", 0)
+        if seconds > 0:
+            self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        logger.warning(
+            "Closed a connection from %s: its request headers took longer than %gs "
+            "(SERVING_HEADER_TIMEOUT_SECONDS)",
+            f"{self.client[0]}:{self.client[1]}" if self.client else "?",
+            getattr(self.config, "header_timeout_seconds", 0),
+        )
+        if self.cycle is None or self.cycle.response_complete:  # no answer of ours under way
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.transport.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, ready for uvicorn to listen on.
+
+    Bound before the app (and its model) is loaded, so a busy port fails at once.
+
+    Raises:
+        PortUnavailableError: the address cannot be bound; the message says what to do.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortUnavailableError(
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Another process may be "
+            f"using the port (e.g. `ss -ltnp 'sport = :{port}'` shows which): stop it, or "
+            "choose another port with SERVING_PORT (or --port)."
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> ServingConfig:
+    """uvicorn's config for ``app`` (an app, or an import string with ``factory=True``)."""
+    return ServingConfig(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=HeaderDeadlineProtocol,
+        header_timeout_seconds=settings.header_timeout_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.max_concurrency,
+        timeout_graceful_shutdown=settings.graceful_timeout_seconds,
+        **options,
+    )
+
+
+def serve(config: ServingConfig, sock: socket.socket) -> None:
+    """Run uvicorn on the bound ``sock``: in this process, or in ``config.workers`` ones."""
+    if config.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
