@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import Gauge
 from pydantic.json_schema import models_json_schema
 
+from pipeline.contracts import store_id
 from serving.errors import add_error_handlers
 from serving.middleware.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
 from serving.middleware.metrics import MetricsMiddleware, ServingMetrics
@@ -131,6 +132,8 @@ def _prediction_log(settings: Settings) -> PredictionLog | None:
         queue_size=settings.prediction_log_queue_size,
         rotate_rows=settings.prediction_log_rotate_rows,
         rotate_seconds=settings.prediction_log_rotate_seconds,
+        # The registry the server resolves its model from names every part it writes.
+        store_id=store_id(settings.tracking_uri),
     )
 
 
