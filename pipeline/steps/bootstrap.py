@@ -2,19 +2,20 @@
 
 Both models are scored on the same resampled rows in every resample, so the interval
 describes the difference itself, not two independent noisy scores. A resample is a vector of
-row counts (multinomial), which turns every metric into weighted sums computed for a block of
-resamples at once with matrix products instead of a Python loop per resample.
+row counts (the held-out rows drawn with replacement), which turns every metric into weighted
+sums. Each metric is prepared once per model (its per-row values; for ROC AUC, one sort of the
+scores into groups) and then evaluated for a block of resamples at once with matrix products:
+the cost is a few passes over rows x resamples, not one sklearn call per resample.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
 from pipeline import metrics
@@ -23,8 +24,13 @@ from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
-# Resample weight matrices are built in blocks of at most this many cells (~40 MB of int64).
-_BLOCK_CELLS = 5_000_000
+# Resample weight matrices are built in blocks of at most this many cells (8 MB of float64):
+# larger blocks save little time and cost the gate's peak memory several of them.
+_BLOCK_CELLS = 1_000_000
+
+# A metric prepared for one model's predictions: resample weights (resamples x rows, row
+# counts) -> the metric on each resample, as sklearn computes it on the resampled rows.
+_Weighted = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -76,23 +82,15 @@ def paired_gain_interval(
     if rows == 0:
         raise PipelineError("the bootstrap needs at least one held-out row")
     sign = -1.0 if lower_is_better else 1.0
-    full = np.ones((1, rows))
-    gain = sign * float(
-        (_metric(metric, y_true, challenger, full) - _metric(metric, y_true, champion, full))[0]
-    )
+    challenger_metric = _prepare(metric, y_true, challenger)
+    champion_metric = _prepare(metric, y_true, champion)
+
+    def gains(weights: np.ndarray) -> np.ndarray:
+        return sign * (challenger_metric(weights) - champion_metric(weights))
+
+    gain = float(gains(np.ones((1, rows)))[0])
     rng = np.random.default_rng(settings.seed)
-    block = max(1, _BLOCK_CELLS // rows)
-    gains: list[np.ndarray] = []
-    remaining = settings.resamples
-    while remaining:
-        size = min(block, remaining)
-        weights = rng.multinomial(rows, np.full(rows, 1.0 / rows), size=size).astype(float)
-        difference = _metric(metric, y_true, challenger, weights) - _metric(
-            metric, y_true, champion, weights
-        )
-        gains.append(sign * difference)
-        remaining -= size
-    samples = np.concatenate(gains)
+    samples = np.concatenate([gains(w) for w in _resample_counts(rng, rows, settings.resamples)])
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         raise PipelineError(f"the bootstrap could not compute {metric} on any resample")
@@ -108,55 +106,85 @@ def paired_gain_interval(
     )
 
 
-def _metric(metric: str, y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    """`metric` for each row of `weights` (row counts of one resample), as sklearn defines it."""
+def _resample_counts(rng: np.random.Generator, rows: int, resamples: int) -> Iterator[np.ndarray]:
+    """Blocks of resamples, each row of a block the counts of `rows` rows drawn with replacement.
+
+    Drawing row numbers and counting them is the multinomial resample by definition, and
+    several times faster than `Generator.multinomial` over a million equally likely rows.
+    """
+    block = max(1, _BLOCK_CELLS // rows)
+    dtype = np.int32 if rows < 2**31 else np.int64
+    for start in range(0, resamples, block):
+        counts = np.empty((min(block, resamples - start), rows))
+        for row in counts:
+            row[:] = np.bincount(rng.integers(0, rows, size=rows, dtype=dtype), minlength=rows)
+        yield counts
+
+
+def _prepare(metric: str, y: np.ndarray, model: Predictions) -> _Weighted:
+    """`metric` of `model` as a function of resample weights (see `_Weighted`)."""
     try:
         weighted = _WEIGHTED[metrics.metric(metric).name]
     except KeyError:
         raise PipelineError(f"no bootstrap for metric '{metric}'") from None
-    return weighted(y, model, weights)
+    return weighted(y, model)
 
 
-def _accuracy(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    return np.asarray(weights @ (model.predicted == y).astype(float) / weights.sum(axis=1))
+def _mean_of(values: np.ndarray) -> _Weighted:
+    return lambda weights: np.asarray(weights @ values / weights.sum(axis=1))
 
 
-def _log_loss(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    return np.asarray(weights @ _row_log_loss(y, model) / weights.sum(axis=1))
+def _accuracy(y: np.ndarray, model: Predictions) -> _Weighted:
+    return _mean_of((model.predicted == y).astype(float))
+
+
+def _log_loss(y: np.ndarray, model: Predictions) -> _Weighted:
+    return _mean_of(_row_log_loss(y, model))
 
 
 def _error(y: np.ndarray, model: Predictions) -> np.ndarray:
     return np.asarray(model.predicted.astype(float) - y.astype(float))
 
 
-def _rmse(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    return np.asarray(np.sqrt(weights @ _error(y, model) ** 2 / weights.sum(axis=1)))
+def _rmse(y: np.ndarray, model: Predictions) -> _Weighted:
+    squared = _error(y, model) ** 2
+    return lambda weights: np.asarray(np.sqrt(weights @ squared / weights.sum(axis=1)))
 
 
-def _mae(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    return np.asarray(weights @ np.abs(_error(y, model)) / weights.sum(axis=1))
+def _mae(y: np.ndarray, model: Predictions) -> _Weighted:
+    return _mean_of(np.abs(_error(y, model)))
 
 
-def _r2(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    n = weights.sum(axis=1)
+def _r2(y: np.ndarray, model: Predictions) -> _Weighted:
     target = y.astype(float)
-    total = weights @ target**2 - (weights @ target) ** 2 / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(1.0 - (weights @ _error(y, model) ** 2) / total)
+    squared_error = _error(y, model) ** 2
+
+    def weighted(weights: np.ndarray) -> np.ndarray:
+        n = weights.sum(axis=1)
+        total = weights @ target**2 - (weights @ target) ** 2 / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray(1.0 - (weights @ squared_error) / total)
+
+    return weighted
 
 
-def _f1_macro(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
+def _f1_macro(y: np.ndarray, model: Predictions) -> _Weighted:
     predicted = model.predicted
     labels = np.unique(np.concatenate([y, predicted]).astype(str))
     y_hot = (y.astype(str)[:, None] == labels[None, :]).astype(float)
     p_hot = (predicted.astype(str)[:, None] == labels[None, :]).astype(float)
-    true_positive = weights @ (y_hot * p_hot)
-    support = weights @ y_hot + weights @ p_hot
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(support > 0, 2 * true_positive / support, 0.0)
-    # sklearn averages over the labels present in this sample's truth or predictions.
-    present = support > 0
-    return np.asarray(f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1))
+    both = y_hot * p_hot
+
+    def weighted(weights: np.ndarray) -> np.ndarray:
+        true_positive = weights @ both
+        support = weights @ y_hot + weights @ p_hot
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = np.where(support > 0, 2 * true_positive / support, 0.0)
+        # sklearn averages over the labels present in this sample's truth or predictions.
+        present = support > 0
+        return np.asarray(f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1))
+
+    return weighted
 
 
 def _row_log_loss(y: np.ndarray, model: Predictions) -> np.ndarray:
@@ -169,27 +197,56 @@ def _row_log_loss(y: np.ndarray, model: Predictions) -> np.ndarray:
     return np.asarray(-np.log(np.clip(picked, eps, 1 - eps)))
 
 
-def _roc_auc(y: np.ndarray, model: Predictions, weights: np.ndarray) -> np.ndarray:
-    # No closed form over weights: one sklearn call per resample (a few ms each).
+def _roc_auc(y: np.ndarray, model: Predictions) -> _Weighted:
     assert model.proba is not None
     classes = list(model.classes)
-    values = np.full(len(weights), np.nan)
-    for row, w in enumerate(weights):
-        try:
-            if len(classes) == 2:
-                positive = (y == classes[1]).astype(int)
-                values[row] = skm.roc_auc_score(positive, model.proba[:, 1], sample_weight=w)
-            else:
-                values[row] = skm.roc_auc_score(
-                    y, model.proba, multi_class="ovr", labels=classes, sample_weight=w
-                )
-        except ValueError:
-            continue  # a resample that lost a class has no AUC; it is left out
-    return values
+    if len(classes) == 2:
+        return _binary_roc_auc(y == classes[1], model.proba[:, 1])
+    if np.setdiff1d(y, np.asarray(classes)).size or not np.allclose(1, model.proba.sum(axis=1)):
+        # sklearn refuses labels it was not given, and scores that are not probabilities.
+        return lambda weights: np.full(len(weights), np.nan)
+    one_vs_rest = [
+        _binary_roc_auc(y == label, model.proba[:, k]) for k, label in enumerate(classes)
+    ]
+    # sklearn's "ovr" is the unweighted mean over classes (NaN if a class has no positives).
+    return lambda weights: np.mean([auc(weights) for auc in one_vs_rest], axis=0)
+
+
+def _binary_roc_auc(positive: np.ndarray, score: np.ndarray) -> _Weighted:
+    """Area under the weighted ROC curve: the Mann-Whitney statistic, ties counting one half.
+
+    That is exactly the trapezoidal area sklearn computes. The scores are sorted once into
+    groups of equal score; a resample then needs only its positive and negative weight per
+    group (one weighted bincount) and a cumulative sum over the groups.
+    """
+    if not np.isfinite(score).all():
+        return lambda weights: np.full(len(weights), np.nan)  # sklearn refuses NaN scores
+    values, group = np.unique(score, return_inverse=True)
+    groups = len(values)
+    # A row adds its weight to its score group, in the negatives' half or the positives'.
+    bins = group + groups * positive.astype(np.intp)
+
+    def weighted(weights: np.ndarray) -> np.ndarray:
+        sums = np.empty((len(weights), 2 * groups))
+        for row, w in zip(sums, weights, strict=True):
+            row[:] = np.bincount(bins, weights=w, minlength=2 * groups)
+        negatives, positives = sums[:, :groups], sums[:, groups:]
+        # Pairs won by each positive: negatives below its score, plus half those tied with it,
+        # i.e. cumulative negatives up to its group minus half its own group's. Counts are
+        # whole numbers, so every sum is exact in float64 (below 2**53).
+        up_to = np.cumsum(negatives, axis=1)
+        pairs = np.einsum("ij,ij->i", positives, up_to) - 0.5 * np.einsum(
+            "ij,ij->i", positives, negatives
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # A resample without positives or negatives has no AUC (NaN), as in sklearn.
+            return np.asarray(pairs / (positives.sum(axis=1) * negatives.sum(axis=1)))
+
+    return weighted
 
 
 # Every metric of pipeline.metrics as weighted sums over resamples (a test checks all are here).
-_WEIGHTED: dict[str, Callable[[np.ndarray, Predictions, np.ndarray], np.ndarray]] = {
+_WEIGHTED: dict[str, Callable[[np.ndarray, Predictions], _Weighted]] = {
     "accuracy": _accuracy,
     "f1_macro": _f1_macro,
     "roc_auc": _roc_auc,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from sklearn import datasets as sklearn_datasets
 
 from pipeline.config import PipelineConfig
@@ -67,7 +68,7 @@ def run(config: PipelineConfig) -> Dataset:
 
 
 def hash_frame(frame: pd.DataFrame) -> str:
-    """SHA-256 over every column name, dtype and value of every row."""
+    """SHA-256 over every column name, dtype and value of every row of the frame as read."""
     digest = hashlib.sha256()
     for name, dtype in frame.dtypes.items():
         digest.update(f"{name}:{dtype};".encode())
@@ -80,7 +81,15 @@ def _load(config: PipelineConfig) -> pd.DataFrame:
         return _load_sklearn(config.data.dataset, config.data.target, config.task)
     path = config.data_path
     assert path is not None  # the config guarantees exactly one source
-    return _read_file(path)
+    return _read_file(path, _used_columns(config))
+
+
+def _used_columns(config: PipelineConfig) -> set[str] | None:
+    """The columns to read: target and features when the config lists both kinds, else all."""
+    declared = config.data.features
+    if declared.numeric is None or declared.categorical is None:
+        return None  # the kinds of the other columns are inferred from the data
+    return {config.data.target, *declared.numeric, *declared.categorical}
 
 
 def _load_sklearn(name: str, target: str, task: str) -> pd.DataFrame:
@@ -98,11 +107,14 @@ def _snake_case(column: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", column).strip("_").lower()
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+def _read_file(path: Path, used: set[str] | None) -> pd.DataFrame:
+    """The file's columns in `used` (all of them if None, or if one is missing: the
+    validation then names it and lists the file's columns)."""
     try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
+        frame = _read_columns(path, used)
+        if used is not None and not used <= set(frame.columns):
+            frame = _read_columns(path, None)
+        return frame
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(
             f"data file '{path}' is empty: it has no header and no rows"
@@ -110,6 +122,17 @@ def _read_file(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataValidationError(f"data file '{path}' cannot be read: {message}") from exc
+
+
+def _read_columns(path: Path, used: set[str] | None) -> pd.DataFrame:
+    # Columns the config does not use are never parsed: on wide files they are most of the
+    # reading time and memory.
+    if path.suffix.lower() == ".csv":
+        return pd.read_csv(path, usecols=None if used is None else lambda name: name in used)
+    if used is None:
+        return pd.read_parquet(path)
+    names = pq.read_schema(path).names
+    return pd.read_parquet(path, columns=[name for name in names if name in used])
 
 
 def _validate(raw: pd.DataFrame, config: PipelineConfig, data_hash: str) -> Dataset:
@@ -254,22 +277,26 @@ def _parse_numbers(column: pd.Series, name: str, role: str) -> pd.Series:
 
 
 def _as_category_strings(column: pd.Series) -> pd.Series:
-    # Object dtype with np.nan for gaps: what SimpleImputer and OneHotEncoder expect, and
-    # what the logged signature declares as an optional string column. Values are spelled
-    # the way a client would send them: 3 not "3.0" (pandas reads integer codes with gaps as
-    # floats), true/false not "True"/"False".
-    values = column.astype(object).where(column.notna(), np.nan)
-    return values.map(_category_text).astype(object)
+    # Category dtype: one small code per row, each distinct value converted once. The logged
+    # signature still declares an optional string column (MLflow types a category column by its
+    # values), and HistGradientBoosting's native categories take it as it is. Values are
+    # spelled the way a client would send them: 3 not "3.0" (pandas reads integer codes with
+    # gaps as floats), true/false not "True"/"False".
+    codes, distinct = pd.factorize(column)  # a gap gets the code -1, which stays a gap
+    texts = [_category_text(value) for value in distinct]
+    categories, merged = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    # Distinct values may share a spelling (3 and "3" in an object column): one category.
+    # The appended -1 is what code -1 (a gap) looks up.
+    recoded = np.append(merged, -1)[codes]
+    values = pd.Categorical.from_codes(recoded, categories=pd.Index(categories, dtype=object))
+    return pd.Series(values, index=column.index, name=column.name)
 
 
-def _category_text(value: object) -> object:
+def _category_text(value: object) -> str:
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
-    if isinstance(value, float | np.floating):
-        if np.isnan(value):
-            return np.nan
-        if float(value).is_integer():
-            return str(int(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
     return str(value)
 
 

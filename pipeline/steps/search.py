@@ -11,11 +11,12 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from joblib import effective_n_jobs
+from joblib import effective_n_jobs, parallel_config
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -110,17 +111,18 @@ def run(
     started = time.monotonic()
     client = MlflowClient()
     parent_name = client.get_run(parent_run_id).info.run_name or "search"
-    trials = [
-        _log_trial(client, experiment_id, parent_run_id, parent_name, number, params, outcome)
-        for number, (params, outcome) in enumerate(
-            progress.bar(
-                zip(settings, _outcomes(searcher, settings, data_split), strict=True),
-                total=len(settings),
-                desc="search",
-                unit="trial",
+    with _backend(search):
+        trials = [
+            _log_trial(client, experiment_id, parent_run_id, parent_name, number, params, outcome)
+            for number, (params, outcome) in enumerate(
+                progress.bar(
+                    zip(settings, _outcomes(searcher, settings, data_split), strict=True),
+                    total=len(settings),
+                    desc="search",
+                    unit="trial",
+                )
             )
-        )
-    ]
+        ]
     finished = [t for t in trials if t.score_mean is not None]
     if not finished:
         raise PipelineError(
@@ -139,6 +141,15 @@ def run(
         len(trials) - len(finished),
     )
     return SearchResult(strategy=search.strategy, scoring=scoring, trials=tuple(trials), best=best)
+
+
+def _backend(search: SearchConfig) -> AbstractContextManager[None]:
+    """Where the fits run: local worker processes, or Spark tasks (`search.backend`)."""
+    if search.backend == "spark":
+        from pipeline.steps.spark_search import trials_on_spark
+
+        return trials_on_spark(search.n_jobs)
+    return nullcontext()
 
 
 def candidate_settings(search: SearchConfig, default_seed: int) -> list[dict[str, Any]]:
@@ -215,7 +226,8 @@ def _explain(searcher: GridSearchCV, setting: dict[str, Any], data_split: Split)
     # Raised in a worker, the error would kill the pool; here it costs the fits up to it.
     strict = clone(searcher).set_params(n_jobs=1, error_score="raise")
     try:
-        [metrics] = _scores(strict, [setting], data_split)
+        with parallel_config(backend="sequential"):  # in this process, whatever the backend
+            [metrics] = _scores(strict, [setting], data_split)
     except (ValueError, TypeError, ArithmeticError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _Outcome(metrics={}, error=message)

@@ -16,14 +16,12 @@ from typing import Any
 import mlflow
 import numpy as np
 import skops.io
-from mlflow.data.pandas_dataset import from_pandas
-from mlflow.models import infer_signature
 from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts, metrics
 from pipeline.config import PipelineConfig
-from pipeline.steps import features, search
+from pipeline.steps import features, search, signature
 from pipeline.steps.ingest import Dataset
 from pipeline.tracking import code_hash, git_state, library_versions, publish_runs_table_view
 
@@ -78,14 +76,14 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
             mlflow.log_params(_search_params(searched))
         mlflow.log_params(_params(config, model, dataset, data_split))
         with warnings.catch_warnings():
-            # MLflow registers the local source type twice and warns that it is ambiguous, and
-            # hints that integer columns cannot hold gaps (see _log_model for why that is moot).
+            # MLflow registers the local source type twice and warns that it is ambiguous.
             warnings.simplefilter("ignore", UserWarning)
-            data_input = from_pandas(
+            data_input = signature.dataset_input(
                 dataset.frame,
                 source=_dataset_source(config),
                 targets=dataset.target,
                 name=config.registered_model,
+                digest=dataset.data_hash[:12],
             )
             mlflow.log_input(data_input, context="training")
         mlflow.log_dict(config.model_dump(mode="json"), artifacts.RESOLVED_CONFIG)
@@ -273,16 +271,17 @@ def _log_training_rows(data_split: features.Split, dataset: Dataset) -> None:
 
 def _log_model(model: Pipeline, data_split: features.Split, dataset: Dataset) -> str:
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    # The whole data set, not only the training rows, so a column whose gaps all fell into the
+    # held-out part is still optional.
+    model_signature = signature.model_signature(dataset.X, model)
     with warnings.catch_warnings():
-        # MLflow hints that integer columns cannot hold gaps; inferring from the whole training
-        # set is exactly its advice. The whole data set, not only the training rows, so a
-        # column whose gaps all fell into the held-out part is still optional.
+        # The input example's integer columns draw the same hint; the signature already
+        # followed its advice (see pipeline.steps.signature).
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(dataset.X, model.predict(dataset.X))
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=signature,
+            signature=model_signature,
             input_example=data_split.X_train.head(5),
             serialization_format="skops",
             skops_trusted_types=trusted,

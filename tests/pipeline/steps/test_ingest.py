@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.config import load_config
@@ -57,7 +59,10 @@ def test_features_are_inferred_from_dtypes_when_not_listed(csv_config: Callable[
     dataset = ingest.run(load_config(csv_config(GOOD_CSV)))
     assert dataset.numeric_features == ("age", "income")
     assert dataset.categorical_features == ("city",)
-    assert dataset.frame["city"].dtype == object
+    city = dataset.frame["city"]
+    assert isinstance(city.dtype, pd.CategoricalDtype)
+    assert city.cat.categories.tolist() == ["lyon", "nice", "paris"]
+    assert city.tolist() == ["paris", "lyon", np.nan, "paris", "lyon", "nice"]
     assert np.isnan(dataset.frame["city"].iloc[2])
 
 
@@ -206,3 +211,38 @@ def test_more_cv_folds_than_rows_of_a_class_is_refused(
     )
     with pytest.raises(DataValidationError, match=r"split\.cv_folds 10 exceeds the 5 training"):
         features.split(config, ingest.run(config))
+
+
+def test_columns_the_config_does_not_use_are_not_read(
+    csv_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    declared = {"features": {"numeric": ["age", "income"], "categorical": ["city"]}}
+    plain = ingest.run(load_config(csv_config(GOOD_CSV, **declared)))
+    frame = pd.read_csv(io.StringIO(GOOD_CSV)).assign(notes=["x", "", "y", "z", "", "w"])
+    wider = ingest.run(load_config(csv_config(frame.to_csv(index=False), **declared)))
+    # The hash covers the columns read, so an unused column leaves it as it was.
+    assert wider.data_hash == plain.data_hash
+    assert "notes" not in wider.frame.columns
+
+
+def test_a_parquet_file_is_read_for_the_used_columns_only(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    frame = pd.read_csv(io.StringIO(GOOD_CSV))
+    data = {"target": "bought", "features": {"numeric": ["age"], "categorical": ["city"]}}
+    hashes = []
+    for name, table in (("narrow", frame), ("wide", frame.assign(extra=range(6)))):
+        table.to_parquet(tmp_path / f"{name}.parquet")
+        config = iris_config(
+            data={**data, "path": str(tmp_path / f"{name}.parquet")},
+            split={"test_size": 0.34, "seed": 1, "stratify": False, "cv_folds": 2},
+        )
+        hashes.append(ingest.run(load_config(write_config(config))).data_hash)
+    assert hashes[0] == hashes[1]
+
+
+def test_values_spelled_alike_become_one_category_and_gaps_stay_gaps() -> None:
+    column = pd.Series([3, "3", 3.0, None, True, np.nan, "b"], dtype=object, name="zone")
+    categories = ingest._as_category_strings(column)
+    assert categories.cat.categories.tolist() == ["3", "b", "true"]
+    assert categories.tolist() == ["3", "3", "3", np.nan, "true", np.nan, "b"]

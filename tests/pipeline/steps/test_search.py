@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from pipeline import metrics
 from pipeline.config import SearchConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.steps import flow, search
+from pipeline.steps import features, flow, ingest, search
 from tests.pipeline.factories import diabetes_config
 
 GRID = {
@@ -213,3 +216,63 @@ def test_every_shipped_search_config_loads_with_fifty_trials() -> None:
     assert config.search is not None
     assert config.search.trials == 50
     assert len(search.candidate_settings(config.search, config.split.seed)) == 50
+
+
+def _search_on(
+    backend: str, config_text: dict[str, Any], write_config: Callable[..., Path]
+) -> tuple[search.SearchResult, list[Any]]:
+    config = load_config(write_config(config_text))
+    config = config.with_overrides(**{"search.backend": backend})
+    dataset = ingest.run(config)
+    data_split = features.split(config, dataset)
+    scorers = metrics.cross_validated(config.task, config.gate.metric)
+    mlflow.set_experiment(config.experiment)
+    with mlflow.start_run(run_name=f"on-{backend}") as parent:
+        result = search.run(
+            config,
+            features.build_model(config, dataset),
+            data_split,
+            parent_run_id=parent.info.run_id,
+            experiment_id=parent.info.experiment_id,
+            cv_scoring={m.name: m.scorer for m in scorers},
+        )
+    return result, _trials(MlflowClient(), parent.info.run_id)
+
+
+@pytest.mark.spark
+def test_a_search_on_spark_has_the_local_trials_scores_errors_and_best(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pipeline.scoring.spark_engine import stop_spark
+
+    caplog.set_level(logging.INFO, logger="pipeline.steps.spark_search")
+
+    monkeypatch.setenv("SPARK_MASTER", "local[2]")
+    grid = {
+        "strategy": "grid",
+        "n_jobs": 2,
+        "cv_folds": 3,
+        "space": {"C": [0.1, 1.0], "penalty": ["l2", "l1"], "solver": ["lbfgs", "liblinear"]},
+    }
+    text = iris_config(search=grid)
+    local, local_runs = _search_on("local", text, write_config)
+    try:
+        spark, spark_runs = _search_on("spark", text, write_config)
+    finally:
+        stop_spark()
+
+    def summary(trial: search.Trial) -> tuple[Any, ...]:
+        return (trial.params, trial.score_mean, trial.score_std, trial.cv_metrics, trial.error)
+
+    assert [summary(t) for t in spark.trials] == [summary(t) for t in local.trials]
+    assert sum(t.error is not None for t in spark.trials) == 6  # l1 + lbfgs, liblinear
+    assert spark.best.number == local.best.number
+    assert "Search trials run on Spark (master local[2], 2 at a time)" in caplog.text
+    assert len(spark_runs) == len(local_runs) == 8
+    assert sorted(r.data.params["model.C"] for r in spark_runs) == sorted(
+        r.data.params["model.C"] for r in local_runs
+    )

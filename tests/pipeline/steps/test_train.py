@@ -7,6 +7,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.models import Model
@@ -56,9 +57,15 @@ def test_a_training_run_records_params_cv_metrics_and_lineage_tags(
 def test_a_training_run_logs_the_dataset_and_the_resolved_config(
     trained_iris: tuple[train.TrainResult, ingest.Dataset],
 ) -> None:
-    result, _ = trained_iris
+    result, dataset = trained_iris
     run = MlflowClient().get_run(result.run_id)
-    assert run.inputs.dataset_inputs[0].dataset.name == "iris-test"
+    assert run.inputs is not None
+    logged = run.inputs.dataset_inputs[0].dataset
+    assert logged.name == "iris-test"
+    assert logged.digest == dataset.data_hash[:12]
+    columns = json.loads(logged.schema or "{}")["mlflow_colspec"]
+    assert [c["name"] for c in columns] == [*dataset.features, "species"]
+    assert json.loads(logged.profile or "{}")["num_rows"] == 150
     text = mlflow.artifacts.load_text(f"runs:/{result.run_id}/config/resolved_config.yaml")
     config = yaml.safe_load(text)
     assert config["registered_model"] == "iris-test"
@@ -102,3 +109,19 @@ def test_training_saves_a_runs_table_view_with_params_and_test_metrics_as_column
     assert "metrics.`test_f1_macro`" in columns
     assert "metrics.`cv_f1_macro_mean`" in columns
     assert len(columns) == len(set(columns))
+
+
+def test_a_model_trained_on_category_columns_takes_plain_strings_as_serving_sends_them(
+    mlflow_store: str,
+) -> None:
+    config = shipped_config("customers").with_overrides(**{"split.cv_folds": 2})
+    result = train.run(config, ingest.run(config))
+    X = result.split.X_test
+    assert isinstance(X["contract"].dtype, pd.CategoricalDtype)
+    # What a JSON request becomes: object columns of Python strings, None for a gap.
+    as_sent = X.astype(object).where(X.notna(), None)
+    np.testing.assert_array_equal(result.model.predict(as_sent), result.model.predict(X))
+    np.testing.assert_allclose(result.model.predict_proba(as_sent), result.model.predict_proba(X))
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    columns = {c.name: c for c in Model.load(local / "MLmodel").get_input_schema().inputs}
+    assert {columns[name].type.name for name in ("contract", "payment_method")} == {"string"}
