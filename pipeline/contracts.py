@@ -161,10 +161,21 @@ function (``builtins.eval``) as a trusted type.
 """
 
 
+TRUSTED_TYPE_NAMES: frozenset[str] = frozenset({"functools.partial"})
+"""Exact types trusted beyond the prefixes. A HistGradientBoosting model with native categorical
+splits keeps ``functools.partial(sklearn.utils.validation.check_array, ...)``; skops reports the
+wrapped function as a type of its own (``sklearn.utils.validation.check_array``), which must pass
+the prefix check too, so trusting the partial does not trust what it wraps."""
+
+
 def refused_types(types: Sequence[str]) -> list[str]:
-    """The skops types in ``types`` outside :data:`TRUSTED_MODULE_PREFIXES`: a model holding
-    any of them is not loaded."""
-    return [name for name in types if not name.startswith(TRUSTED_MODULE_PREFIXES)]
+    """The skops types in ``types`` outside :data:`TRUSTED_MODULE_PREFIXES` and
+    :data:`TRUSTED_TYPE_NAMES`: a model holding any of them is not loaded."""
+    return [
+        name
+        for name in types
+        if not name.startswith(TRUSTED_MODULE_PREFIXES) and name not in TRUSTED_TYPE_NAMES
+    ]
 
 
 # --- the embedded SQLite store -----------------------------------------------------------------

@@ -89,8 +89,13 @@ def _canonical(column: pd.Series) -> pd.Series:
         values = column.astype("float64")
         # One NaN and one zero: -0.0 == 0.0, and NaN payloads differ between sources.
         return (values + 0.0).where(values.notna(), np.nan)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        # Each category once, not each value: the codes keep the rows.
+        column = column.cat.rename_categories([str(c) for c in column.cat.categories])
     values = column.astype(object)
-    return values.where(values.notna(), None).map(lambda v: v if v is None else str(v))
+    present = values.notna()
+    text = values.where(~present, values[present].astype(str))
+    return text.where(present, None)
 
 
 def split(config: PipelineConfig, dataset: Dataset) -> Split:

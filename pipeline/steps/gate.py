@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 MIN_COMPARISON_ROWS = 10
 # The bootstrap's rows are capped so its cost is bounded whatever the held-out size; the
 # reason says so when the cap applies.
-BOOTSTRAP_ROW_CAP = 100_000
+BOOTSTRAP_ROW_CAP = 250_000
 # How often the gate judges again when Production changes under it before it gives up.
 MAX_JUDGEMENTS = 3
 
@@ -350,7 +350,7 @@ def _paired(
 
 def _bootstrap_rows(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.Series]:
     """At most BOOTSTRAP_ROW_CAP rows (a seeded sample) for the interval, which costs
-    resamples x rows (ROC AUC: one sklearn call per resample); the scores use every row."""
+    resamples x rows (a few passes over rows x resamples); the scores use every row."""
     if len(y) <= BOOTSTRAP_ROW_CAP:
         return X, y
     chosen = np.sort(np.random.default_rng(seed).choice(len(y), BOOTSTRAP_ROW_CAP, replace=False))

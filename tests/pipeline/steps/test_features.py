@@ -221,3 +221,14 @@ def test_recent_rows_get_their_own_held_out_share(
         "a": 3,
         "b": 3,
     }
+
+
+def test_hist_gradient_boosting_with_native_categories_holds_only_trusted_types() -> None:
+    model = fitted(shipped_config("customers")).model
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    assert "functools.partial" in untrusted  # what native categorical splits keep
+    assert refused_types(untrusted) == []
+
+
+def test_an_untrusted_function_wrapped_in_a_partial_is_still_refused() -> None:
+    assert refused_types(["functools.partial", "builtins.eval"]) == ["builtins.eval"]
