@@ -64,5 +64,5 @@ def test_history_over_http_lists_the_promotion(team: Team, trained: TrainedVersi
 
 
 def test_an_unknown_version_is_refused_by_name_over_http(team: Team) -> None:
-    with pytest.raises(RegistryError, match="registered model 'no-such-model' has no version '1'"):
+    with pytest.raises(RegistryError, match="registered model 'no-such-model' does not exist"):
         production.get_version(team.client(), "no-such-model", "1")
