@@ -501,8 +501,18 @@ def _table_from_split(data: Any) -> dict[str, list[Any]]:
     return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
 
-def _split_parts(data: Any) -> tuple[list[str], list[list[Any]]]:
-    """The column names and rows of a ``dataframe_split`` value, its shape checked."""
+def _rows_not_lists() -> ScoringError:
+    return ScoringError(
+        400,
+        BAD_REQUEST,
+        "Invalid input. 'dataframe_split.data' must be a list of rows, each a list of "
+        "values in the order of 'columns'.",
+    )
+
+
+def _split_header(data: Any) -> tuple[list[str], list[Any]]:
+    """The column names and the list of rows of a ``dataframe_split`` value; the rows
+    themselves unchecked (see :func:`_split_parts`)."""
     if not isinstance(data, dict):
         raise ScoringError(
             400,
@@ -528,13 +538,16 @@ def _split_parts(data: Any) -> tuple[list[str], list[list[Any]]]:
             "the order of each row's values, so the values can be matched to the model's "
             "inputs.",
         )
-    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
-        raise ScoringError(
-            400,
-            BAD_REQUEST,
-            "Invalid input. 'dataframe_split.data' must be a list of rows, each a list of "
-            "values in the order of 'columns'.",
-        )
+    if not isinstance(rows, list):
+        raise _rows_not_lists()
+    return names, rows
+
+
+def _split_parts(data: Any) -> tuple[list[str], list[list[Any]]]:
+    """The column names and rows of a ``dataframe_split`` value, its shape checked."""
+    names, rows = _split_header(data)
+    if not all(isinstance(r, list) for r in rows):
+        raise _rows_not_lists()
     for index, row in enumerate(rows):
         if len(row) != len(names):
             raise ScoringError(
@@ -638,12 +651,17 @@ def _bulk_json_frame(
 
 
 def _split_matrix(data: Any, columns: Sequence[InputColumn], min_rows: int) -> _Matrix | None:
-    names, rows = _split_parts(data)
+    # Rows are not checked one by one here: NumPy builds a 2-D matrix only from rows of equal
+    # length, and whatever it refuses goes the record way, which names the first bad row.
+    # That Python loop cost a quarter of a 10,000-row request's parsing.
+    names, rows = _split_header(data)
     if len(rows) < min_rows:
         return None
     _check_required(names, columns)
     found = numeric_matrix(rows)
-    return None if found is None else (names, found[0])
+    if found is None or found[0].shape[1] != len(names):
+        return None
+    return names, found[0]
 
 
 def _records_matrix(
