@@ -4,15 +4,9 @@ version's run."""
 
 from __future__ import annotations
 
-import warnings
-
-import mlflow
-import skops.io
-from mlflow.models import infer_signature
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
 from pipeline.contracts import INPUT_DOMAIN_ARTIFACT, ColumnDomain, InputDomain
 from tests.serving.factories import TinyModel, TinyStore
+from tests.serving.faults import relog
 
 MIXED_DOMAIN = InputDomain(
     {
@@ -27,20 +21,4 @@ MIXED_DOMAIN = InputDomain(
 
 def log_with_domain(store: TinyStore, model: TinyModel, domain: InputDomain) -> TinyModel:
     """Log ``model``'s fitted pipeline again in a new run, with ``domain`` as its artifact."""
-    fitted = model.estimator
-    with (
-        _use_tracking_uri(store.tracking_uri),
-        warnings.catch_warnings(),
-        mlflow.start_run(experiment_id=store.experiment_id) as run,
-    ):
-        warnings.simplefilter("ignore")
-        info = mlflow.sklearn.log_model(
-            fitted,
-            name="model",
-            signature=infer_signature(model.features, fitted.predict(model.features)),
-            serialization_format="skops",
-            pip_requirements=["scikit-learn", "skops"],
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
-        )
-        mlflow.log_dict(domain.to_json(), INPUT_DOMAIN_ARTIFACT)
-    return TinyModel(fitted, model.features, info.model_uri, run.info.run_id, {})
+    return relog(store, model, {INPUT_DOMAIN_ARTIFACT: domain.to_json()})

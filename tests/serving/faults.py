@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import skops.io
@@ -32,8 +34,15 @@ def private_store(store: TinyStore, directory: Path) -> TinyStore:
 
 def log_iris_copy(store: TinyStore) -> TinyModel:
     """Log the session's fitted iris pipeline again, as a new model with its own artifacts."""
-    iris = store.models["iris"]
-    fitted = iris.estimator
+    return relog(store, store.models["iris"])
+
+
+def relog(
+    store: TinyStore, model: TinyModel, dicts: Mapping[str, dict[str, Any]] | None = None
+) -> TinyModel:
+    """Log ``model``'s fitted pipeline again in a new run of the store, with ``dicts`` as JSON
+    artifacts of that run (by artifact path), as training logs its records."""
+    fitted = model.estimator
     with (
         _use_tracking_uri(store.tracking_uri),
         warnings.catch_warnings(),
@@ -43,12 +52,14 @@ def log_iris_copy(store: TinyStore) -> TinyModel:
         info = mlflow.sklearn.log_model(
             fitted,
             name="model",
-            signature=infer_signature(iris.features, fitted.predict(iris.features)),
+            signature=infer_signature(model.features, fitted.predict(model.features)),
             serialization_format="skops",
             pip_requirements=["scikit-learn", "skops"],
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
         )
-    return TinyModel(fitted, iris.features, info.model_uri, run.info.run_id, {})
+        for path, document in (dicts or {}).items():
+            mlflow.log_dict(document, path)
+    return TinyModel(fitted, model.features, info.model_uri, run.info.run_id, {})
 
 
 def artifact_dir(store: TinyStore, model: TinyModel) -> Path:
