@@ -298,14 +298,14 @@ def _compare(
             mask=mask,
         )
     try:
-        evaluate.score(config, champion_model, X, y)
+        # The candidate already scored every held-out row: a failure here is the champion's.
+        return _paired(config, model, champion_model, X, y, mask)
     except (ValueError, KeyError, TypeError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         logger.warning("Champion v%s cannot score these rows: %s", champion.version, first_line)
         return _Comparison(
             None, None, rows, f"it cannot score these rows ({first_line})", mask=mask
         )
-    return _paired(config, model, champion_model, X, y, mask)
 
 
 def _versus_baseline(
