@@ -15,16 +15,13 @@ covers a quarter of the window; the test closes it as a person would (once: the 
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port, running
 from tests.e2e.project import (
     REPO_ROOT,
     VENV_BIN,
@@ -69,32 +66,14 @@ def ui(project: Path) -> Iterator[str]:
     """A real `mlflow server` on the project's store; its base URL once it answers."""
     port = free_port()
     env = {**project_env(project), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (project / "mlflow-server.log").open("w")
     store = env["MLFLOW_TRACKING_URI"]
     args = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", store]
     args += ["--default-artifact-root", str(project / "mlruns"), "--workers", "1"]
     args += ["--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(args, cwd=project, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (project / "mlflow-server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server never answered"
-            time.sleep(0.5)
+    log_path = project / "mlflow-server.log"
+    with running(args, cwd=project, env=env, log_path=log_path, ready_url=f"{base}/health"):
         yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
