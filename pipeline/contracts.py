@@ -93,6 +93,26 @@ def prediction_schema(
     return pa.schema(fields)
 
 
+LIVE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("role", pa.string()),
+    ("served", pa.bool_()),
+    ("latency_ms", pa.float64()),
+    ("error", pa.string()),
+)
+"""Columns of a prediction part that tell champion and challenger apart on the same request.
+
+- ``role``: :data:`CHAMPION_ROLE` or :data:`CHALLENGER_ROLE`, the version's role when it answered;
+- ``served``: true when this answer went back to the client (the champion's, or the
+  challenger's on a canary request), false for a shadow answer or a canary answer replaced
+  by the champion's;
+- ``latency_ms``: the model call's time for the request this row belongs to, in milliseconds;
+- ``error``: null when the version answered; else why it did not (error type and message,
+  short), with ``prediction`` and the probabilities null.
+
+Parts written before these columns existed lack them: readers take such rows as the
+champion's, served, with no latency and no error."""
+
+
 STORE_ID_KEY = b"mlops.store_id"
 """Parquet key-value metadata of every part: the store id of the registry whose model made the
 predictions (or whose model the labels are for). Readers skip parts of another store, since a
@@ -143,6 +163,23 @@ def feedback_schema(task: Task) -> pa.Schema:
             pa.field("timestamp", TIMESTAMP),
         ]
     )
+
+
+# --- champion and challenger -------------------------------------------------------------------
+
+CHAMPION_STAGE = "Production"
+CHAMPION_ALIAS = "champion"
+"""The version that answers clients: the registry's Production stage, with this alias in step."""
+CHALLENGER_STAGE = "Staging"
+CHALLENGER_ALIAS = "challenger"
+"""The version judged on live traffic before it may answer everyone: the Staging stage, with this
+alias in step (``gate.live: true`` sends a passing candidate here; ``live-gate`` decides)."""
+CHAMPION_ROLE = "champion"
+CHALLENGER_ROLE = "challenger"
+"""Values of the prediction log's ``role`` column."""
+CANARY_ROLLBACK_TAG = "live.rollback"
+"""Version tag the server sets on the challenger when it stops routing canary traffic to it
+(value: when and why, in words). ``live-gate`` rejects a challenger that carries it."""
 
 
 # --- loading a logged model ------------------------------------------------------------------

@@ -37,13 +37,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import contracts
 from pipeline.errors import RegistryError
 from pipeline.tracking import current_actor
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION = "Production"
-CHAMPION_ALIAS = "champion"
+PRODUCTION = contracts.CHAMPION_STAGE
+CHAMPION_ALIAS = contracts.CHAMPION_ALIAS
 HISTORY_TAG_PREFIX = "history."
 
 # The lock is a registered model named after the one it guards; it exists only while held.
