@@ -52,6 +52,27 @@ IMPORTANCE_REPEATS = 5
 
 
 @dataclass(frozen=True)
+class Answers:
+    """A model's answers on a set of rows, made once and read by every metric and plot: on a
+    million held-out rows each extra pass of the model costs as much as the metric itself."""
+
+    predicted: np.ndarray
+    proba: np.ndarray | None
+    """Class probabilities, columns in ``classes`` order; None for regressors and for
+    classifiers without ``predict_proba``."""
+    classes: list[object] | None
+
+    @classmethod
+    def of(cls, config: PipelineConfig, model: Pipeline, X: pd.DataFrame) -> Answers:
+        with_proba = config.task == "classification" and hasattr(model, "predict_proba")
+        return cls(
+            predicted=np.asarray(model.predict(X)),
+            proba=model.predict_proba(X) if with_proba else None,
+            classes=list(model.classes_) if config.task == "classification" else None,
+        )
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     run_id: str
     metrics: Mapping[str, float]
@@ -63,9 +84,10 @@ def run(
 ) -> EvaluationResult:
     """Score `model` on the held-out rows and log `test_*` metrics and plots on `run_id`."""
     client = MlflowClient()
-    metrics = score(config, model, data_split.X_test, data_split.y_test)
+    answers = Answers.of(config, model, data_split.X_test)
+    metrics = scores(config, data_split.y_test, answers)
     if config.task == "classification":
-        metrics.update(diagnostics(config, model, data_split.X_test, data_split.y_test))
+        metrics.update(diagnostics(config, data_split.y_test, answers))
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)
     trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
@@ -73,8 +95,8 @@ def run(
         client.log_metric(run_id, f"baseline_{name}", value)
     _record_classification_notes(client, config, run_id, model, data_split)
     importance = feature_importance(config, model, data_split.X_test, data_split.y_test)
-    plots = _log_plots(client, config, run_id, model, data_split, importance)
-    profile = reference_profile(config, model, data_split, importance)
+    plots = _log_plots(client, config, run_id, data_split.y_test, answers, importance)
+    profile = reference_profile(config, model, data_split, importance, answers)
     client.log_dict(run_id, profile.to_dict(), artifacts.REFERENCE_PROFILE_PATH)
     client.log_dict(
         run_id, input_domain(model, data_split.X_train).to_json(), INPUT_DOMAIN_ARTIFACT
@@ -91,26 +113,26 @@ def score(
     config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
 ) -> dict[str, float]:
     """The task's held-out metrics; the gate uses this too, so both sides score alike."""
-    predicted = model.predict(X)
-    with_proba = config.task == "classification" and hasattr(model, "predict_proba")
-    scores = prediction_metrics(
+    return scores(config, y, Answers.of(config, model, X))
+
+
+def scores(config: PipelineConfig, y: pd.Series, answers: Answers) -> dict[str, float]:
+    """The task's held-out metrics (``test_*``) from answers already made."""
+    values = prediction_metrics(
         config.task,
         y,
-        predicted,
-        proba=model.predict_proba(X) if with_proba else None,
-        classes=list(model.classes_) if with_proba else None,
+        answers.predicted,
+        proba=answers.proba,
+        classes=answers.classes if answers.proba is not None else None,
     )
-    return {metric(name).held_out: value for name, value in scores.items()}
+    return {metric(name).held_out: value for name, value in values.items()}
 
 
-def diagnostics(
-    config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
-) -> dict[str, float]:
+def diagnostics(config: PipelineConfig, y: pd.Series, answers: Answers) -> dict[str, float]:
     """A classifier's held-out diagnostics (``metrics.classification_diagnostics``), ``test_*``."""
-    classes = list(model.classes_)
-    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    classes = answers.classes or []
     values = classification_diagnostics(
-        y, model.predict(X), proba, classes, features.positive_class(config, classes)
+        y, answers.predicted, answers.proba, classes, features.positive_class(config, classes)
     )
     return {f"test_{name}": value for name, value in values.items()}
 
@@ -152,17 +174,21 @@ def reference_profile(
     model: Pipeline,
     data_split: Split,
     importance: pd.Series | None = None,
+    held_out: Answers | None = None,
 ) -> ReferenceProfile:
     """What monitoring compares production with: training rows, predictions, held-out chunks,
-    and the features' permutation importance (drift in an important feature matters more)."""
+    and the features' permutation importance (drift in an important feature matters more).
+    ``held_out``: the model's answers on the held-out rows, when already made."""
     numeric, categorical = _feature_kinds(model, data_split.X_train)
+    if held_out is None:
+        held_out = Answers.of(config, model, data_split.X_test)
     return build_reference_profile(
         data_split.X_train,
         _as_logged(config.task, model.predict(data_split.X_train)),
         numeric=numeric,
         categorical=categorical,
         task=config.task,
-        performance=_performance_reference(config, model, data_split),
+        performance=_performance_reference(config, data_split.y_test, held_out),
         importance=importance,
         n_bins=config.monitoring.drift.psi_bins,
     )
@@ -189,15 +215,14 @@ def _as_logged(task: str, predicted: np.ndarray) -> np.ndarray:
 
 
 def _performance_reference(
-    config: PipelineConfig, model: Pipeline, data_split: Split
+    config: PipelineConfig, y_test: pd.Series, answers: Answers
 ) -> PerformanceReference | None:
-    X, y = data_split.X_test, np.asarray(data_split.y_test)
+    y = np.asarray(y_test)
     chunks = min(config.monitoring.performance.reference_chunks, len(y))
     if chunks < 2:
         return None
-    predicted = model.predict(X)
-    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
-    classes = list(model.classes_) if proba is not None else None
+    predicted, proba = answers.predicted, answers.proba
+    classes = answers.classes if proba is not None else None
     with warnings.catch_warnings():
         # A small chunk may lack a class: sklearn warns, the value still stands.
         warnings.simplefilter("ignore")
@@ -225,33 +250,18 @@ def _log_plots(
     client: MlflowClient,
     config: PipelineConfig,
     run_id: str,
-    model: Pipeline,
-    data_split: Split,
+    y: pd.Series,
+    answers: Answers,
     importance: pd.Series | None,
 ) -> tuple[str, ...]:
-    X, y = data_split.X_test, data_split.y_test
     figures: dict[str, plt.Figure] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if config.task == "classification":
-            display = skm.ConfusionMatrixDisplay.from_estimator(model, X, y)
-            display.ax_.set_title("Confusion matrix (held-out)")
-            figures["plots/confusion_matrix.png"] = display.figure_
-            if hasattr(model, "predict_proba") and len(model.classes_) == 2:
-                positive = features.positive_class(config, list(model.classes_))
-                roc = skm.RocCurveDisplay.from_estimator(model, X, y, pos_label=positive)
-                roc.ax_.set_title(f"ROC curve (positive class: {positive})")
-                figures["plots/roc_curve.png"] = roc.figure_
-                pr = skm.PrecisionRecallDisplay.from_estimator(model, X, y, pos_label=positive)
-                pr.ax_.set_title(f"Precision-recall curve (positive class: {positive})")
-                figures["plots/precision_recall_curve.png"] = pr.figure_
-            elif hasattr(model, "predict_proba"):
-                figures.update(_one_vs_rest_curves(model, X, y))
-            if hasattr(model, "predict_proba"):
-                figures["plots/reliability_curve.png"] = _reliability_figure(config, model, X, y)
+            figures.update(_classification_figures(config, y, answers))
         else:
-            residuals = skm.PredictionErrorDisplay.from_estimator(
-                model, X, y, kind="residual_vs_predicted"
+            residuals = skm.PredictionErrorDisplay.from_predictions(
+                y, answers.predicted, kind="residual_vs_predicted"
             )
             residuals.ax_.set_title("Residuals vs predicted (held-out)")
             figures["plots/residuals.png"] = residuals.figure_
@@ -263,15 +273,39 @@ def _log_plots(
     return tuple(figures)
 
 
+def _classification_figures(
+    config: PipelineConfig, y: pd.Series, answers: Answers
+) -> dict[str, plt.Figure]:
+    classes = answers.classes or []
+    figures: dict[str, plt.Figure] = {}
+    display = skm.ConfusionMatrixDisplay.from_predictions(y, answers.predicted, labels=classes)
+    display.ax_.set_title("Confusion matrix (held-out)")
+    figures["plots/confusion_matrix.png"] = display.figure_
+    proba = answers.proba
+    if proba is None:
+        return figures
+    if len(classes) == 2:
+        positive = features.positive_class(config, classes)
+        scores = proba[:, classes.index(positive)]
+        roc = skm.RocCurveDisplay.from_predictions(y, scores, pos_label=positive)
+        roc.ax_.set_title(f"ROC curve (positive class: {positive})")
+        figures["plots/roc_curve.png"] = roc.figure_
+        pr = skm.PrecisionRecallDisplay.from_predictions(y, scores, pos_label=positive)
+        pr.ax_.set_title(f"Precision-recall curve (positive class: {positive})")
+        figures["plots/precision_recall_curve.png"] = pr.figure_
+    else:
+        figures.update(_one_vs_rest_curves(classes, proba, y))
+    figures["plots/reliability_curve.png"] = _reliability_figure(config, classes, proba, y)
+    return figures
+
+
 def _reliability_figure(
-    config: PipelineConfig, model: Pipeline, X: pd.DataFrame, y: pd.Series
+    config: PipelineConfig, classes: list[object], proba: np.ndarray, y: pd.Series
 ) -> plt.Figure:
     """Predicted probability against observed frequency: of the positive class for a binary
     task, of the predicted class (its confidence) for more classes."""
     from sklearn.calibration import CalibrationDisplay
 
-    proba = model.predict_proba(X)
-    classes = list(model.classes_)
     bins = int(min(10, max(2, len(y) // 20)))
     if len(classes) == 2:
         positive = features.positive_class(config, classes)
@@ -288,12 +322,13 @@ def _reliability_figure(
     return display.figure_
 
 
-def _one_vs_rest_curves(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, plt.Figure]:
+def _one_vs_rest_curves(
+    classes: list[object], proba: np.ndarray, y: pd.Series
+) -> dict[str, plt.Figure]:
     """ROC and precision-recall per class against the rest, one line per class on one plot."""
-    proba = model.predict_proba(X)
     roc_figure, roc_axes = plt.subplots(figsize=(6, 5))
     pr_figure, pr_axes = plt.subplots(figsize=(6, 5))
-    for index, label in enumerate(model.classes_):
+    for index, label in enumerate(classes):
         is_class = np.asarray(y) == label
         if is_class.all() or not is_class.any():
             continue  # a class absent from the held-out rows has no curve

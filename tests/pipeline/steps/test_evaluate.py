@@ -132,3 +132,47 @@ def test_permutation_importance_names_the_input_columns(
     assert set(importance.index) == set(iris.split.X_test.columns)
     # Petal measurements separate the species; sepal width barely does.
     assert importance.idxmax().startswith("petal")
+
+
+@pytest.mark.parametrize(
+    ("config_of", "plots"),
+    [
+        (
+            lambda iris: iris(),
+            {
+                "plots/confusion_matrix.png",
+                "plots/roc_curve.png",
+                "plots/precision_recall_curve.png",
+                "plots/reliability_curve.png",
+                "plots/feature_importance.png",
+            },
+        ),
+        (
+            lambda iris: iris(
+                estimator={"class_path": "sklearn.svm.LinearSVC"},
+                gate={"metric": "test_accuracy"},
+            ),
+            {"plots/confusion_matrix.png", "plots/feature_importance.png"},
+        ),
+        (
+            lambda iris: diabetes_config(),
+            {"plots/residuals.png", "plots/feature_importance.png"},
+        ),
+    ],
+    ids=["multiclass with probabilities", "classifier without probabilities", "regressor"],
+)
+def test_every_task_gets_its_plots_from_one_set_of_held_out_answers(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    config_of: Callable[..., dict[str, Any]],
+    plots: set[str],
+) -> None:
+    config = load_config(write_config(config_of(iris_config)))
+    training = train.run(config, ingest.run(config))
+    result = evaluate.run(config, training.run_id, training.model, training.split)
+    assert set(result.plots) == plots
+    # The metrics logged are those of scoring the model afresh on the held-out rows.
+    logged = MlflowClient().get_run(training.run_id).data.metrics
+    fresh = evaluate.score(config, training.model, training.split.X_test, training.split.y_test)
+    assert {name: logged[name] for name in fresh} == pytest.approx(fresh)
