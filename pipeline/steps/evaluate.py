@@ -41,7 +41,7 @@ from pipeline.monitoring.profile import (
     ReferenceProfile,
     build_reference_profile,
 )
-from pipeline.steps import baseline, features
+from pipeline.steps import baseline, features, ingest
 from pipeline.steps.features import Split
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,8 @@ def _record_classification_notes(
         client.log_param(run_id, "decision_threshold", f"{threshold:.6g}")
     positive = features.positive_class(config, list(model.classes_))
     client.set_tag(run_id, artifacts.POSITIVE_CLASS, str(positive))
-    warning = features.imbalance_warning(config, data_split.y_train)
+    warning = ingest.imbalance_warning(config, data_split.y_train)
     if warning is not None:
-        logger.warning("gate.metric %s: %s", config.gate.metric, warning)
         client.set_tag(run_id, artifacts.IMBALANCE_WARNING, warning)
 
 

@@ -44,9 +44,6 @@ logger = logging.getLogger(__name__)
 ROW_IDENTITY_VERSION = 2
 """Version of :func:`row_hashes`, recorded beside the fingerprints of a run's training rows;
 version 1 hashed values with their dtype (int 3 and float 3.0 differed)."""
-# Under this share of the rarest class, accuracy says little: a model that always answers the
-# majority class scores 1 - share.
-IMBALANCE_SHARE = 0.10
 # HistGradientBoosting takes at most max_bins (255) categories per feature; rarer ones are
 # grouped by the encoder.
 _NATIVE_MAX_CATEGORIES = 255
@@ -157,20 +154,6 @@ def _without_copies_of_training_rows(data_split: Split) -> Split:
         X_test=data_split.X_test[~copies],
         y_train=pd.concat([data_split.y_train, data_split.y_test[copies]]),
         y_test=data_split.y_test[~copies],
-    )
-
-
-def imbalance_warning(config: PipelineConfig, y: pd.Series) -> str | None:
-    """Why the gate metric may mislead on these labels, or None: accuracy with a rare class."""
-    if config.task != "classification" or config.gate_metric.name != "accuracy":
-        return None
-    shares = y.value_counts(normalize=True)
-    if len(shares) < 2 or shares.min() >= IMBALANCE_SHARE:
-        return None
-    return (
-        f"class {shares.idxmin()!r} is {shares.min():.1%} of the rows: a model that always "
-        f"answers {shares.idxmax()!r} scores accuracy {shares.max():.3f}. Gate on test_roc_auc, "
-        "test_f1_macro or test_log_loss instead (the baseline check still guards accuracy)"
     )
 
 

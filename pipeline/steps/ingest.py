@@ -22,6 +22,10 @@ from pipeline.errors import DataValidationError
 
 logger = logging.getLogger(__name__)
 
+# Under this share of the rarest class, accuracy says little: a model that always answers the
+# majority class scores 1 - share.
+IMBALANCE_SHARE = 0.10
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -56,6 +60,11 @@ def run(config: PipelineConfig) -> Dataset:
     raw = _load(config)
     data_hash = hash_frame(raw)
     dataset = _validate(raw, config, data_hash)
+    # Said when the data is first validated (the `validate` step), before any training; the
+    # training run records the same words as a tag (evaluate).
+    warning = imbalance_warning(config, dataset.y)
+    if warning is not None:
+        logger.warning("gate.metric %s: %s", config.gate.metric, warning)
     logger.info(
         "Validated %s: %d rows, %d numeric and %d categorical features, data hash %s",
         dataset.source,
@@ -65,6 +74,20 @@ def run(config: PipelineConfig) -> Dataset:
         data_hash[:12],
     )
     return dataset
+
+
+def imbalance_warning(config: PipelineConfig, y: pd.Series) -> str | None:
+    """Why the gate metric may mislead on these labels, or None: accuracy with a rare class."""
+    if config.task != "classification" or config.gate_metric.name != "accuracy":
+        return None
+    shares = y.value_counts(normalize=True)
+    if len(shares) < 2 or shares.min() >= IMBALANCE_SHARE:
+        return None
+    return (
+        f"class {shares.idxmin()!r} is {shares.min():.1%} of the rows: a model that always "
+        f"answers {shares.idxmax()!r} scores accuracy {shares.max():.3f}. Gate on test_roc_auc, "
+        "test_f1_macro or test_log_loss instead (the baseline check still guards accuracy)"
+    )
 
 
 def hash_frame(frame: pd.DataFrame) -> str:

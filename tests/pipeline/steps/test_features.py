@@ -145,18 +145,6 @@ def test_a_held_out_copy_of_a_training_row_is_moved_to_the_training_side(
     assert 0 < len(data_split.y_test) < 90
 
 
-def test_accuracy_on_a_rare_class_is_warned_about_naming_better_metrics(
-    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
-) -> None:
-    config = load_config(write_config(iris_config(gate={"metric": "test_accuracy"})))
-    y = pd.Series(["ok"] * 96 + ["fraud"] * 4)
-    warning = features.imbalance_warning(config, y)
-    assert warning is not None
-    assert "'fraud' is 4.0% of the rows" in warning and "accuracy 0.960" in warning
-    assert "test_roc_auc" in warning
-    assert features.imbalance_warning(config, pd.Series(["a", "b"] * 50)) is None
-
-
 def test_an_unknown_positive_class_names_the_classes(
     write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
 ) -> None:

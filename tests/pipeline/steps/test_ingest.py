@@ -246,3 +246,36 @@ def test_values_spelled_alike_become_one_category_and_gaps_stay_gaps() -> None:
     categories = ingest._as_category_strings(column)
     assert categories.cat.categories.tolist() == ["3", "b", "true"]
     assert categories.tolist() == ["3", "3", "3", np.nan, "true", np.nan, "b"]
+
+
+def test_accuracy_on_a_rare_class_is_warned_about_naming_better_metrics(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    config = load_config(write_config(iris_config(gate={"metric": "test_accuracy"})))
+    y = pd.Series(["ok"] * 96 + ["fraud"] * 4)
+    warning = ingest.imbalance_warning(config, y)
+    assert warning is not None
+    assert "'fraud' is 4.0% of the rows" in warning and "accuracy 0.960" in warning
+    assert "test_roc_auc" in warning
+    assert ingest.imbalance_warning(config, pd.Series(["a", "b"] * 50)) is None
+
+
+def test_validating_the_data_already_warns_of_accuracy_on_a_rare_class(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    csv = tmp_path / "rare.csv"
+    rows = [f"{i % 7},{i % 5},{'fraud' if i < 4 else 'ok'}" for i in range(100)]
+    csv.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    config = load_config(
+        write_config(
+            iris_config(
+                data={"path": str(csv), "target": "label"}, gate={"metric": "test_accuracy"}
+            )
+        )
+    )
+    with caplog.at_level("WARNING", logger="pipeline.steps.ingest"):
+        ingest.run(config)
+    assert "gate.metric test_accuracy: class 'fraud' is 4.0% of the rows" in caplog.text
