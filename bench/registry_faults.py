@@ -74,8 +74,10 @@ def violations(client: MlflowClient, name: str) -> list[str]:
     champion = (model.aliases or {}).get("champion")
     if in_production and str(champion) != in_production[-1]:
         found.append(f"champion on {champion}, Production {in_production}")
-    if in_production and (not events or events[-1]["to_version"] != in_production[-1]):
-        last = events[-1]["to_version"] if events else None
+    # Staging and Archived events (the challenger's) say nothing about Production.
+    production = [e for e in events if e.get("stage", "Production") == "Production"]
+    if in_production and (not production or production[-1]["to_version"] != in_production[-1]):
+        last = production[-1]["to_version"] if production else None
         found.append(f"last history event to {last}, Production {in_production}")
     txns = [event.get("txn") for event in events if event.get("txn")]
     if len(txns) != len(set(txns)):

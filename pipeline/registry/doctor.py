@@ -1,4 +1,5 @@
-"""`python -m pipeline doctor`: is a model's Production consistent, and repair it if asked.
+"""`python -m pipeline doctor`: are a model's Production and Staging consistent, and repair them
+if asked.
 
 Without `repair` it only reads (no lock taken) and lists what `reconcile` would fix. With it,
 it takes the Production lock (a lock left by a killed process of this host is broken at
@@ -26,6 +27,8 @@ class DoctorReport:
     production: str | None
     lock: str | None
     """Who holds the Production lock now, when someone does (a change in progress)."""
+    staging: str | None = None
+    """The challenger's version, when one is in Staging."""
 
     @property
     def consistent(self) -> bool:
@@ -33,13 +36,17 @@ class DoctorReport:
 
     def lines(self, repair: bool) -> list[str]:
         now = f"version {self.production}" if self.production else "no version"
-        out = [f"{self.name}: Production is {now}"]
+        challenger = f"; Staging is version {self.staging} (challenger)" if self.staging else ""
+        out = [f"{self.name}: Production is {now}{challenger}"]
         out += [f"problem: {problem}" for problem in self.found]
         out += [f"repaired: {repair_made}" for repair_made in self.repairs]
         if self.lock:
             out.append(f"note: the Production lock is held by {self.lock} (a change in progress)")
         if self.consistent:
-            out.append("consistent: one version in Production, champion on it, history agrees")
+            out.append(
+                "consistent: one version in Production, champion on it, history agrees; at "
+                "most one in Staging, challenger on it and on no other"
+            )
         elif not repair:
             out.append(f"inconsistent: run `python -m pipeline doctor --name {self.name} --repair`")
         else:
@@ -70,4 +77,5 @@ def run(client: MlflowClient, name: str, *, repair: bool) -> DoctorReport:
         remaining=tuple(after.problems()),
         production=after.production_versions[-1] if after.production_versions else None,
         lock=None if lock is None else production.describe_holder(lock),
+        staging=after.staging_versions[-1] if after.staging_versions else None,
     )

@@ -1,17 +1,20 @@
 """Registry primitives shared by the gate and the explicit promote/rollback commands.
 
 Production is kept in two places that must move together: the (deprecated, still widely
-read) `Production` stage and the `champion` alias. Every change is appended to the registered
-model's history as one tag per event, so concurrent writers never rewrite each other's record.
+read) `Production` stage and the `champion` alias; so is the challenger judged on live traffic,
+in the `Staging` stage and the `challenger` alias. Every change of either is appended to the
+registered model's history as one tag per event (which carries the stage), so concurrent writers
+never rewrite each other's record.
 `pipeline.registry.transaction` makes those writes one crash-safe change; this module holds
 the reads, the history and the lock it builds on.
 
-Changes of Production are serialised by `production_lock`, a lock that works through the
-MLflow REST API alone (a team's client may only have an `http://` tracking URI). MLflow's own
-`transition_model_version_stage(..., archive_existing_versions=True)` is one transaction, but
-it reads the versions to archive before it writes: two concurrent transitions under
-PostgreSQL's default READ COMMITTED isolation each archive the old champion and both leave
-their own version in Production. The alias and the history are further separate calls.
+Changes of Production and Staging are serialised by `production_lock` (one lock per model),
+a lock that works through the MLflow REST API alone (a team's client may only have an
+`http://` tracking URI). MLflow's own `transition_model_version_stage(...,
+archive_existing_versions=True)` is one transaction, but it reads the versions to archive
+before it writes: two concurrent transitions under PostgreSQL's default READ COMMITTED
+isolation each archive the old champion and both leave their own version in Production. The
+alias and the history are further separate calls.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 PRODUCTION = contracts.CHAMPION_STAGE
 CHAMPION_ALIAS = contracts.CHAMPION_ALIAS
+STAGING = contracts.CHALLENGER_STAGE
+CHALLENGER_ALIAS = contracts.CHALLENGER_ALIAS
+ARCHIVED = "Archived"
 HISTORY_TAG_PREFIX = "history."
 
 # The lock is a registered model named after the one it guards; it exists only while held.
@@ -74,6 +80,10 @@ class PromotionEvent:
     reason: str
     # The transaction that wrote the event: a replay of that transaction never appends it twice.
     txn: str | None = None
+    # Where `to_version` went: Production (the champion), Staging (the challenger), or
+    # Archived (a challenger retired). Events written before Staging existed lack the key:
+    # they all moved Production.
+    stage: str = PRODUCTION
 
 
 _EVENT_FIELDS = frozenset(PromotionEvent.__dataclass_fields__)
@@ -198,6 +208,17 @@ def production_version(client: MlflowClient, name: str) -> ModelVersion | None:
     return versions[0] if versions else None
 
 
+def challenger_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version in the Staging stage (the `challenger` alias is on it), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            versions = client.get_latest_versions(name, stages=[STAGING])
+    except MlflowException:
+        return None
+    return versions[0] if versions else None
+
+
 def set_production(
     client: MlflowClient, name: str, version: str, *, action: str, reason: str
 ) -> PromotionEvent:
@@ -210,18 +231,20 @@ def set_production(
     # Imported here: transaction builds on this module's primitives.
     from pipeline.registry import transaction
 
-    return transaction.change_production(client, name, version, action=action, reason=reason)
+    return transaction.change_stage(
+        client, name, version, stage=PRODUCTION, action=action, reason=reason
+    )
 
 
 def append_history(client: MlflowClient, name: str, event: PromotionEvent) -> None:
-    """Record one change of Production; call it under the Production lock."""
+    """Record one change of Production or Staging; call it under the Production lock."""
     client.set_registered_model_tag(
         name, _next_history_key(client, name), json.dumps(asdict(event))
     )
 
 
 def history(client: MlflowClient, name: str) -> list[PromotionEvent]:
-    """Every recorded change of Production, newest first."""
+    """Every recorded change of Production and Staging, newest first (`event.stage` says which)."""
     if is_internal_model(name):
         raise RegistryError(
             f"'{name}' is the Production lock of another model, not a model; "

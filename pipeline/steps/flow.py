@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ def run_all(
     config: PipelineConfig, run_id: str | None = None, *, force: bool = False
 ) -> PipelineResult:
     """ingest + validate -> train -> evaluate -> register -> gate -> model card.
+
+    The gate sends a candidate that passes to Production, or to Staging as the challenger
+    when `gate.live` is on (`result.decision.stage` says which).
 
     A finished run with the same config, data and code is reused instead of training again
     (`force` trains anyway): the registry is reconciled first (a change a killed process left
@@ -158,18 +162,30 @@ def _reuse(
 def _registry_state(client: MlflowClient, decision: gate.GateDecision) -> str:
     """What the registry says of the reused version now; its recorded decision may be old news.
 
-    Promotions, promotes by hand and rollbacks since the first run all move Production, so the
-    version's stage is read afresh and the recorded decision only says how it got there.
+    Promotions, promotes by hand, rollbacks and live-gate all move versions between stages, so
+    the version's stage is read afresh and the recorded decision only says how it got there.
     """
     name, number = decision.name, decision.version
     current = production.production_version(client, name)
     if current is not None and str(current.version) == number:
         return f"version {number} is in Production"
     now = f"Production is version {current.version}" if current else "no version is in Production"
-    stage = production.get_version(client, name, number).current_stage
-    where = f"is {stage}" if stage in ("Archived", "Staging") else "is in no stage"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        stage = production.get_version(client, name, number).current_stage
+    if stage == production.STAGING:
+        return (
+            f"version {number} is in Staging (challenger): judge it on live traffic with "
+            f"`{gate.LIVE_GATE_COMMAND}`; {now}"
+        )
+    where = f"is {stage}" if stage == production.ARCHIVED else "is in no stage"
     if decision.promoted:
         return f"version {number} {where} (promoted by the gate earlier, replaced since); {now}"
+    if decision.decision == "staged":
+        return (
+            f"version {number} {where} (staged by the gate earlier, then replaced, retired or "
+            f"rolled back); {now}"
+        )
     return f"version {number} {where} (the gate {decision.decision} it); {now}"
 
 

@@ -10,6 +10,14 @@ rows, and the gate would favour it.
 
 The baseline (``baseline.py``) is what a model that ignores the features scores; the gain over
 it and over the champion each get a paired bootstrap interval.
+
+Where a candidate that passes goes depends on ``gate.live``: without it, to Production (the
+champion); with it, to Staging as the challenger (``gate.decision=staged``), which the server
+runs beside the champion and ``python -m pipeline live-gate`` promotes or rejects on live
+traffic. With ``gate.live`` the comparison with the champion only screens (a candidate shown
+worse is rejected; live-gate asks for the significant gain); the threshold and the baseline
+apply as always. The first model ever goes to Production either way: with no champion there
+is nothing to judge it against live.
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ MAX_JUDGEMENTS = 3
 class GateDecision:
     name: str
     version: str
-    decision: Literal["promoted", "rejected"]
+    decision: Literal["promoted", "staged", "rejected"]
+    """promoted: to Production; staged: to Staging as the challenger (gate.live); rejected."""
     reason: str
     metric: str
     candidate_value: float
@@ -73,7 +82,27 @@ class GateDecision:
 
     @property
     def promoted(self) -> bool:
+        """True when the candidate went to Production (a staged one is not the champion yet)."""
         return self.decision == "promoted"
+
+    @property
+    def stage(self) -> str | None:
+        """Where the candidate went: Production, Staging (the challenger), or None (rejected)."""
+        return _DESTINATIONS.get(self.decision)
+
+    @property
+    def destination(self) -> str:
+        """Where the candidate went, in words for main's output."""
+        if self.decision == "staged":
+            return (
+                f"{production.STAGING} (challenger): judge it on live traffic with "
+                f"`{LIVE_GATE_COMMAND}`"
+            )
+        return production.PRODUCTION if self.promoted else "nowhere (rejected)"
+
+
+_DESTINATIONS = {"promoted": production.PRODUCTION, "staged": production.STAGING}
+LIVE_GATE_COMMAND = "python -m pipeline live-gate --config <config>"
 
 
 @dataclass(frozen=True)
@@ -90,15 +119,16 @@ class _Comparison:
 
 
 def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split) -> GateDecision:
-    """Decide on `version`, tag it with the decision and reason, and promote it if it passed.
+    """Decide on `version`, tag it with the decision and reason, and promote it if it passed
+    (to Staging as the challenger instead, when `gate.live` is on and a champion exists).
 
     The evidence (scores, bootstrap) is computed outside the Production lock against the
     champion of that moment. Under the lock the gate only reconciles, checks that the champion
     is still that one (judging again against the new one when it changed) and writes: a
     rejection as tags with `gate.decision` last; a promotion as one registry transaction whose
     outcome, written last, is the gate's tags. So two pipelines finishing together are judged
-    one after the other, and a gate killed anywhere never leaves a false `promoted`.
-    """
+    one after the other, and a gate killed anywhere never leaves a false `promoted` (or
+    `staged`)."""
     client = MlflowClient()
     name = config.registered_model
     metric = config.gate.metric
@@ -110,6 +140,8 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
         )
     transaction.ensure_consistent(client, name)
     champion = production.production_version(client, name)
+    if config.gate.live:
+        _refuse_the_challenger(client, name, str(version))
     for _ in range(MAX_JUDGEMENTS):
         _refuse_the_champion(name, version, champion)
         decision = _judge(config, client, str(version), champion, model, data_split, held_out)
@@ -137,6 +169,15 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
 def _refuse_the_champion(name: str, version: str, champion: ModelVersion | None) -> None:
     if champion is not None and str(champion.version) == str(version):
         raise RegistryError(f"version {version} of '{name}' is already in Production")
+
+
+def _refuse_the_challenger(client: MlflowClient, name: str, version: str) -> None:
+    challenger = production.challenger_version(client, name)
+    if challenger is not None and str(challenger.version) == version:
+        raise RegistryError(
+            f"version {version} of '{name}' is already in Staging (the challenger); judge it "
+            f"on live traffic with `{LIVE_GATE_COMMAND}`"
+        )
 
 
 def _version_of(model_version: ModelVersion | None) -> str | None:
@@ -176,10 +217,11 @@ def _judge(
     )
     interval = comparison.interval if comparison else None
     over_baseline = versus_baseline.interval
+    outcome, reason = _destination(config, passed, champion, reason)
     return GateDecision(
         name=config.registered_model,
         version=version,
-        decision="promoted" if passed else "rejected",
+        decision=outcome,
         reason=reason,
         metric=metric,
         candidate_value=held_out[metric],
@@ -199,14 +241,35 @@ def _judge(
     )
 
 
+def _destination(
+    config: PipelineConfig, passed: bool, champion: ModelVersion | None, reason: str
+) -> tuple[Literal["promoted", "staged", "rejected"], str]:
+    """The decision a pass or a fail becomes, and the reason saying where the candidate goes."""
+    if not passed:
+        return "rejected", reason
+    if not config.gate.live:
+        return "promoted", reason
+    if champion is None:
+        return "promoted", (
+            f"{reason}; straight to {production.PRODUCTION} although gate.live is on: with no "
+            "champion there is nothing to judge it against on live traffic"
+        )
+    return "staged", (
+        f"{reason}; sent to {production.STAGING} (challenger) since gate.live is on: judge it "
+        f"on live traffic with `{LIVE_GATE_COMMAND}`"
+    )
+
+
 def _commit(client: MlflowClient, decision: GateDecision) -> None:
     """Write the decision under the lock; the `gate.decision` tag is always the last write."""
     tags = _tags(decision)
-    if decision.promoted:
-        transaction.change_production(
+    if decision.stage is not None:
+        # Production or Staging: one registry transaction whose outcome is the gate's tags.
+        transaction.change_stage(
             client,
             decision.name,
             decision.version,
+            stage=decision.stage,
             action="gate",
             reason=decision.reason,
             outcome_tags=tags,
@@ -233,11 +296,14 @@ def recorded_decision(config: PipelineConfig, version: ModelVersion) -> GateDeci
         value = tags.get(key)
         return None if value in (None, "none") else float(value)
 
-    decision = tags[artifacts.GATE_DECISION]
+    recorded = tags[artifacts.GATE_DECISION]
+    decision: Literal["promoted", "staged", "rejected"] = (
+        "promoted" if recorded == "promoted" else "staged" if recorded == "staged" else "rejected"
+    )
     return GateDecision(
         name=str(version.name),
         version=str(version.version),
-        decision="promoted" if decision == "promoted" else "rejected",
+        decision=decision,
         reason=tags.get("gate.reason", ""),
         metric=tags.get("gate.metric", config.gate.metric),
         candidate_value=number("gate.candidate_value") or 0.0,
@@ -460,7 +526,8 @@ def _below_threshold(config: PipelineConfig, candidate: float) -> str | None:
 def _against_champion(
     config: PipelineConfig, champion: str, comparison: _Comparison
 ) -> tuple[bool, str]:
-    """The candidate must gain more than 0 and at least min_improvement (and be significant)."""
+    """The candidate must gain more than 0 and at least min_improvement (and be significant);
+    with ``gate.live``, only not be shown worse (live-gate then asks for the significant gain)."""
     gate = config.gate
     ours, theirs = comparison.candidate, comparison.champion
     assert ours is not None and theirs is not None  # _decide handled the incomplete ones
@@ -469,6 +536,8 @@ def _against_champion(
     op, sign = (">", "-") if lower else ("<", "+")
     evidence = _evidence(comparison)
     scores = f"{gate.metric} {ours:.4f} {{}} champion v{champion} {theirs:.4f}"
+    if gate.live:
+        return _screen_for_live(comparison, gain, scores.format("vs"), evidence)
     if gain == 0 and gate.min_improvement == 0:
         return False, f"{scores.format('equals')}: no improvement{evidence}"
     if not (gain > 0 and gain >= gate.min_improvement):
@@ -478,6 +547,22 @@ def _against_champion(
     if gate.require_significant_gain and (interval is None or interval.lower <= 0):
         return False, f"{beats}, but the gain is within noise{evidence}"
     return True, f"{beats}{evidence}"
+
+
+def _screen_for_live(
+    comparison: _Comparison, gain: float, scores: str, evidence: str
+) -> tuple[bool, str]:
+    """With ``gate.live`` the held-out rows only screen: a candidate the interval shows worse
+    than the champion stays off live traffic; one that may be as good or better goes on to be
+    judged on production requests, where live-gate asks for a gain whose interval excludes 0.
+    Asking for a significant gain offline too would keep from live traffic the challengers
+    the past's rows cannot tell apart from the champion, which are the ones live evidence is
+    for (two good models on a small held-out set tie)."""
+    interval = comparison.interval
+    worse = interval.upper < 0 if interval is not None else gain < 0
+    if worse:
+        return False, f"{scores}: worse than the champion, not worth live traffic{evidence}"
+    return True, f"{scores}: not shown worse than the champion{evidence}"
 
 
 def _evidence(comparison: _Comparison) -> str:

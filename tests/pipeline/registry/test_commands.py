@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.errors import RegistryError
 from pipeline.registry import commands, production
 from pipeline.steps import flow
+from tests.pipeline.registry.invariants import violations
 
 
 @pytest.fixture
@@ -111,3 +112,54 @@ def test_promote_checks_production_under_the_lock_so_a_change_while_it_waits_is_
     assert str(result) == "version 2 of 'iris-test' is already in Production"
     assert next(e.reason for e in production.history(client, three_versions)) == "other"
     assert len(production.history(client, three_versions)) == 2
+
+
+def test_promote_to_staging_makes_a_challenger_beside_the_champion(three_versions: str) -> None:
+    event = commands.promote(three_versions, "2", stage="Staging")
+    assert (event.stage, event.reason, event.to_version) == ("Staging", "staged by hand", "2")
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(three_versions, "challenger").version) == "2"
+    assert _production(three_versions) == "1"
+    assert violations(client, three_versions) == []
+
+
+def test_staging_the_champion_is_refused_saying_a_challenger_must_be_another_version(
+    three_versions: str,
+) -> None:
+    with pytest.raises(
+        RegistryError,
+        match=r"version 1 of 'iris-test' is in Production \(the champion\); a challenger must "
+        "be another version",
+    ):
+        commands.promote(three_versions, "1", stage="Staging")
+    assert production.challenger_version(MlflowClient(), three_versions) is None
+
+
+def test_staging_the_challenger_again_is_refused_pointing_to_live_gate(three_versions: str) -> None:
+    commands.promote(three_versions, "2", stage="Staging")
+    with pytest.raises(RegistryError, match=r"already in Staging \(the challenger\); judge it"):
+        commands.promote(three_versions, "2", stage="Staging")
+    assert len(production.history(MlflowClient(), three_versions)) == 2
+
+
+def test_promoting_to_a_stage_other_than_production_or_staging_is_refused(
+    three_versions: str,
+) -> None:
+    with pytest.raises(RegistryError, match="to stage 'Archived': choose Production or Staging"):
+        commands.promote(three_versions, "2", stage="Archived")
+
+
+def test_history_rows_show_the_challenger_staged_then_promoted_and_rollback_skips_staging(
+    three_versions: str,
+) -> None:
+    commands.promote(three_versions, "2", "try it live", stage="Staging")
+    commands.promote(three_versions, "2", "won live")
+    rows = commands.history_rows(production.history(MlflowClient(), three_versions))
+    assert rows[0] == ("time", "action", "stage", "from", "to", "actor", "reason")
+    assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows[1:]] == [
+        ("promote", "Production", "1", "2", "won live"),
+        ("promote", "Staging", "-", "2", "try it live"),
+        ("gate", "Production", "-", "1", rows[3][6]),
+    ]
+    assert commands.rollback(three_versions).to_version == "1"
+    assert violations(MlflowClient(), three_versions) == []

@@ -3,8 +3,9 @@
 Each case copies one prepared store, runs the real `python -m pipeline <command>` with one fail
 point enabled (the process SIGKILLs itself right after that write), checks it died so, then
 runs the next command and checks the invariant with plain MLflow calls: one version in
-Production, champion on it, the history's last event pointing to it, no intent, no lock, gate
-tags that tell the truth. The processes of one command run side by side, each on its own copy.
+Production, champion on it, the history's last event pointing to it, at most one version in
+Staging with challenger on it, no intent, no lock, gate tags that tell the truth. The
+processes of one command run side by side, each on its own copy.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.failpoints import ENVIRONMENT_VARIABLE, REGISTRY_POINTS
-from pipeline.registry import commands, doctor, production
+from pipeline.registry import commands, doctor, production, transaction
 from pipeline.steps import evaluate, flow, ingest, train
 from tests.pipeline.factories import REPO_ROOT
 from tests.pipeline.registry.invariants import registry_faults, violations
@@ -116,9 +117,14 @@ def _env(uri: str, point: str) -> dict[str, str]:
 
 def _kill_all(copies: dict[str, str], argv: list[str]) -> None:
     """Run `python -m pipeline argv` on every copy with its fail point; all must die by SIGKILL."""
+    _kill_each(copies, [sys.executable, "-m", "pipeline", *argv], argv[0])
+
+
+def _kill_each(copies: dict[str, str], command: list[str], label: str) -> None:
+    """Run `command` on every copy with its fail point; all must die by SIGKILL."""
     running = {
         point: subprocess.Popen(
-            [sys.executable, "-m", "pipeline", *argv],
+            command,
             cwd=Path(uri.removeprefix("sqlite:///")).parent,
             env=_env(uri, point),
             stdout=subprocess.PIPE,
@@ -130,7 +136,7 @@ def _kill_all(copies: dict[str, str], argv: list[str]) -> None:
     for point, process in running.items():
         _, err = process.communicate(timeout=300)
         assert process.returncode == -signal.SIGKILL, (
-            f"{argv[0]} with {point} exited {process.returncode}, not by SIGKILL:\n{err[-2000:]}"
+            f"{label} with {point} exited {process.returncode}, not by SIGKILL:\n{err[-2000:]}"
         )
 
 
@@ -339,3 +345,73 @@ def test_a_rejecting_gate_killed_before_its_decision_leaves_the_version_undecide
         assert _production(client) == "3"
     finally:
         _forget_store()
+
+
+# --- Staging: the challenger staged by the gate, and retired ---------------------------------
+
+# No command retires a challenger but live-gate, which needs a prediction log: a real process
+# calling the transaction itself is killed instead.
+RETIRE = (
+    "import sys\n"
+    "from mlflow.tracking import MlflowClient\n"
+    "from pipeline.registry import transaction\n"
+    "transaction.retire(MlflowClient(), sys.argv[1], sys.argv[2], action='live-reject',\n"
+    "    reason='kill', outcome_tags={'gate.reason': 'worse live', 'gate.decision': 'rejected'})\n"
+)
+
+
+def _slots(client: MlflowClient) -> tuple[str | None, str | None, dict[str, str]]:
+    """(Production version, Staging version, aliases)."""
+    challenger = production.challenger_version(client, NAME)
+    aliases = client.get_registered_model(NAME).aliases or {}
+    return (
+        _production(client),
+        None if challenger is None else str(challenger.version),
+        {alias: str(version) for alias, version in aliases.items()},
+    )
+
+
+def test_a_live_gate_staging_killed_after_any_write_ends_with_the_challenger_staged(
+    store_copies: dict[str, str], prepared: Prepared, tmp_path: Path
+) -> None:
+    live = yaml.safe_load(prepared.good_config.read_text())
+    live["gate"]["live"] = True
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump(live))
+    _kill_all(store_copies, ["gate", "--config", str(config), "--version", "2"])
+    finished = {"registry.after_outcome", "registry.before_unlock"}
+    for point, uri in store_copies.items():
+        client = _client(uri)
+        # Production is never touched; the decision, written last, only once Staging says so.
+        assert ("gate.decision" in client.get_model_version(NAME, "2").tags) == (point in finished)
+        staged = None if point == "registry.after_intent" else "2"
+        assert _slots(client)[:2] == ("3", staged), point
+    for point, client in _repair_each(store_copies).items():
+        assert _slots(client) == ("3", "2", {"champion": "3", "challenger": "2"}), point
+        tags = client.get_model_version(NAME, "2").tags
+        assert (tags["gate.decision"], tags["gate.champion_version"]) == ("staged", "3"), point
+        assert "sent to Staging (challenger)" in tags["gate.reason"]
+        latest = production.history(client, NAME)[0]
+        assert (latest.stage, latest.action, latest.to_version) == ("Staging", "gate", "2")
+
+
+def test_a_retire_killed_after_any_write_ends_with_the_challenger_archived(
+    store_copies: dict[str, str],
+) -> None:
+    for uri in store_copies.values():
+        transaction.change_stage(
+            _client(uri), NAME, "2", stage="Staging", action="promote", reason="prepared"
+        )
+    _kill_each(store_copies, [sys.executable, "-c", RETIRE, NAME, "2"], "retire")
+    for point, client in _repair_each(store_copies).items():
+        assert _slots(client) == ("3", None, {"champion": "3"}), point
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            assert client.get_model_version(NAME, "2").current_stage == "Archived", point
+        tags = client.get_model_version(NAME, "2").tags
+        assert (tags["gate.decision"], tags["gate.reason"]) == ("rejected", "worse live"), point
+        events = production.history(client, NAME)
+        assert [(e.stage, e.action) for e in events[:2]] == [
+            ("Archived", "live-reject"),
+            ("Staging", "promote"),
+        ], point

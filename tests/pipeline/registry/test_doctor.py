@@ -65,3 +65,24 @@ def test_doctor_of_an_unknown_model_exits_with_status_4_naming_it(
     assert main(["doctor", "--name", "ghost", "--repair"]) == 4
     assert "registered model 'ghost' does not exist" in caplog.text
     assert not MlflowClient().search_registered_models()
+
+
+def test_doctor_reports_and_repairs_a_broken_staging_slot_and_names_the_challenger(
+    broken: MlflowClient, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "v3").mkdir()
+    broken.create_model_version(NAME, str(tmp_path / "v3"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        broken.transition_model_version_stage(NAME, "3", "Staging")
+    broken.set_registered_model_alias(NAME, "challenger", "2")  # on the Production version
+    assert main(["doctor", "--name", NAME]) == NEEDS_ACTION_EXIT
+    out = capsys.readouterr().out
+    assert "problem: Staging is version 3 but challenger is on 2" in out
+    assert "problem: Staging is version 3 but the history's last Staging event is None" in out
+    assert main(["doctor", "--name", NAME, "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert "repaired: moved challenger from version 2 to 3, the Staging one" in out
+    assert "m: Production is version 2; Staging is version 3 (challenger)" in out
+    assert "at most one in Staging, challenger on it" in out
+    assert violations(broken, NAME) == []

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.registry import production
+from pipeline.registry import commands, production
+from pipeline.registry.schema import SchemaChangeError
 from pipeline.steps import flow
 from tests.pipeline.factories import iris_csv
 
@@ -84,3 +85,17 @@ def test_the_gate_promotes_it_when_the_config_allows_schema_change(
     narrower = _without_column(csv, "petal width (cm)")
     second = flow.run_all(load_config(write_config(iris_config(gate=gate), csv_text=narrower)))
     assert "would break clients" not in second.decision.reason
+
+
+def test_staging_it_by_hand_is_refused_too_since_the_challenger_gets_production_requests(
+    champion_then_narrower_candidate: tuple[flow.PipelineResult, flow.PipelineResult],
+) -> None:
+    _, second = champion_then_narrower_candidate
+    client = MlflowClient()
+    before = production.history(client, "iris-test")
+    with pytest.raises(
+        SchemaChangeError, match=r"column 'petal width \(cm\)' \(double, required\)"
+    ):
+        commands.promote("iris-test", second.decision.version, stage="Staging")
+    assert production.challenger_version(client, "iris-test") is None
+    assert production.history(client, "iris-test") == before

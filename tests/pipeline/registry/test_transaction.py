@@ -11,6 +11,7 @@ import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -200,3 +201,285 @@ def test_the_status_tag_in_the_runs_table_moves_with_production(
     commands.rollback("r")
     assert (status(runs[0]), status(runs[1])) == ("Production: r v1", None)
     assert violations(client, "r") == []
+
+
+# --- Staging and the challenger -------------------------------------------------------------
+
+
+def _stage_only(client: MlflowClient, version: str, stage: str, archive: bool = False) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(NAME, version, stage, archive)
+
+
+def _aliases(client: MlflowClient) -> dict[str, str]:
+    return {k: str(v) for k, v in (client.get_registered_model(NAME).aliases or {}).items()}
+
+
+def _stage_two(client: MlflowClient, **outcome: str) -> production.PromotionEvent:
+    return transaction.change_stage(
+        client, NAME, "2", stage="Staging", action="gate", reason="passed", outcome_tags=outcome
+    )
+
+
+def test_staging_a_version_moves_stage_and_challenger_together_and_records_the_stage(
+    client: MlflowClient,
+) -> None:
+    event = _stage_two(client, **{"gate.decision": "staged"})
+    assert (event.stage, event.from_version, event.to_version) == ("Staging", None, "2")
+    assert _stages(client) == {"1": "Production", "2": "Staging", "3": "None"}
+    assert _aliases(client) == {"champion": "1", "challenger": "2"}
+    assert production.history(client, NAME)[0] == event
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["staged.by"] == event.actor and tags["gate.decision"] == "staged"
+    assert "promoted.by" not in tags
+    challenger = production.challenger_version(client, NAME)
+    assert challenger is not None and str(challenger.version) == "2"
+    assert violations(client, NAME) == [] and transaction.reconcile(client, NAME) == []
+
+
+def test_a_new_challenger_archives_the_previous_one(client: MlflowClient) -> None:
+    _stage_two(client)
+    event = transaction.change_stage(
+        client, NAME, "3", stage="Staging", action="promote", reason="better"
+    )
+    assert event.from_version == "2"
+    assert _stages(client) == {"1": "Production", "2": "Archived", "3": "Staging"}
+    assert _aliases(client)["challenger"] == "3"
+    assert violations(client, NAME) == []
+
+
+def test_promoting_the_challenger_takes_challenger_off_it_and_history_shows_both_stages(
+    client: MlflowClient,
+) -> None:
+    _stage_two(client, **{"gate.decision": "staged"})
+    transaction.change_stage(
+        client,
+        NAME,
+        "2",
+        stage="Production",
+        action="live-gate",
+        reason="won on live traffic",
+        outcome_tags={"gate.decision": "promoted"},
+    )
+    assert _stages(client) == {"1": "Archived", "2": "Production", "3": "None"}
+    assert _aliases(client) == {"champion": "2"}
+    assert production.challenger_version(client, NAME) is None
+    events = production.history(client, NAME)
+    assert [(e.stage, e.action, e.to_version) for e in events[:2]] == [
+        ("Production", "live-gate", "2"),
+        ("Staging", "gate", "2"),
+    ]
+    assert client.get_model_version(NAME, "2").tags["gate.decision"] == "promoted"
+    assert violations(client, NAME) == []
+
+
+def test_retiring_the_challenger_archives_it_removes_the_alias_and_writes_the_outcome(
+    client: MlflowClient,
+) -> None:
+    _stage_two(client, **{"gate.decision": "staged"})
+    event = transaction.retire(
+        client,
+        NAME,
+        "2",
+        action="live-reject",
+        reason="worse on live labels",
+        outcome_tags={"gate.reason": "worse on live labels", "gate.decision": "rejected"},
+    )
+    assert (event.stage, event.action, event.to_version) == ("Archived", "live-reject", "2")
+    assert _stages(client)["2"] == "Archived" and _aliases(client) == {"champion": "1"}
+    tags = client.get_model_version(NAME, "2").tags
+    assert (tags["gate.decision"], tags["gate.reason"]) == ("rejected", "worse on live labels")
+    assert tags["retired.by"] == event.actor
+    assert violations(client, NAME) == [] and transaction.reconcile(client, NAME) == []
+    # Production's rollback stack ignores the challenger's comings and goings.
+    with pytest.raises(RegistryError, match="no earlier Production version than 1"):
+        commands.rollback(NAME)
+
+
+def test_retiring_a_version_that_is_not_the_challenger_is_refused_naming_both(
+    client: MlflowClient,
+) -> None:
+    _stage_two(client)
+    with pytest.raises(
+        RegistryError, match=r"version 3 of 'm' is not the challenger \(version 2 is in Staging\)"
+    ):
+        transaction.retire(client, NAME, "3", action="live-reject", reason="no")
+    assert _stages(client)["2"] == "Staging"
+
+
+def test_the_champion_cannot_be_its_own_challenger(client: MlflowClient) -> None:
+    with pytest.raises(RegistryError, match=r"version 1 of 'm' is in Production \(the champion\)"):
+        transaction.change_stage(client, NAME, "1", stage="Staging", action="gate", reason="x")
+    assert _stages(client)["1"] == "Production" and "challenger" not in _aliases(client)
+
+
+def test_a_stage_other_than_production_or_staging_is_refused_naming_it(
+    client: MlflowClient,
+) -> None:
+    with pytest.raises(RegistryError, match="in stage 'Archived': choose Production"):
+        transaction.change_stage(client, NAME, "2", stage="Archived", action="x", reason="x")
+
+
+def test_two_versions_in_staging_keep_the_challenger_and_archive_the_other(
+    client: MlflowClient,
+) -> None:
+    _stage_two(client)
+    _stage_only(client, "3", "Staging")
+    assert "2 versions are in Staging: 2, 3" in transaction.observe(client, NAME).problems()
+    assert transaction.reconcile(client, NAME) == [
+        "archived version 3, a second version in Staging"
+    ]
+    assert _stages(client) == {"1": "Production", "2": "Staging", "3": "Archived"}
+    assert violations(client, NAME) == []
+
+
+def test_a_challenger_alias_without_a_staging_version_is_removed(client: MlflowClient) -> None:
+    client.set_registered_model_alias(NAME, "challenger", "3")
+    assert transaction.observe(client, NAME).problems() == [
+        "challenger is on version 3 but no version is in Staging"
+    ]
+    assert transaction.reconcile(client, NAME) == [
+        "removed challenger from version 3: no version is in Staging"
+    ]
+    assert _aliases(client) == {"champion": "1"}
+    assert violations(client, NAME) == []
+
+
+def test_a_challenger_on_the_champion_is_removed_and_production_keeps_it(
+    client: MlflowClient,
+) -> None:
+    client.set_registered_model_alias(NAME, "challenger", "1")
+    assert transaction.observe(client, NAME).problems() == [
+        "champion and challenger are both on version 1"
+    ]
+    transaction.reconcile(client, NAME)
+    assert _aliases(client) == {"champion": "1"}
+    assert _stages(client)["1"] == "Production"
+    assert violations(client, NAME) == []
+
+
+def test_a_staging_stage_moved_outside_the_pipeline_gets_the_alias_and_a_repair_event(
+    client: MlflowClient,
+) -> None:
+    _stage_only(client, "3", "Staging")
+    assert transaction.reconcile(client, NAME) == [
+        "moved challenger from version None to 3, the Staging one",
+        "recorded a repair event none -> 3 in the history of Staging",
+    ]
+    latest = production.history(client, NAME)[0]
+    assert (latest.action, latest.stage, latest.to_version) == ("repair", "Staging", "3")
+    assert violations(client, NAME) == []
+
+
+def _staged_intent(to_version: str, from_version: str | None, **kw: Any) -> transaction.Intent:
+    base = _intent(to_version, from_version)
+    return transaction.Intent(**{**asdict(base), "stage": "Staging", "action": "gate", **kw})
+
+
+def test_a_staged_intent_left_after_the_stage_move_is_finished(client: MlflowClient) -> None:
+    intent = _staged_intent("2", None, outcome_tags={"gate.decision": "staged"})
+    client.set_registered_model_tag(NAME, transaction.INTENT_TAG, json.dumps(asdict(intent)))
+    _stage_only(client, "2", "Staging")
+    problems = transaction.observe(client, NAME).problems()
+    assert problems[0].startswith("an interrupted gate of version 2 to Staging (transaction")
+    (repair,) = transaction.reconcile(client, NAME)
+    assert repair.startswith(f"finished the interrupted gate of version 2 (transaction {intent.id}")
+    assert _aliases(client) == {"champion": "1", "challenger": "2"}
+    assert client.get_model_version(NAME, "2").tags["gate.decision"] == "staged"
+    assert production.history(client, NAME)[0].txn == intent.id
+    assert violations(client, NAME) == []
+
+
+def test_a_staged_intent_whose_target_reached_production_since_is_dropped(
+    client: MlflowClient,
+) -> None:
+    intent = _staged_intent("2", None)
+    client.set_registered_model_tag(NAME, transaction.INTENT_TAG, json.dumps(asdict(intent)))
+    _stage_only(client, "2", "Production", archive=True)  # someone promoted it by the stage
+    repairs = transaction.reconcile(client, NAME)
+    assert "dropped the interrupted gate of version 2" in repairs[0]
+    assert "version 2 is in Production now" in repairs[0]
+    assert _stages(client)["2"] == "Production" and "challenger" not in _aliases(client)
+    assert violations(client, NAME) == []
+
+
+def test_a_staged_intent_decided_against_another_challenger_is_dropped(
+    client: MlflowClient,
+) -> None:
+    intent = _staged_intent("2", None)  # decided when Staging was empty; now version 3 is there
+    _stage_only(client, "3", "Staging")
+    client.set_registered_model_tag(NAME, transaction.INTENT_TAG, json.dumps(asdict(intent)))
+    repairs = transaction.reconcile(client, NAME)
+    assert "Staging is 3, not the none it was decided against" in repairs[0]
+    assert _stages(client)["2"] == "None" and _aliases(client)["challenger"] == "3"
+    assert violations(client, NAME) == []
+
+
+def test_a_retire_intent_left_after_the_stage_move_is_finished(client: MlflowClient) -> None:
+    _stage_two(client)
+    intent = _staged_intent(
+        "2",
+        None,
+        stage="Archived",
+        action="live-reject",
+        outcome_tags={"gate.decision": "rejected"},
+    )
+    client.set_registered_model_tag(NAME, transaction.INTENT_TAG, json.dumps(asdict(intent)))
+    _stage_only(client, "2", "Archived")
+    (repair,) = transaction.reconcile(client, NAME)
+    assert repair.startswith("finished the interrupted live-reject of version 2")
+    assert _aliases(client) == {"champion": "1"}
+    assert client.get_model_version(NAME, "2").tags["gate.decision"] == "rejected"
+    assert production.history(client, NAME)[0].stage == "Archived"
+    assert violations(client, NAME) == []
+
+
+def test_a_staged_tag_on_a_version_that_never_held_staging_is_removed(
+    client: MlflowClient,
+) -> None:
+    client.set_model_version_tag(NAME, "3", "gate.decision", "staged")
+    assert "version 3 is tagged gate.decision=staged but never held Staging" in (
+        transaction.observe(client, NAME).problems()
+    )
+    transaction.reconcile(client, NAME)
+    tags = client.get_model_version(NAME, "3").tags
+    assert "gate.decision" not in tags
+    assert "never reached Staging" in tags[transaction.GATE_INTERRUPTED_TAG]
+
+
+def test_a_staged_and_then_promoted_challenger_keeps_its_promoted_tag(
+    client: MlflowClient,
+) -> None:
+    _stage_two(client, **{"gate.decision": "staged"})
+    commands.promote(NAME, "2", "by hand")
+    client.set_model_version_tag(NAME, "2", "gate.decision", "promoted")
+    assert transaction.observe(client, NAME).problems() == []
+
+
+def test_an_intent_and_events_written_before_staging_existed_mean_production(
+    client: MlflowClient,
+) -> None:
+    old = {k: v for k, v in asdict(_intent("2", "1")).items() if k != "stage"}
+    client.set_registered_model_tag(NAME, transaction.INTENT_TAG, json.dumps(old))
+    transaction.reconcile(client, NAME)
+    assert _stages(client)["2"] == "Production"
+    raw = json.loads(client.get_registered_model(NAME).tags[_oldest_history_key(client)])
+    raw.pop("stage")
+    client.set_registered_model_tag(NAME, _oldest_history_key(client), json.dumps(raw))
+    assert production.history(client, NAME)[-1].stage == "Production"
+    assert violations(client, NAME) == []
+
+
+def _oldest_history_key(client: MlflowClient) -> str:
+    keys = [k for k in client.get_registered_model(NAME).tags if k.startswith("history.")]
+    return min(keys, key=lambda key: int(key.split(".", 1)[1]))
+
+
+def test_an_intent_to_a_stage_this_pipeline_never_writes_is_refused_naming_the_tag(
+    client: MlflowClient,
+) -> None:
+    bad = {**asdict(_intent("2", "1")), "stage": "Limbo"}
+    client.set_registered_model_tag(NAME, transaction.INTENT_TAG, json.dumps(bad))
+    with pytest.raises(RegistryError, match="to stage 'Limbo', which this pipeline never writes"):
+        transaction.reconcile(client, NAME)

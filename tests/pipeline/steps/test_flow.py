@@ -66,3 +66,26 @@ def test_a_false_force_flag_from_mlflow_run_means_no(
         main(["main", "--config", path, "--force", "maybe"])
     assert exit_info.value.code == 2
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_main_says_a_staged_candidate_awaits_live_gate_and_a_cache_hit_says_it_still_does(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    weak = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
+    gate = {"metric": "test_f1_macro", "threshold": None, "min_improvement": 0.0}
+    flow.run_all(load_config(write_config(iris_config(estimator=weak, gate=gate))))
+    live = str(write_config(iris_config(gate={**gate, "live": True})))
+    assert main(["main", "--config", live]) == 0
+    out = capsys.readouterr().out
+    assert "gate: staged: test_f1_macro" in out
+    assert "sent to Staging (challenger) since gate.live is on" in out
+    assert main(["main", "--config", live]) == 0
+    assert (
+        "gate: not run again (cache hit): version 2 is in Staging (challenger): judge it on live "
+        "traffic with `python -m pipeline live-gate --config <config>`; Production is version 1"
+    ) in capsys.readouterr().out
+    reused = flow.run_all(load_config(Path(live)))
+    assert (reused.decision.decision, reused.decision.stage) == ("staged", "Staging")

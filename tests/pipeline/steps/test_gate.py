@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import production
 from pipeline.steps import features, flow, gate, ingest
 from tests.pipeline.factories import diabetes_config, fitted
+from tests.pipeline.registry.invariants import violations
 
 DUMMY = {"class_path": "sklearn.dummy.DummyClassifier", "params": {"strategy": "most_frequent"}}
 WEAK = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.0005}}
@@ -363,3 +364,102 @@ def test_the_bootstrap_uses_a_capped_seeded_sample_and_the_reason_says_so(
     assert decision.comparison_rows == 45
     assert "resamples of 20 held-out rows" in decision.reason
     assert "a seeded sample of 20 of the 45 rows (row cap 20)" in decision.reason
+
+
+LIVE = {"metric": "test_f1_macro", "threshold": None, "min_improvement": 0.0, "live": True}
+
+
+def test_with_gate_live_a_better_candidate_goes_to_staging_as_the_challenger_not_production(
+    run_config: RunConfig,
+) -> None:
+    run_config(estimator=WEAK, gate={"metric": "test_f1_macro", "threshold": None})
+    better = run_config(gate=LIVE).decision
+    assert (better.decision, better.stage, better.promoted) == ("staged", "Staging", False)
+    assert (
+        "vs champion v1" in better.reason and "not shown worse than the champion" in better.reason
+    )
+    assert better.reason.endswith(
+        "; sent to Staging (challenger) since gate.live is on: judge it on live traffic with "
+        "`python -m pipeline live-gate --config <config>`"
+    )
+    assert better.destination.startswith("Staging (challenger): judge it on live traffic")
+    assert (_stage("iris-test", "1"), _stage("iris-test", "2")) == ("Production", "Staging")
+    client = MlflowClient()
+    aliases = client.get_registered_model("iris-test").aliases
+    assert {alias: str(version) for alias, version in aliases.items()} == {
+        "champion": "1",
+        "challenger": "2",
+    }
+    tags = client.get_model_version("iris-test", "2").tags
+    assert (tags["gate.decision"], tags["gate.reason"]) == ("staged", better.reason)
+    assert tags["gate.champion_version"] == "1" and "promoted.by" not in tags
+    events = production.history(client, "iris-test")
+    assert [(e.stage, e.action, e.to_version) for e in events] == [
+        ("Staging", "gate", "2"),
+        ("Production", "gate", "1"),
+    ]
+    assert violations(client, "iris-test") == []
+
+
+def test_with_gate_live_a_candidate_tied_with_the_champion_offline_goes_on_to_live_traffic(
+    run_config: RunConfig,
+) -> None:
+    """Two good models tie on 45 held-out rows: without gate.live the tie is rejected, with it
+    the live traffic decides."""
+    run_config(gate={"metric": "test_f1_macro", "threshold": None})
+    equal = {"class_path": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.9}}
+    tied = run_config(estimator=equal, gate={**LIVE, "live": False}).decision
+    assert tied.decision == "rejected" and "no improvement" in tied.reason
+    staged = run_config(
+        estimator={**equal, "params": {"C": 0.95}}, gate={**LIVE, "threshold": 0.8}
+    ).decision
+    assert staged.gain == 0 and staged.decision == "staged", staged.reason
+    assert "not shown worse than the champion; gain +0.0000" in staged.reason
+
+
+def test_with_gate_live_the_first_model_still_goes_straight_to_production(
+    run_config: RunConfig,
+) -> None:
+    first = run_config(gate={**LIVE, "threshold": 0.8}).decision
+    assert (first.decision, first.stage, first.destination) == (
+        "promoted",
+        "Production",
+        "Production",
+    )
+    assert "first model: no champion yet" in first.reason
+    assert "nothing to judge it against on live traffic" in first.reason
+    assert _stage("iris-test", "1") == "Production"
+    assert production.challenger_version(MlflowClient(), "iris-test") is None
+
+
+def test_with_gate_live_a_worse_candidate_is_rejected_and_never_staged(
+    run_config: RunConfig,
+) -> None:
+    run_config()
+    worse = run_config(estimator=WEAK, gate=LIVE).decision
+    assert (worse.decision, worse.stage, worse.destination) == (
+        "rejected",
+        None,
+        "nowhere (rejected)",
+    )
+    assert "sent to Staging" not in worse.reason
+    assert production.challenger_version(MlflowClient(), "iris-test") is None
+
+
+def test_gating_the_challenger_again_with_gate_live_is_refused_pointing_to_live_gate(
+    mlflow_store: str,
+    write_config: Callable[..., Path],
+    iris_config: Callable[..., dict[str, Any]],
+) -> None:
+    flow.run_all(
+        load_config(write_config(iris_config(estimator=WEAK, gate={**LIVE, "live": False})))
+    )
+    live = load_config(write_config(iris_config(gate=LIVE)))
+    assert flow.run_all(live).decision.stage == "Staging"
+    with pytest.raises(
+        RegistryError,
+        match=r"version 2 of 'iris-test' is already in Staging \(the challenger\); judge it on "
+        "live traffic with `python -m pipeline live-gate",
+    ):
+        flow.gate_version(live, "2")
+    assert _stage("iris-test", "2") == "Staging"
