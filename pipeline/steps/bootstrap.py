@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 from pipeline import metrics
 from pipeline.config import BootstrapConfig
@@ -40,12 +39,6 @@ class Predictions:
     predicted: np.ndarray
     proba: np.ndarray | None
     classes: tuple[object, ...]
-
-    @classmethod
-    def of(cls, model: Pipeline, X: pd.DataFrame, metric: str) -> Predictions:
-        proba = model.predict_proba(X) if metrics.metric(metric).needs_proba else None
-        classes = tuple(getattr(model, "classes_", ()))
-        return cls(predicted=np.asarray(model.predict(X)), proba=proba, classes=classes)
 
 
 @dataclass(frozen=True)

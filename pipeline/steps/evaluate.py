@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
+from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts
@@ -62,8 +63,18 @@ class Answers:
     classifiers without ``predict_proba``."""
     classes: list[object] | None
 
+    def take(self, rows: np.ndarray) -> Answers:
+        """The answers on some of the rows: a boolean mask or positions."""
+        return Answers(
+            predicted=self.predicted[rows],
+            proba=None if self.proba is None else self.proba[rows],
+            classes=self.classes,
+        )
+
     @classmethod
-    def of(cls, config: PipelineConfig, model: Pipeline, X: pd.DataFrame) -> Answers:
+    def of(
+        cls, config: PipelineConfig, model: Pipeline | BaseEstimator, X: pd.DataFrame
+    ) -> Answers:
         with_proba = config.task == "classification" and hasattr(model, "predict_proba")
         return cls(
             predicted=np.asarray(model.predict(X)),

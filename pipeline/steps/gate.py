@@ -132,7 +132,9 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
     client = MlflowClient()
     name = config.registered_model
     metric = config.gate.metric
-    held_out = evaluate.score(config, model, data_split.X_test, data_split.y_test)
+    # The candidate answers every held-out row once; each comparison reads its rows from that.
+    answers = evaluate.Answers.of(config, model, data_split.X_test)
+    held_out = evaluate.scores(config, data_split.y_test, answers)
     if metric not in held_out:
         raise PipelineError(
             f"gate.metric '{metric}' could not be computed on the held-out rows of version "
@@ -144,7 +146,7 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
         _refuse_the_challenger(client, name, str(version))
     for _ in range(MAX_JUDGEMENTS):
         _refuse_the_champion(name, version, champion)
-        decision = _judge(config, client, str(version), champion, model, data_split, held_out)
+        decision = _judge(config, client, str(version), champion, answers, data_split, held_out)
         with production.production_lock(client, name):
             transaction.reconcile(client, name)
             current = production.production_version(client, name)
@@ -189,7 +191,7 @@ def _judge(
     client: MlflowClient,
     version: str,
     champion: ModelVersion | None,
-    model: Pipeline,
+    answers: evaluate.Answers,
     data_split: Split,
     held_out: dict[str, float],
 ) -> GateDecision:
@@ -207,9 +209,9 @@ def _judge(
     rows = _unseen_by(data_split, data_split.X_train, data_split.y_train)
     comparison = None
     if champion is not None and schema_problem is None:
-        comparison = _compare(config, champion, model, data_split, rows)
+        comparison = _compare(config, champion, answers, data_split, rows)
         rows = rows & comparison.mask if comparison.mask is not None else rows
-    versus_baseline = _versus_baseline(config, model, data_split, rows)
+    versus_baseline = _versus_baseline(config, answers, data_split, rows)
     passed, reason = (
         (False, schema_problem)
         if schema_problem is not None
@@ -344,7 +346,7 @@ def describe_rule(config: PipelineConfig) -> str:
 def _compare(
     config: PipelineConfig,
     champion: ModelVersion,
-    model: Pipeline,
+    answers: evaluate.Answers,
     data_split: Split,
     unseen_by_candidate: np.ndarray,
 ) -> _Comparison:
@@ -365,7 +367,7 @@ def _compare(
         )
     try:
         # The candidate already scored every held-out row: a failure here is the champion's.
-        return _paired(config, model, champion_model, X, y, mask)
+        return _paired(config, answers, champion_model, X, y, mask)
     except (ValueError, KeyError, TypeError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         logger.warning("Champion v%s cannot score these rows: %s", champion.version, first_line)
@@ -375,7 +377,7 @@ def _compare(
 
 
 def _versus_baseline(
-    config: PipelineConfig, model: Pipeline, data_split: Split, mask: np.ndarray
+    config: PipelineConfig, answers: evaluate.Answers, data_split: Split, mask: np.ndarray
 ) -> _Comparison:
     """The candidate against the trivial baseline on the comparison rows."""
     trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
@@ -383,44 +385,56 @@ def _versus_baseline(
     rows = int(mask.sum())
     if rows < MIN_COMPARISON_ROWS or (config.task == "classification" and y.nunique() < 2):
         return _Comparison(None, None, rows, f"only {rows} comparison rows", mask=mask)
-    return _paired(config, model, trivial.model, X, y, mask)
+    return _paired(config, answers, trivial.model, X, y, mask)
 
 
 def _paired(
     config: PipelineConfig,
-    model: Pipeline,
+    candidate: evaluate.Answers,
     other: Pipeline | BaseEstimator,
     X: pd.DataFrame,
     y: pd.Series,
     mask: np.ndarray,
 ) -> _Comparison:
-    """Both models' scores on the same rows, and the paired interval of the candidate's gain."""
+    """Both models' scores on the same rows, and the paired interval of the candidate's gain.
+
+    ``candidate`` holds the candidate's answers on every held-out row, ``mask`` picks the
+    compared ones (``X``, ``y``); the other model answers them once."""
     metric = config.gate.metric
-    theirs = evaluate.score(config, other, X, y)
-    ours = evaluate.score(config, model, X, y)
+    ours_answers = candidate.take(mask)
+    theirs_answers = evaluate.Answers.of(config, other, X)
+    theirs = evaluate.scores(config, y, theirs_answers)
+    ours = evaluate.scores(config, y, ours_answers)
     if metric not in theirs or metric not in ours:
         return _Comparison(
             None, None, len(y), f"'{metric}' cannot be computed on these rows", mask=mask
         )
-    X_boot, y_boot = _bootstrap_rows(X, y, config.gate.bootstrap.seed)
+    chosen = _bootstrap_rows(len(y), config.gate.bootstrap.seed)
     interval = bootstrap.paired_gain_interval(
         metric,
-        y_boot,
-        challenger=bootstrap.Predictions.of(model, X_boot, metric),
-        champion=bootstrap.Predictions.of(other, X_boot, metric),
+        y if chosen is None else y.iloc[chosen],
+        challenger=_for_bootstrap(ours_answers, chosen),
+        champion=_for_bootstrap(theirs_answers, chosen),
         settings=config.gate.bootstrap,
         lower_is_better=config.gate_lower_is_better(),
     )
     return _Comparison(ours[metric], theirs[metric], len(y), None, interval, mask)
 
 
-def _bootstrap_rows(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[pd.DataFrame, pd.Series]:
-    """At most BOOTSTRAP_ROW_CAP rows (a seeded sample) for the interval, which costs
-    resamples x rows (a few passes over rows x resamples); the scores use every row."""
-    if len(y) <= BOOTSTRAP_ROW_CAP:
-        return X, y
-    chosen = np.sort(np.random.default_rng(seed).choice(len(y), BOOTSTRAP_ROW_CAP, replace=False))
-    return X.iloc[chosen], y.iloc[chosen]
+def _for_bootstrap(answers: evaluate.Answers, rows: np.ndarray | None) -> bootstrap.Predictions:
+    chosen = answers if rows is None else answers.take(rows)
+    return bootstrap.Predictions(
+        predicted=chosen.predicted, proba=chosen.proba, classes=tuple(chosen.classes or ())
+    )
+
+
+def _bootstrap_rows(rows: int, seed: int) -> np.ndarray | None:
+    """At most BOOTSTRAP_ROW_CAP rows (a seeded sample, as positions) for the interval, which
+    costs resamples x rows (a few passes over rows x resamples); None: every row. The scores
+    use every row."""
+    if rows <= BOOTSTRAP_ROW_CAP:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(rows, BOOTSTRAP_ROW_CAP, replace=False))
 
 
 def _unseen_by(data_split: Split, X_seen: pd.DataFrame, y_seen: pd.Series) -> np.ndarray:
