@@ -576,6 +576,8 @@ def _screen_for_live(
     worse = interval.upper < 0 if interval is not None else gain < 0
     if worse:
         return False, f"{scores}: worse than the champion, not worth live traffic{evidence}"
+    if interval is not None and interval.lower > 0:
+        return True, f"{scores}: better than the champion{evidence}"
     return True, f"{scores}: not shown worse than the champion{evidence}"
 
 

@@ -375,9 +375,7 @@ def test_with_gate_live_a_better_candidate_goes_to_staging_as_the_challenger_not
     run_config(estimator=WEAK, gate={"metric": "test_f1_macro", "threshold": None})
     better = run_config(gate=LIVE).decision
     assert (better.decision, better.stage, better.promoted) == ("staged", "Staging", False)
-    assert (
-        "vs champion v1" in better.reason and "not shown worse than the champion" in better.reason
-    )
+    assert "vs champion v1" in better.reason and "better than the champion; gain +" in better.reason
     assert better.reason.endswith(
         "; sent to Staging (challenger) since gate.live is on: judge it on live traffic with "
         "`python -m pipeline live-gate --config <config>`"
