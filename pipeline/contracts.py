@@ -75,7 +75,7 @@ def label_type(task: Task) -> pa.DataType:
 def prediction_schema(
     features: Sequence[tuple[str, str]], task: Task, classes: Sequence[str] | None
 ) -> pa.Schema:
-    """The columns of a prediction part.
+    """The columns of a prediction part, the :data:`LIVE_COLUMNS` last.
 
     ``features`` are the model's inputs as (name, signature type); ``classes`` the
     ``str()`` of each class when the model has probabilities, else None.
@@ -90,6 +90,7 @@ def prediction_schema(
     fields += [pa.field(FEATURE_PREFIX + name, log_type(kind)) for name, kind in features]
     fields.append(pa.field("prediction", label_type(task)))
     fields += [pa.field(PROBA_PREFIX + name, pa.float64()) for name in classes or ()]
+    fields += [pa.field(name, kind) for name, kind in LIVE_COLUMNS]
     return pa.schema(fields)
 
 

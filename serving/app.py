@@ -21,12 +21,16 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import Gauge
 from pydantic.json_schema import models_json_schema
 
-from pipeline.contracts import store_id
+from pipeline.contracts import CHALLENGER_STAGE, store_id
 from serving.errors import add_error_handlers
+from serving.live.judge import RollbackBounds
+from serving.live.routing import ROUTING_HEADER
+from serving.live.traffic import LiveOptions, LiveTraffic
 from serving.middleware.limits import RequestTimeoutMiddleware, keyed_protocol, prediction_protocol
 from serving.middleware.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware.request_id import RequestIdMiddleware
 from serving.middleware.security import ApiKeyMiddleware
+from serving.model.challenger import ChallengerHolder
 from serving.model.state import ActiveModel, BatchingOptions, ModelHolder
 from serving.prediction_log import PredictionLog
 from serving.protocols import kserve_v2, mlflow_scoring
@@ -58,11 +62,24 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
         )
         app.state.models = holder
+        challenger = _challenger_holder(settings, holder)
+        holder.follower = challenger
+        app.state.traffic = traffic = LiveTraffic(
+            challenger, _live_options(settings), metrics, prediction_log
+        )
         if prediction_log is not None:
             prediction_log.start()
         worker.clear()
         worker.labels(pid=str(os.getpid())).set(1)
         logger.info("Serving %s from %s", settings.model_ref, settings.tracking_uri)
+        if challenger is not None:
+            logger.info(
+                "Challenger mode %s%s: the version in %s of '%s', when there is one",
+                settings.challenger_mode,
+                f" at {settings.canary_percent:g}%" if settings.challenger_mode == "canary" else "",
+                CHALLENGER_STAGE,
+                challenger.ref.name,
+            )
         watcher = asyncio.create_task(holder.watch(), name="serving-model-watch")
         try:
             await asyncio.wait_for(holder.first_attempt.wait(), timeout=STARTUP_WAIT_SECONDS)
@@ -77,7 +94,10 @@ def create_app(settings: Settings) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await traffic.close()  # shadow predictions in flight finish and are logged
             await holder.close()
+            if challenger is not None:
+                await challenger.close()
             if prediction_log is not None:  # every request has handed its records over by now
                 await asyncio.to_thread(prediction_log.close)
 
@@ -121,6 +141,35 @@ def app_from_env() -> FastAPI:
     """uvicorn factory (``serving.app:app_from_env``): the app for settings read from the
     ``SERVING_*`` environment, built in each worker process."""
     return create_app(Settings())
+
+
+def _challenger_holder(settings: Settings, champion: ModelHolder) -> ChallengerHolder | None:
+    """The challenger's holder, unless the mode is off or the server serves Staging itself."""
+    ref = settings.model_ref
+    if settings.challenger_mode == "off" or (ref.kind == "stage" and ref.value == CHALLENGER_STAGE):
+        return None
+    return ChallengerHolder(
+        champion,
+        batching=BatchingOptions(
+            max_batch_size=settings.max_batch_size,
+            max_wait_seconds=settings.max_batch_wait_ms / 1000,
+        ),
+    )
+
+
+def _live_options(settings: Settings) -> LiveOptions:
+    return LiveOptions(
+        mode=settings.challenger_mode,
+        canary_percent=settings.canary_percent,
+        timeout_seconds=settings.challenger_timeout_seconds,
+        shadow_max_in_flight=settings.shadow_max_in_flight,
+        bounds=RollbackBounds(
+            max_error_excess=settings.canary_max_error_rate,
+            max_p99_ratio=settings.canary_max_p99_ratio,
+            window=settings.canary_window,
+            min_requests=settings.canary_min_requests,
+        ),
+    )
 
 
 def _prediction_log(settings: Settings) -> PredictionLog | None:
@@ -168,6 +217,7 @@ def _install_openapi(app: FastAPI) -> None:
                 + str(operation.get("description", ""))
             )
         _drop_unanswered_422(schema)
+        _declare_live_headers(schema)
         settings: Settings = app.state.settings
         if settings.api_key is not None:
             _require_bearer(schema)
@@ -187,6 +237,36 @@ def _drop_unanswered_422(schema: dict[str, Any]) -> None:
         for operation in operations.values():
             if _PROTOCOL_TAGS & set(operation.get("tags", ())):
                 operation.get("responses", {}).pop("422", None)
+
+
+_ROUTING_KEY = {
+    "name": ROUTING_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Canary mode: requests with the same key are answered by the same version "
+    "(default: the request id). See docs/live-serving.md.",
+}
+_MODEL_VERSION = {
+    "X-Model-Version": {
+        "description": "The registered model version that answered: the champion's, or the "
+        "challenger's for a canary request.",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _declare_live_headers(schema: dict[str, Any]) -> None:
+    """Declare X-Routing-Key on the prediction operations, and the X-Model-Version of their
+    answers."""
+    for path, operations in schema["paths"].items():
+        if prediction_protocol(path) is None:
+            continue
+        for operation in operations.values():
+            operation.setdefault("parameters", []).append(dict(_ROUTING_KEY))
+            answer = operation.setdefault("responses", {}).get("200")
+            if answer is not None:
+                answer.setdefault("headers", {}).update(_MODEL_VERSION)
 
 
 def _require_bearer(schema: dict[str, Any]) -> None:

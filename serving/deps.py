@@ -15,10 +15,12 @@ from serving.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from serving.live.routing import ROUTING_HEADER
+from serving.live.traffic import Answer, LiveTraffic
 from serving.middleware.metrics import ServingMetrics
 from serving.middleware.request_id import request_id
 from serving.model.domain import RowWarnings, flagged_columns
-from serving.model.inference import FramePredictions, PredictionRow, loads_json
+from serving.model.inference import FramePredictions, PredictionRow, Record, loads_json
 from serving.model.state import ActiveModel, ModelHolder
 from serving.model.store import LoadedModel
 from serving.prediction_log import PredictionLog
@@ -49,6 +51,29 @@ def log_predictions(
     log = get_prediction_log(request)
     if log is not None:
         log.log_predictions(request_id(request), loaded, inputs, outputs)
+
+
+async def predict_logged(
+    request: Request,
+    active: ActiveModel,
+    inputs: list[Record] | pd.DataFrame,
+    *,
+    proba: bool = True,
+    canary: bool = True,
+) -> Answer:
+    """Predict a request's validated records (or bulk frame) with the champion, or the
+    challenger beside it (shadow or canary, :mod:`serving.live.traffic`), and log every
+    version's answer under the request id. The answer says which version gave it;
+    ``canary`` false keeps it the champion's (a request that names the champion's version).
+
+    Raises:
+        PredictionFailedError: the champion failed on these inputs.
+    """
+    traffic: LiveTraffic = request.app.state.traffic
+    key = request.headers.get(ROUTING_HEADER) if traffic.mode == "canary" else None
+    return await traffic.predict(
+        request_id(request), active, inputs, proba=proba, routing_key=key, canary=canary
+    )
 
 
 def count_flags(request: Request, flags: RowWarnings) -> RowWarnings:

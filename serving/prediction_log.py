@@ -54,7 +54,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.contracts import (
+    CHAMPION_ROLE,
     FEEDBACK_DIR,
+    LIVE_COLUMNS,
     NUMERIC_TYPES,
     PREDICTIONS_DIR,
     TIMESTAMP,
@@ -124,8 +126,13 @@ class _Predictions(NamedTuple):
     timestamp: float
     model: LoadedModel
     inputs: Sequence[Mapping[str, Any]] | pd.DataFrame
-    outputs: Sequence[PredictionRow] | FramePredictions
+    outputs: Sequence[PredictionRow] | FramePredictions | None
+    """None when the version failed on the request (``error`` says why)."""
     rows: int
+    role: str = CHAMPION_ROLE
+    served: bool = True
+    latency_ms: float | None = None
+    error: str | None = None
 
 
 class _Labels(NamedTuple):
@@ -264,7 +271,9 @@ class PredictionLog:
         self._failed: dict[Kind, int] = dict.fromkeys(KINDS, 0)
         self._write_errors = 0
         self._parts_written = 0
-        self._parts: dict[tuple[Kind, str], _Part] = {}
+        # By kind, model name and role: champion and challenger rows of one model (whose
+        # columns may differ, e.g. other classes) grow parts of their own, side by side.
+        self._parts: dict[tuple[Kind, str, str], _Part] = {}
         self._closed: deque[_Part] = deque()  # full or old parts with rows not on disk yet
         self._dropping = False  # whether the last rows taken were dropped (held_rows reached)
         self._swept: set[Path] = set()
@@ -281,16 +290,37 @@ class PredictionLog:
         request_id: str,
         model: LoadedModel,
         inputs: Sequence[Mapping[str, Any]] | pd.DataFrame,
-        outputs: Sequence[PredictionRow] | FramePredictions,
+        outputs: Sequence[PredictionRow] | FramePredictions | None,
+        *,
+        role: str = CHAMPION_ROLE,
+        served: bool = True,
+        latency_ms: float | None = None,
+        error: str | None = None,
     ) -> bool:
-        """Queue one request's predictions: its records (or frame) and the model's answers,
-        one per row, as references. False when they were dropped (queue full)."""
+        """Queue one request's predictions by one version: its records (or frame) and the
+        model's answers, one per row, as references, with the live columns
+        (``contracts.LIVE_COLUMNS``): the version's ``role``, whether its answer was
+        ``served``, the model call's ``latency_ms``, and ``error`` (with ``outputs`` None)
+        when it failed. False when they were dropped (queue full)."""
         rows = len(inputs)
         if not self._fits(rows):
             self._dropped["prediction"] += rows
             return False
         self._queued += rows
-        self._queue.append(_Predictions(request_id, time.time(), model, inputs, outputs, rows))
+        self._queue.append(
+            _Predictions(
+                request_id,
+                time.time(),
+                model,
+                inputs,
+                outputs,
+                rows,
+                role,
+                served,
+                latency_ms,
+                error,
+            )
+        )
         return True
 
     def log_feedback(self, model_name: str, task: Task, labels: Sequence[FeedbackLabel]) -> bool:
@@ -428,6 +458,7 @@ class PredictionLog:
             first = run[0]
             kind: Kind = "prediction" if isinstance(first, _Predictions) else "feedback"
             name = first.model.name if isinstance(first, _Predictions) else first.model_name
+            role = first.role if isinstance(first, _Predictions) else ""
             rows = sum(item.rows for item in run)
             if not self._holds(held, rows):
                 self._dropped[kind] += rows
@@ -444,7 +475,7 @@ class PredictionLog:
                 )
                 continue
             held += rows
-            self._add(kind, name, table)
+            self._add(kind, name, role, table)
 
     def _holds(self, held: int, rows: int) -> bool:
         """Whether ``rows`` more fit beside the ``held`` rows not on disk yet; logs when
@@ -463,8 +494,8 @@ class PredictionLog:
                 )
         return fits
 
-    def _add(self, kind: Kind, model_name: str, table: pa.Table) -> None:
-        key = (kind, model_name)
+    def _add(self, kind: Kind, model_name: str, role: str, table: pa.Table) -> None:
+        key = (kind, model_name, role)
         part = self._parts.get(key)
         if part is not None and not part.schema.equals(table.schema):
             # A new model version with other columns: its rows start a part of their own.
@@ -481,7 +512,7 @@ class PredictionLog:
                 self._close_part(key, part)
                 part = None
 
-    def _close_part(self, key: tuple[Kind, str], part: _Part) -> None:
+    def _close_part(self, key: tuple[Kind, str, str], part: _Part) -> None:
         """No more rows for this part: the next start a new one; what it still holds in
         memory is written by :meth:`_write_closed` (not here: this runs while taking)."""
         if self._parts.get(key) is part:
@@ -600,27 +631,43 @@ def prediction_schema(model: LoadedModel) -> pa.Schema:
 
 
 def _runs(items: Sequence[_Item]) -> Iterator[list[Any]]:
-    """Consecutive items that make one table: predictions of one model object with inputs
-    of one form (records, or a single frame), or labels of one model name and task."""
-    run: list[Any] = []
+    """Items that make one table: records predicted by one model object (answered, or failed),
+    a single frame, or labels of one model name and task.
+
+    Records of the champion and the challenger arrive interleaved (shadow answers come in
+    between); they are gathered per model until a frame or labels come, so interleaving
+    does not cut them into tables of a row or two. With one model, runs stay in order.
+    """
+    groups: dict[tuple[int, bool], list[Any]] = {}
+    labels: list[_Labels] = []
     for item in items:
-        if run and _same_run(run[-1], item):
-            run.append(item)
+        if isinstance(item, _Labels):
+            if groups:
+                yield from groups.values()
+                groups = {}
+            if labels and not _same_labels(labels[-1], item):
+                yield labels
+                labels = []
+            labels.append(item)
             continue
-        if run:
-            yield run
-        run = [item]
-    if run:
-        yield run
+        if labels:
+            yield labels
+            labels = []
+        if not isinstance(item.inputs, pd.DataFrame):
+            groups.setdefault((id(item.model), item.outputs is None), []).append(item)
+            continue
+        if groups:
+            yield from groups.values()
+            groups = {}
+        yield [item]
+    if groups:
+        yield from groups.values()
+    if labels:
+        yield labels
 
 
-def _same_run(previous: _Item, item: _Item) -> bool:
-    if isinstance(previous, _Predictions) and isinstance(item, _Predictions):
-        frames = isinstance(previous.inputs, pd.DataFrame) or isinstance(item.inputs, pd.DataFrame)
-        return previous.model is item.model and not frames
-    if isinstance(previous, _Labels) and isinstance(item, _Labels):
-        return (previous.model_name, previous.task) == (item.model_name, item.task)
-    return False
+def _same_labels(previous: _Labels, item: _Labels) -> bool:
+    return (previous.model_name, previous.task) == (item.model_name, item.task)
 
 
 def _table(run: Sequence[Any]) -> pa.Table:
@@ -638,15 +685,48 @@ def _predictions_table(items: Sequence[_Predictions]) -> pa.Table:
         pa.repeat(pa.scalar(model.name, pa.string()), total),
         pa.repeat(pa.scalar(model.version, pa.string()), total),
     ]
+    schema = prediction_schema(model)
+    failed = items[0].outputs is None  # a run is all answers or all failures
     if isinstance(items[0].inputs, pd.DataFrame):  # a run holds one frame
         arrays += _frame_features(model, items[0].inputs)
-        arrays += _frame_outputs(model, items[0].outputs, total)  # type: ignore[arg-type]
+        if not failed:
+            arrays += _frame_outputs(model, items[0].outputs, total)  # type: ignore[arg-type]
     else:
         records = [record for item in items for record in item.inputs]
         arrays += _record_features(model, records)
-        rows = [row for item in items for row in item.outputs]  # type: ignore[union-attr]
-        arrays += _row_outputs(model, rows)
-    return pa.Table.from_arrays(arrays, schema=prediction_schema(model))
+        if not failed:
+            rows = [row for item in items for row in item.outputs]  # type: ignore[union-attr]
+            arrays += _row_outputs(model, rows)
+    if failed:  # no prediction, no probabilities: nulls of their types
+        outputs = schema.names.index("prediction")
+        arrays += [pa.nulls(total, f.type) for f in list(schema)[outputs : -len(LIVE_COLUMNS)]]
+    arrays += _live_columns(items, counts)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _live_columns(items: Sequence[_Predictions], counts: np.ndarray) -> list[pa.Array]:
+    """role, served, latency_ms and error (``contracts.LIVE_COLUMNS``): one value per item,
+    repeated over its rows."""
+    if len(items) == 1 or len({(i.role, i.served, i.error) for i in items}) == 1:
+        first, total = items[0], int(counts.sum())
+        arrays = [
+            pa.repeat(pa.scalar(first.role, pa.string()), total),
+            pa.repeat(pa.scalar(first.served, pa.bool_()), total),
+        ]
+        error = pa.repeat(pa.scalar(first.error, pa.string()), total)
+    else:
+        roles = np.repeat(np.array([i.role for i in items], dtype=object), counts)
+        arrays = [
+            pa.array(roles, pa.string()),
+            pa.array(np.repeat([i.served for i in items], counts), pa.bool_()),
+        ]
+        errors = np.repeat(np.array([i.error for i in items], dtype=object), counts)
+        error = pa.array(errors, pa.string())
+    latency = np.array(
+        [np.nan if i.latency_ms is None else i.latency_ms for i in items], dtype=np.float64
+    )
+    arrays += [_floats(np.repeat(latency, counts)), error]
+    return arrays
 
 
 def _labels_table(items: Sequence[_Labels]) -> pa.Table:

@@ -22,13 +22,14 @@ from serving.deps import (
     count_flags,
     decode_json,
     get_prediction_log,
-    log_predictions,
+    predict_logged,
     read_json_body,
     require_active,
 )
 from serving.errors import ErrorDetail, InvalidRequestError, PredictionLogUnavailableError
 from serving.feedback import parse_feedback
 from serving.limits import RequestLimits
+from serving.live.traffic import LiveTraffic
 from serving.middleware.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model.domain import frame_warnings, record_warnings, with_warnings
 from serving.model.inference import (
@@ -42,6 +43,7 @@ from serving.model.state import ActiveModel, ModelHolder
 from serving.model.store import LoadedModel
 from serving.schemas import (
     FEEDBACK_REQUEST_BODY,
+    ChallengerPublic,
     DegradedPublic,
     ErrorPublic,
     FeedbackPublic,
@@ -53,6 +55,7 @@ from serving.schemas import (
     PredictOnePublic,
     ReadyPublic,
     ReloadErrorPublic,
+    RollbackPublic,
 )
 from serving.settings import Settings
 
@@ -91,16 +94,14 @@ async def predict_records(request: Request) -> Response:
     # A large body could hold the event loop (and /health/live) while it is parsed.
     parsed = await asyncio.to_thread(parse) if len(body) > limits.offload_bytes else parse()
     if isinstance(parsed, pd.DataFrame):  # a bulk batch: checked column-wise, one frame
-        predictions = await active.predict_frame(parsed, proba=True)
-        log_predictions(request, active.loaded, parsed, predictions)
+        answer = await predict_logged(request, active, parsed)
         flags = count_flags(request, frame_warnings(active.loaded.domain, parsed))
-        rows = with_warnings(prediction_rows(active.loaded, predictions), flags)
-        return prediction_response(active.loaded, rows, True)
+        rows = with_warnings(prediction_rows(answer.loaded, answer.outputs), flags)
+        return prediction_response(answer.loaded, rows, True)
     records, is_batch = parsed
-    rows = await active.predict(records)
-    log_predictions(request, active.loaded, records, rows)
+    answer = await predict_logged(request, active, records)
     flags = count_flags(request, record_warnings(active.loaded.domain, records))
-    return prediction_response(active.loaded, with_warnings(rows, flags), is_batch)
+    return prediction_response(answer.loaded, with_warnings(answer.outputs, flags), is_batch)
 
 
 def _parse_predict(
@@ -192,22 +193,32 @@ async def live() -> LivePublic:
     },
     summary="A model is loaded and answering (degraded: the registry or a new version fails)",
 )
-async def ready(holder: HolderDep) -> ReadyPublic | DegradedPublic | JSONResponse:
+async def ready(request: Request, holder: HolderDep) -> ReadyPublic | DegradedPublic | JSONResponse:
     if holder.active is None:
         return JSONResponse(
             status_code=503, content=NotReadyPublic(reason=holder.reason).model_dump()
         )
     loaded = holder.active.loaded
     error = _reload_error(holder)
+    warnings = _challenger_warnings(request.app.state.traffic)
     if error is None:
-        return ReadyPublic(model_name=loaded.name, model_version=loaded.version)
+        return ReadyPublic(model_name=loaded.name, model_version=loaded.version, warnings=warnings)
     return DegradedPublic(
         model_name=loaded.name,
         model_version=loaded.version,
         reason=error.message,
         since=error.since,
         last_reload_error=error,
+        warnings=warnings,
     )
+
+
+def _challenger_warnings(traffic: LiveTraffic) -> list[str]:
+    """A rolled back, refused or failing challenger: said on /health/ready, still 200."""
+    holder = traffic.holder
+    if holder is None or holder.state not in ("rolled_back", "refused", "failed"):
+        return []
+    return [holder.reason]
 
 
 @router.get(
@@ -218,6 +229,8 @@ async def ready(holder: HolderDep) -> ReadyPublic | DegradedPublic | JSONRespons
 )
 async def metrics(request: Request) -> Response:
     registry: ServingMetrics = request.app.state.metrics
+    traffic: LiveTraffic = request.app.state.traffic
+    traffic.report_challenger()
     return Response(content=registry.render(), media_type=CONTENT_TYPE)
 
 
@@ -227,7 +240,7 @@ async def metrics(request: Request) -> Response:
     responses={503: _ERRORS[503]},
     summary="Which model answers: version, stage, run, inputs, classes, metrics",
 )
-async def model_info(active: ActiveModelDep, response: Response) -> ModelPublic:
+async def model_info(request: Request, active: ActiveModelDep, response: Response) -> ModelPublic:
     loaded = active.loaded
     response.headers["X-Model-Version"] = loaded.version
     return ModelPublic(
@@ -244,6 +257,34 @@ async def model_info(active: ActiveModelDep, response: Response) -> ModelPublic:
         classes=None if loaded.classes is None else list(loaded.classes),
         has_probabilities=loaded.has_proba,
         metrics=dict(loaded.metrics),
+        challenger=_challenger(request.app.state.traffic, request.app.state.metrics),
+    )
+
+
+def _challenger(traffic: LiveTraffic, metrics: ServingMetrics) -> ChallengerPublic | None:
+    holder = traffic.holder
+    if holder is None:
+        return None
+    state = holder.state
+    active = holder.active
+    rollback = holder.rollback
+    return ChallengerPublic(
+        mode=traffic.mode,
+        canary_percent=traffic.options.canary_percent,
+        state=state,
+        version=holder.version,
+        run_id=active.loaded.run_id if active is not None else None,
+        reason=None if state == "active" else holder.reason,
+        rollback=None
+        if rollback is None
+        else RollbackPublic(
+            version=rollback.version,
+            at=datetime.fromtimestamp(rollback.at, tz=UTC),
+            reason=rollback.reason,
+            recorded=rollback.recorded,
+        ),
+        agreement_rate=metrics.agreement_rate,
+        shadow_dropped=traffic.shadow_dropped,
     )
 
 

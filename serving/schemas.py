@@ -41,6 +41,13 @@ class ReloadErrorPublic(BaseModel):
     at: datetime = Field(description="When the latest attempt failed (UTC).")
 
 
+_WARNINGS: Any = Field(
+    default_factory=list,
+    description="What is wrong beside the champion, which keeps answering: the challenger's "
+    "canary rolled back (when and why), or a challenger that fails to load or is refused.",
+)
+
+
 class ReadyPublic(BaseModel):
     status: Literal["ready"] = "ready"
     model_name: str
@@ -48,6 +55,7 @@ class ReadyPublic(BaseModel):
     last_reload_error: None = Field(
         default=None, description="Always null when ready; see the degraded answer."
     )
+    warnings: list[str] = _WARNINGS
 
 
 class DegradedPublic(BaseModel):
@@ -60,6 +68,7 @@ class DegradedPublic(BaseModel):
     reason: str = Field(description="What failed, and what to do about it.")
     since: datetime = Field(description="Since when (UTC).")
     last_reload_error: ReloadErrorPublic
+    warnings: list[str] = _WARNINGS
 
 
 class NotReadyPublic(BaseModel):
@@ -71,6 +80,47 @@ class InputColumnPublic(BaseModel):
     name: str
     type: str = Field(description="MLflow type: double, long, string, boolean ...")
     required: bool
+
+
+class RollbackPublic(BaseModel):
+    version: str = Field(description="The challenger version no request goes to any more.")
+    at: datetime = Field(description="When it was rolled back (UTC).")
+    reason: str = Field(description="Why: its error rate or p99 latency against the champion's.")
+    recorded: bool = Field(
+        description="Whether the registry has the live.rollback tag on the version yet "
+        "(retried at every poll until it does)."
+    )
+
+
+class ChallengerPublic(BaseModel):
+    """The version in Staging (alias 'challenger') beside the champion."""
+
+    mode: Literal["off", "shadow", "canary"] = Field(
+        description="SERVING_CHALLENGER_MODE: shadow (answers logged, never returned), canary "
+        "(answers canary_percent of requests) or off."
+    )
+    canary_percent: float = Field(description="SERVING_CANARY_PERCENT (canary mode).")
+    state: Literal["none", "waiting", "loading", "active", "refused", "failed", "rolled_back"] = (
+        Field(
+            description="none: no version in Staging; waiting: for the champion; loading; "
+            "active: requests go to it; refused: its inputs differ from the champion's; "
+            "failed: it cannot be loaded; rolled_back: its canary was stopped."
+        )
+    )
+    version: str | None = Field(description="The version in Staging, loaded or not.")
+    run_id: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why no request goes to it, when none does."
+    )
+    rollback: RollbackPublic | None = None
+    agreement_rate: float | None = Field(
+        default=None,
+        description="Share of rows both versions answered alike (same label; values within 1% "
+        "for regressors), in this worker since it started.",
+    )
+    shadow_dropped: int = Field(
+        default=0, description="Requests not shadowed (too many in flight), in this worker."
+    )
 
 
 class ModelPublic(BaseModel):
@@ -85,6 +135,9 @@ class ModelPublic(BaseModel):
     classes: list[str | int | float | bool] | None
     has_probabilities: bool
     metrics: dict[str, float] = Field(description="Held-out test metrics of the training run.")
+    challenger: ChallengerPublic | None = Field(
+        default=None, description="The challenger beside this champion; null when mode is off."
+    )
 
 
 class FeedbackPublic(BaseModel):

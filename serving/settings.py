@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.contracts import FEEDBACK_DIR, PREDICTION_LOG_DIR, PREDICTIONS_DIR
@@ -16,6 +16,7 @@ from serving.model.ref import ModelRef, canonical_stage
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ChallengerMode = Literal["off", "shadow", "canary"]
 
 
 def _default_tracking_uri() -> str:
@@ -170,7 +171,69 @@ class Settings(BaseSettings):
         description="Most problems an error body lists; the rest are counted, not listed, so "
         "a bad request of 100,000 rows gets a small answer.",
     )
+    challenger_mode: ChallengerMode = Field(
+        default="shadow",
+        description="What the version in Staging (alias 'challenger') does beside the champion: "
+        "'shadow' predicts every request off the request path and only logs its answers "
+        "(clients always get the champion's), 'canary' answers SERVING_CANARY_PERCENT of "
+        "requests, 'off' does not load it. Shadow is the default: it never changes what a "
+        "client gets.",
+    )
+    canary_percent: float = Field(
+        default=10.0,
+        ge=0,
+        le=100,
+        description="Canary mode: share of requests (0 to 100) the challenger answers, chosen "
+        "by a stable hash of X-Routing-Key (else X-Request-ID), so a key always goes one way.",
+    )
+    challenger_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest a challenger prediction may take; beyond it the answer counts as "
+        "an error (a canary request is then answered by the champion).",
+    )
+    shadow_max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        description="Shadow mode: most requests waiting for the challenger at once; a request "
+        "beyond it is not shadowed (counted in serving_live_shadow_dropped_total).",
+    )
+    canary_max_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Canary rollback: the challenger is rolled back when its error rate over "
+        "the window exceeds the champion's by more than this (0 to 1).",
+    )
+    canary_max_p99_ratio: float = Field(
+        default=3.0,
+        ge=1,
+        description="Canary rollback: the challenger is rolled back when its p99 latency over "
+        "the window exceeds the champion's times this (at least 1).",
+    )
+    canary_window: int = Field(
+        default=500,
+        ge=10,
+        description="Canary rollback: the latest requests of each version the bounds are "
+        "judged on (at least 10).",
+    )
+    canary_min_requests: int = Field(
+        default=50,
+        ge=1,
+        description="Canary rollback: requests each version must have answered in the window "
+        "before the challenger is judged (at most SERVING_CANARY_WINDOW).",
+    )
     log_level: LogLevel = "INFO"
+
+    @model_validator(mode="after")
+    def _window_holds_the_minimum(self) -> Settings:
+        if self.canary_min_requests > self.canary_window:
+            raise ValueError(
+                f"SERVING_CANARY_MIN_REQUESTS ({self.canary_min_requests}) is larger than "
+                f"SERVING_CANARY_WINDOW ({self.canary_window}): the challenger would never be "
+                "judged. Lower the minimum or widen the window"
+            )
+        return self
 
     @field_validator("model_stage")
     @classmethod
@@ -235,7 +298,11 @@ def describe_errors(error: ValidationError) -> str:
 
 
 def _describe(problem: Any) -> str:
-    field = str(problem["loc"][0]) if problem["loc"] else ""
+    if not problem["loc"]:
+        # A rule across fields: its message names them; the input (every setting, the API
+        # key among them) is never shown.
+        return str(problem["msg"]).removeprefix("Value error, ") + "."
+    field = str(problem["loc"][0])
     info = Settings.model_fields.get(field)
     given = "" if field == "api_key" else f" (got {str(problem.get('input'))[:60]!r})"
     text = f"SERVING_{field.upper() or '*'}: {problem['msg']}{given}."

@@ -17,6 +17,7 @@ from typing import Any
 from bench.serving.calibrate import calibrate, stub_main
 from bench.serving.ceiling import ceiling_lines, ceiling_main, measure_ceiling
 from bench.serving.console import log
+from bench.serving.live import bench_live, live_lines
 from bench.serving.load import GENERATORS
 from bench.serving.machine import machine_facts
 from bench.serving.measure import ServerRun, bench_server
@@ -31,6 +32,7 @@ _QUICK_DEFAULTS = {
     "warmup": (5.0, 1.0),
     "bulk_requests": (10, 2),
     "bulk_warmup": (2, 1),
+    "live_requests": (10_000, 2_000),
 }
 
 
@@ -131,6 +133,22 @@ def _parser() -> argparse.ArgumentParser:
         help="also run ours with SERVING_WORKERS=2 (row 'ours-2w') and print its throughput "
         "against one worker",
     )
+    live = parser.add_mutually_exclusive_group()
+    live.add_argument(
+        "--live-only",
+        action="store_true",
+        help="only the champion-and-challenger figures (shadow cost, canary share, errors "
+        "with a failing challenger): about 2 minutes",
+    )
+    live.add_argument(
+        "--no-live", action="store_true", help="skip the champion-and-challenger figures"
+    )
+    parser.add_argument(
+        "--live-requests",
+        type=int,
+        help="requests of the canary share measurement (10,000; --quick 2,000); the failing "
+        "challenger gets a tenth of them, at least 200",
+    )
     parser.add_argument(
         "--no-ceiling",
         action="store_true",
@@ -181,6 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"machine": facts, "calibration": results}, indent=2))
         return 0
+    if args.live_only:
+        figures = bench_live(args, X_train, y_train, data)
+        print("\n".join(live_lines(figures)), flush=True)
+        if args.json:
+            document = {"machine": facts, "live": figures.to_json()}
+            args.json.write_text(json.dumps(document, indent=2))
+        return 0 if figures.failing_client_errors == 0 else 1
     runs = _bench_all(args, X_train, y_train, data)
     ceiling = None if args.mlflow_only or args.no_ceiling else measure_ceiling(args, data)
     ours = [
@@ -190,8 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(report(facts, runs, args), flush=True)
     print("\n".join(ceiling_lines(ours, ceiling)), flush=True)
+    live = None if args.no_live or args.mlflow_only else bench_live(args, X_train, y_train, data)
+    if live is not None:
+        print("\n".join(live_lines(live)), flush=True)
     if args.json:
         write_json(args.json, facts, runs, args)
+        if live is not None:
+            document = json.loads(args.json.read_text())
+            document["live"] = live.to_json()
+            args.json.write_text(json.dumps(document, indent=2))
         log(f"wrote {args.json}")
     failed = [run for run in runs if not run.started or run.failure]
     return 1 if failed else 0

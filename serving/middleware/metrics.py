@@ -20,6 +20,19 @@ worker's own:
 - ``serving_model_fault{type}``: 1 for the kind of that fault (``registry_unavailable``,
   ``model_artifact_error``, ...), no series while there is none.
 
+Champion and challenger on live traffic (see :mod:`serving.live.traffic`), ``role`` being
+``champion`` or ``challenger`` (a bounded set):
+
+- ``serving_live_predictions_total{role, outcome}``: requests each version predicted
+  (answered or shadowed), ``outcome`` ``ok``, ``error`` or ``timeout``.
+- ``serving_live_model_seconds{role}``: each version's model time per request (answers only).
+- ``serving_live_shadow_dropped_total``: requests not shadowed, too many were in flight.
+- ``serving_live_compared_rows_total`` and ``serving_live_agreed_rows_total``: rows both
+  versions answered, and those they agreed on (same label; values within 1% for regressors);
+  ``serving_live_agreement_ratio``: their ratio in this worker since it started.
+- ``serving_challenger_info{name, version, mode}``: 1 for the challenger loaded beside the
+  champion; ``serving_challenger_rolled_back``: 1 while its canary is rolled back.
+
 With the prediction log on (see :mod:`serving.prediction_log`), ``kind`` being ``prediction``
 or ``feedback``:
 
@@ -147,6 +160,53 @@ class ServingMetrics:
             ("column",),
             registry=self.shared,
         )
+        self.live_predictions = Counter(
+            "serving_live_predictions",
+            "Requests each version (role) predicted, answered or shadowed, by outcome.",
+            ("role", "outcome"),
+            registry=self.shared,
+        )
+        self.live_seconds = Histogram(
+            "serving_live_model_seconds",
+            "Model time per request, by version role (answers only).",
+            ("role",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.shared,
+        )
+        self.shadow_dropped = Counter(
+            "serving_live_shadow_dropped",
+            "Requests not shadowed: SERVING_SHADOW_MAX_IN_FLIGHT were waiting already.",
+            registry=self.shared,
+        )
+        self.compared_rows = Counter(
+            "serving_live_compared_rows",
+            "Rows both champion and challenger answered.",
+            registry=self.shared,
+        )
+        self.agreed_rows = Counter(
+            "serving_live_agreed_rows",
+            "Rows both answered alike (same label; values within 1% for regressors).",
+            registry=self.shared,
+        )
+        self._compared = 0
+        self._agreed = 0
+        agreement = Gauge(
+            "serving_live_agreement_ratio",
+            "Share of compared rows champion and challenger agreed on, in this worker.",
+            registry=self.registry,
+        )
+        agreement.set_function(lambda: self.agreement_rate or 0.0)
+        self.challenger_info = Gauge(
+            "serving_challenger_info",
+            "1 for the challenger version loaded beside the champion, with its mode.",
+            ("name", "version", "mode"),
+            registry=self.registry,
+        )
+        self.challenger_rolled_back = Gauge(
+            "serving_challenger_rolled_back",
+            "1 while the challenger's canary is rolled back (see /health/ready).",
+            registry=self.registry,
+        )
         self._queue_depth: Callable[[], int] = lambda: 0
         self._children: dict[tuple[str, str, int], tuple[Any, Any | None]] = {}
 
@@ -187,6 +247,32 @@ class ServingMetrics:
         counter.inc()
         if histogram is not None:
             histogram.observe(seconds)
+
+    def live_outcome(self, role: str, outcome: str, seconds: float | None) -> None:
+        """One version's outcome on one request (``ok``, ``error`` or ``timeout``)."""
+        self.live_predictions.labels(role=role, outcome=outcome).inc()
+        if seconds is not None:
+            self.live_seconds.labels(role=role).observe(seconds)
+
+    def agreement(self, compared: int, agreed: int) -> None:
+        self._compared += compared
+        self._agreed += agreed
+        self.compared_rows.inc(compared)
+        self.agreed_rows.inc(agreed)
+
+    @property
+    def agreement_rate(self) -> float | None:
+        """Share of compared rows both versions agreed on in this worker; None before any."""
+        return self._agreed / self._compared if self._compared else None
+
+    def challenger(
+        self, name: str | None, version: str | None, mode: str, rolled_back: bool
+    ) -> None:
+        """The challenger loaded now (None: none is), and whether its canary is rolled back."""
+        self.challenger_info.clear()
+        if name is not None and version is not None:
+            self.challenger_info.labels(name=name, version=version, mode=mode).set(1)
+        self.challenger_rolled_back.set(1 if rolled_back else 0)
 
     def count_outside_domain(self, columns: Iterable[str]) -> None:
         """Count flagged values; ``columns`` are the model's inputs (a bounded label set)."""

@@ -178,6 +178,8 @@ class ModelHolder:
         self._asking: asyncio.Future[Any] | None = None
         self._asking_since = 0.0
         self._answered_once = False
+        self.follower: ModelHolder | None = None
+        """Refreshed on this holder's poll, right after it (the challenger's holder)."""
         if metrics is not None:
             metrics.watch_queue(lambda: self.queue_depth)
 
@@ -193,13 +195,22 @@ class ModelHolder:
         with bounded_mlflow_calls(self.registry_deadline):
             while True:
                 try:
-                    await self.refresh()
-                except Exception as exc:  # a bug or a failure no domain error describes yet
-                    error = ModelLoadError(f"Refreshing {self.ref} failed unexpectedly: {exc}")
-                    self._failed(None, error, cause=exc)
+                    await self.refresh_safely()
+                    if self.follower is not None:
+                        # The challenger, on the same poll, after the champion: it is judged
+                        # against the champion just resolved.
+                        await self.follower.refresh_safely()
                 finally:
                     self.first_attempt.set()
                 await asyncio.sleep(self.poll_seconds)
+
+    async def refresh_safely(self) -> None:
+        """:meth:`refresh`, with a failure no domain error describes reported as a fault."""
+        try:
+            await self.refresh()
+        except Exception as exc:  # a bug or a failure no domain error describes yet
+            error = ModelLoadError(f"Refreshing {self.ref} failed unexpectedly: {exc}")
+            self._failed(None, error, cause=exc)
 
     async def refresh(self) -> bool:
         """Load the referenced model if none is loaded or a newer one is designated.

@@ -33,6 +33,7 @@ from mlflow.types.schema import DataType
 from sklearn.base import is_classifier
 
 from pipeline.contracts import (
+    CANARY_ROLLBACK_TAG,
     COLUMN_TYPES,
     HELD_OUT_PREFIX,
     STORE_LOCK_SUFFIX,
@@ -80,6 +81,8 @@ class ResolvedVersion:
     stage: str | None
     aliases: tuple[str, ...]
     run_id: str | None
+    rollback: str | None = None
+    """The version's canary rollback tag (``contracts.CANARY_ROLLBACK_TAG``), if a server set it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +128,21 @@ def resolve_version(ref: ModelRef, tracking_uri: str) -> ResolvedVersion:
         stage=version.current_stage,
         aliases=tuple(version.aliases or ()),
         run_id=version.run_id,
+        rollback=(version.tags or {}).get(CANARY_ROLLBACK_TAG),
+    )
+
+
+def set_rollback_tag(tracking_uri: str, name: str, version: str, value: str) -> None:
+    """Record on the registry that the canary of ``name`` ``version`` was rolled back, and why.
+
+    Raises:
+        RegistryUnavailableError: the registry could not be reached (the caller retries).
+        ModelLoadError: the registry refused the write.
+    """
+    client = _client(tracking_uri)
+    _registry_call(
+        tracking_uri,
+        lambda: client.set_model_version_tag(name, version, CANARY_ROLLBACK_TAG, value),
     )
 
 

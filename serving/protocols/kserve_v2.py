@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES, NUMERIC_TYPES
-from serving.deps import count_flags, is_json_media_type, log_predictions, shown_header
+from serving.deps import count_flags, is_json_media_type, predict_logged, shown_header
 from serving.errors import InvalidRequestError
 from serving.limits import LimitExceededError, RequestLimits, check_columns, check_rows
 from serving.middleware.request_id import adopt_request_id
@@ -733,18 +733,20 @@ async def version_infer(request: Request, name: str, version: str) -> Response:
 
 
 async def _predict(
-    request: Request, predictor: Predictor, inputs: list[Record] | pd.DataFrame
-) -> tuple[Answers, RowWarnings]:
-    """Predict records through the batcher, or a bulk frame in one model call; logged."""
+    request: Request, predictor: Predictor, inputs: list[Record] | pd.DataFrame, *, pinned: bool
+) -> tuple[LoadedModel, Answers, RowWarnings]:
+    """Predict records through the batcher, or a bulk frame in one model call, with the
+    champion or the challenger beside it (never when the request is ``pinned`` to the
+    champion's version); logged. Returns the version that answered."""
     loaded = predictor.loaded
+    answer = await predict_logged(
+        request, predictor.active, inputs, proba=loaded.has_proba, canary=not pinned
+    )
     if isinstance(inputs, pd.DataFrame):
-        predictions = await predictor.active.predict_frame(inputs, proba=loaded.has_proba)
-        log_predictions(request, loaded, inputs, predictions)
         flags = count_flags(request, frame_warnings(loaded.domain, inputs))
-        return frame_answers(predictions), flags
-    rows = await predictor.predict_rows(inputs)
-    log_predictions(request, loaded, inputs, rows)
-    return row_answers(loaded, rows), count_flags(request, record_warnings(loaded.domain, inputs))
+        return answer.loaded, frame_answers(answer.outputs), flags
+    flags = count_flags(request, record_warnings(loaded.domain, inputs))
+    return answer.loaded, row_answers(answer.loaded, answer.outputs), flags
 
 
 async def _infer(
@@ -772,7 +774,9 @@ async def _infer(
     # The body's id names the request in the log too, unless an X-Request-ID header did.
     request_id = adopt_request_id(request, payload.get("id"))
     try:
-        answers, flags = await _predict(request, predictor, records)
+        answered_by, answers, flags = await _predict(
+            request, predictor, records, pinned=version is not None
+        )
     except InvalidRequestError as exc:
         raise InferError(400, exc.message) from exc
     except Exception as exc:
@@ -782,10 +786,10 @@ async def _infer(
         ) from exc
     given = payload.get("id")
     body_out = infer_response(
-        loaded, answers, outputs, given if given is not None else request_id, flags
+        answered_by, answers, outputs, given if given is not None else request_id, flags
     )
     return Response(
         orjson.dumps(body_out),
         media_type="application/json",
-        headers={"X-Model-Version": loaded.version},
+        headers={"X-Model-Version": answered_by.version},
     )

@@ -33,7 +33,7 @@ from mlflow.version import VERSION as MLFLOW_VERSION
 from pydantic import BaseModel, Field
 
 from pipeline.contracts import NUMERIC_TYPES
-from serving.deps import count_flags, get_prediction_log, log_predictions
+from serving.deps import count_flags, get_prediction_log, predict_logged
 from serving.errors import InvalidRequestError
 from serving.limits import (
     LimitExceededError,
@@ -848,16 +848,13 @@ async def invocations(request: Request, predictor: PredictorDep) -> Response:
     # Probabilities are not part of the answer, but the prediction log records them.
     proba = get_prediction_log(request) is not None and predictor.loaded.has_proba
     try:
+        answer = await predict_logged(request, active, parsed, proba=proba)
         if isinstance(parsed, pd.DataFrame):
-            predictions = await active.predict_frame(parsed, proba=proba)
-            log_predictions(request, predictor.loaded, parsed, predictions)
             flags = count_flags(request, frame_warnings(predictor.loaded.domain, parsed))
-            content = predictions_json(predictions.outputs, flags)
+            content = predictions_json(answer.outputs.outputs, flags)
         else:
-            rows = await predictor.predict_rows(parsed)
-            log_predictions(request, predictor.loaded, parsed, rows)
             flags = count_flags(request, record_warnings(predictor.loaded.domain, parsed))
-            content = orjson.dumps(format_predictions(predictor.typed(rows), flags))
+            content = orjson.dumps(format_predictions(predictor.typed(answer.outputs), flags))
     except InvalidRequestError as exc:
         raise ScoringError(400, BAD_REQUEST, exc.message) from exc
     except Exception as exc:
@@ -874,7 +871,7 @@ async def invocations(request: Request, predictor: PredictorDep) -> Response:
     return Response(
         content,
         media_type=CONTENT_TYPE_JSON,
-        headers={"X-Model-Version": predictor.loaded.version},
+        headers={"X-Model-Version": answer.loaded.version},
     )
 
 

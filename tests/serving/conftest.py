@@ -80,7 +80,7 @@ def _mixed() -> tuple[pd.DataFrame, np.ndarray]:
     return features, y
 
 
-def _pipeline(features: pd.DataFrame, estimator: Any) -> Pipeline:
+def _pipeline(features: pd.DataFrame, estimator: Any, *, unknown: str = "ignore") -> Pipeline:
     numeric = [c for c in features.columns if features[c].dtype.kind in "if"]
     categorical = [c for c in features.columns if c not in numeric]
     steps = [
@@ -97,7 +97,7 @@ def _pipeline(features: pd.DataFrame, estimator: Any) -> Pipeline:
                 Pipeline(
                     [
                         ("impute", SimpleImputer(strategy="most_frequent")),
-                        ("onehot", OneHotEncoder(handle_unknown="ignore")),
+                        ("onehot", OneHotEncoder(handle_unknown=unknown)),
                     ]
                 ),
                 categorical,
@@ -237,6 +237,28 @@ def sparse_iris(store: TinyStore) -> TinyModel:
     model = _log(store, features, y, estimator)
     store.register("sparse-iris", model, production=True)
     return model
+
+
+@pytest.fixture(scope="session")
+def strict_mixed(store: TinyStore) -> TinyModel:
+    """A model with the 'mixed' inputs that fails for real on any request for the city
+    'nice': trained without it, with a one-hot encoder that raises on unknown categories. Its
+    logged input example has no 'nice', so it loads and warms up like any model."""
+    features, y = _mixed()
+    features = features.copy()
+    features["city"] = features["city"].replace("nice", "lyon")
+    estimator = _pipeline(
+        features, RandomForestClassifier(n_estimators=5, random_state=1), unknown="error"
+    )
+    return _log(store, features, y, estimator)
+
+
+@pytest.fixture(scope="session")
+def slow_iris(store: TinyStore) -> TinyModel:
+    """An iris forest of 1,000 trees: about 50 ms per call, fifty times the logistic model."""
+    features, y = _iris()
+    estimator = _pipeline(features, RandomForestClassifier(n_estimators=1000, random_state=0))
+    return _log(store, features, y, estimator)
 
 
 def log_broken_model(store: TinyStore) -> TinyModel:

@@ -5,6 +5,7 @@ namespace package)."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, Final
 
 import mlflow
 import pandas as pd
+import pyarrow.dataset as ds
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -80,8 +82,34 @@ class TinyStore:
             )
         self.client.set_registered_model_alias(name, "champion", version)
 
+    def stage_challenger(self, name: str, version: str) -> None:
+        """Put ``version`` in Staging with the ``challenger`` alias, as ``gate.live`` does."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.client.transition_model_version_stage(
+                name, version, "Staging", archive_existing_versions=True
+            )
+        self.client.set_registered_model_alias(name, "challenger", version)
+
     def settings(self, **overrides: Any) -> Settings:
         """Settings pointing at this store; keyword arguments override the rest."""
         values: dict[str, Any] = {"tracking_uri": self.tracking_uri, "poll_seconds": 0.05}
         values.update(overrides)
         return Settings(**values)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail (saying ``what``) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what or "the condition never held"
+        time.sleep(0.05)
+
+
+def read_predictions(log_dir: Path, model_name: str) -> pd.DataFrame:
+    """Every prediction row the log holds for ``model_name`` (all parts, both roles)."""
+    directory = log_dir / model_name / "predictions"
+    if not directory.is_dir() or not list(directory.glob("part-*.parquet")):
+        return pd.DataFrame()
+    table = ds.dataset(sorted(directory.glob("part-*.parquet")), format="parquet").to_table()
+    return table.to_pandas()

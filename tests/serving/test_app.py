@@ -138,6 +138,7 @@ def test_health_ready_names_the_loaded_model(iris: TestClient) -> None:
         "model_name": "iris",
         "model_version": "1",
         "last_reload_error": None,
+        "warnings": [],
     }
 
 

@@ -56,6 +56,25 @@ def test_v2_routes_declare_only_the_parameters_of_their_path(document: dict[str,
             continue
         for operation in operations.values():
             declared = {(p["name"], p["in"]) for p in operation.get("parameters", [])}
+            declared.discard(("X-Routing-Key", "header"))  # the inference routes' canary key
             in_path = {(part.strip("{}"), "path") for part in path.split("/") if part[:1] == "{"}
             assert declared == in_path, path
             assert "404" in operation["responses"] or "{" not in path, path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/predict",
+        "/invocations",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    ],
+)
+def test_prediction_routes_declare_the_routing_key_and_the_answering_version(
+    document: dict[str, Any], path: str
+) -> None:
+    operation = document["paths"][path]["post"]
+    routing = [p for p in operation["parameters"] if p["name"] == "X-Routing-Key"]
+    assert routing and routing[0]["in"] == "header" and routing[0]["required"] is False
+    assert "X-Model-Version" in operation["responses"]["200"]["headers"]

@@ -103,7 +103,7 @@ def test_a_request_is_written_with_the_contract_columns_and_the_model_answers(
     probas = [f"proba.{c}" for c in iris.classes or ()]
     assert table.column_names == [
         "request_id", "row", "timestamp", "model_name", "model_version",
-        *features, "prediction", *probas,
+        *features, "prediction", *probas, "role", "served", "latency_ms", "error",
     ]  # fmt: skip
     assert table.schema.field("timestamp").type == TIMESTAMP
     frame = table.to_pandas()
@@ -118,6 +118,9 @@ def test_a_request_is_written_with_the_contract_columns_and_the_model_answers(
         assert frame[f"feature.{column}"].tolist() == [r[column] for r in records]
     assert frame["timestamp"].dt.tz is not None
     assert frame["timestamp"].nunique() == 1
+    assert frame["role"].tolist() == ["champion"] * 3
+    assert frame["served"].tolist() == [True] * 3
+    assert frame["error"].isna().all() and frame["latency_ms"].isna().all()
 
 
 def test_a_regressor_logs_its_value_as_a_float_and_no_probabilities(
@@ -550,3 +553,44 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_champion_and_challenger_answers_interleaved_are_written_with_their_live_columns(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    champion, challenger = models["iris"], models["iris_svc"]  # other columns: no probabilities
+    records = records_of(store, "iris", [0, 60])
+    log = make_log()
+    for rid in ("a", "b", "c"):
+        log.log_predictions(rid, champion, records, predict_rows(champion, records), latency_ms=2.0)
+        log.log_predictions(
+            rid,
+            challenger,
+            records,
+            predict_rows(challenger, records),
+            role="challenger",
+            served=False,
+            latency_ms=3.5,
+        )
+    log.log_predictions(
+        "d", challenger, records, None, role="challenger", served=False, error="Boom: no"
+    )
+    log.close()
+
+    written = parts(log.log_dir, "iris")
+    assert len(written) == 2, "one part per role, not one per alternation"
+    frame = read(written)
+    assert len(frame) == 14
+    first = frame[frame["role"] == "champion"]
+    second = frame[frame["role"] == "challenger"]
+    assert first["served"].all() and (first["latency_ms"] == 2.0).all()
+    assert set(first["model_version"]) == {"1"} and set(second["model_version"]) == {"2"}
+    answered = second[second["error"].isna()]
+    assert not answered["served"].any() and (answered["latency_ms"] == 3.5).all()
+    assert {(r.request_id, r.row) for r in answered.itertuples()} == {
+        (r.request_id, r.row) for r in first.itertuples()
+    }
+    failed = second[second["request_id"] == "d"]
+    assert failed["error"].tolist() == ["Boom: no"] * 2
+    assert failed["prediction"].isna().all() and failed["latency_ms"].isna().all()
+    assert failed["feature.sepal length (cm)"].notna().all(), "the inputs are kept"

@@ -74,6 +74,7 @@ def test_python_m_serving_answers_predictions_over_http(store: TinyStore, tmp_pa
                 "model_name": "iris",
                 "model_version": "1",
                 "last_reload_error": None,
+                "warnings": [],
             }
 
             row = store.models["iris"].features.iloc[100].to_dict()

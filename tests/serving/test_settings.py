@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.model.ref import ModelRef
-from serving.settings import Settings
+from serving.settings import Settings, describe_errors
 
 
 def test_settings_have_documented_defaults() -> None:
@@ -163,3 +163,59 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_live_traffic_settings_default_to_shadow_with_documented_bounds() -> None:
+    settings = Settings()
+    assert settings.challenger_mode == "shadow"
+    assert settings.canary_percent == 10.0
+    assert settings.challenger_timeout_seconds == 1.0
+    assert settings.shadow_max_in_flight == 256
+    assert (settings.canary_max_error_rate, settings.canary_max_p99_ratio) == (0.05, 3.0)
+    assert (settings.canary_window, settings.canary_min_requests) == (500, 50)
+
+
+def test_live_traffic_settings_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVING_CHALLENGER_MODE", "canary")
+    monkeypatch.setenv("SERVING_CANARY_PERCENT", "2.5")
+    monkeypatch.setenv("SERVING_CANARY_WINDOW", "200")
+    settings = Settings()
+    assert (settings.challenger_mode, settings.canary_percent) == ("canary", 2.5)
+    assert settings.canary_window == 200
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragments"),
+    [
+        ("SERVING_CHALLENGER_MODE", "mirror", ("SERVING_CHALLENGER_MODE", "'off', 'shadow'")),
+        ("SERVING_CANARY_PERCENT", "150", ("SERVING_CANARY_PERCENT", "less than or equal to 100")),
+        ("SERVING_CANARY_PERCENT", "-1", ("SERVING_CANARY_PERCENT", "greater than or equal to 0")),
+        ("SERVING_CANARY_MAX_P99_RATIO", "0.5", ("SERVING_CANARY_MAX_P99_RATIO", "at least 1")),
+        ("SERVING_CHALLENGER_TIMEOUT_SECONDS", "0", ("SERVING_CHALLENGER_TIMEOUT_SECONDS",)),
+    ],
+)
+def test_bad_live_traffic_settings_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragments: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = describe_errors(caught.value)
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_a_minimum_larger_than_the_window_is_refused_saying_which_to_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVING_API_KEY", "secret-key")
+    with pytest.raises(ValidationError) as caught:
+        Settings(canary_window=20, canary_min_requests=50)
+    message = describe_errors(caught.value)
+    assert message == (
+        "SERVING_CANARY_MIN_REQUESTS (50) is larger than SERVING_CANARY_WINDOW (20): the "
+        "challenger would never be judged. Lower the minimum or widen the window."
+    )
+    assert "secret-key" not in message

@@ -11,6 +11,7 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
+from serving.model.state import ActiveModel
 from serving.protocols import mlflow_scoring
 from serving.protocols.deps import Predictor, current_predictor
 from tests.serving.factories import MakeClient, TinyStore
@@ -232,14 +233,15 @@ def test_model_failure_is_a_500_without_traceback(
 ) -> None:
     client = make_client("iris")
 
-    class Failing(Predictor):
-        async def predict_rows(self, records: Any) -> Any:
+    class Failing(ActiveModel):
+        async def predict(self, records: Any) -> Any:
             raise RuntimeError("boom inside the model")
 
     def failing(request: Request) -> Predictor:
         predictor = current_predictor(request)
         assert predictor is not None
-        return Failing(active=predictor.active)
+        active = predictor.active
+        return Predictor(active=Failing(active.loaded, active.requests, active.batcher))
 
     client.app.dependency_overrides[current_predictor] = failing  # type: ignore[attr-defined]
     response = post(client, {"dataframe_split": rows.to_dict(orient="split")})
