@@ -27,7 +27,7 @@ export SERVING_PORT ?= $(PORT)
 
 .PHONY: help venv lock run pipeline serve ui test test-fast lint format clean bench-serving \
 	bench-cli bench-monitor bench-registry bench-prediction-log bench-score bench-pipeline \
-	bench-hostile bench-drift tracking-server monitor retrain
+	bench-hostile bench-drift tracking-server monitor retrain replay live-compare live-gate
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -150,6 +150,19 @@ monitor: $(STAMP) ## drift and performance of CONFIG's Production model (drift: 
 
 retrain: $(STAMP) ## monitor, and on drift retrain with the labelled production rows and gate
 	@$(BIN)/python -m pipeline retrain --config $(CONFIG) || { $(call NEEDS_ACTION,drift found but no labels to retrain on: send labels (README)); }
+
+# Champion and challenger on live traffic (README): rehearse with held-out rows, compare, decide.
+replay: $(STAMP) ## send CONFIG's held-out rows to the running server, then their labels
+	$(BIN)/python -m pipeline replay --config $(CONFIG) --url http://$(HOST):$(PORT)
+
+live-compare: $(STAMP) ## champion vs challenger on the logged live traffic of CONFIG's model
+	$(BIN)/python -m pipeline live-compare --config $(CONFIG)
+
+live-gate: $(STAMP) ## promote or reject the challenger on live evidence (rejected: exit 10, waiting: exit 20)
+	@$(BIN)/python -m pipeline live-gate --config $(CONFIG) || { status=$$?; \
+		[ $$status != 10 ] || echo "exit status 10: the challenger was rejected; make exits 2" >&2; \
+		[ $$status != 20 ] || echo "exit status 20: not enough live evidence yet; make exits 2" >&2; \
+		exit $$status; }
 
 tracking-server: $(STAMP) ## a team tracking server: mlflow server on PostgreSQL, proxied artifacts
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false deploy/tracking-server.sh

@@ -181,9 +181,14 @@ def _cmd_promote(args: argparse.Namespace) -> int:
         args.name,
         args.version,
         args.reason,
+        stage=args.stage,
         allow_schema_change=args.allow_schema_change == "true",
     )
-    print(f"{args.name}: Production is now version {event.to_version} (was {event.from_version})")
+    role = "" if args.stage == "Production" else " (the challenger)"
+    print(
+        f"{args.name}: {args.stage} is now version {event.to_version}{role} "
+        f"(was {event.from_version or 'none'})"
+    )
     return 0
 
 
@@ -198,16 +203,13 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.registry import production
+    from pipeline.registry import commands, production
 
     events = production.history(MlflowClient(), args.name)
     if not events:
-        print(f"{args.name}: Production has never changed")
+        print(f"{args.name}: Production and Staging have never changed")
         return 0
-    rows = [("time", "action", "from", "to", "actor", "reason")] + [
-        (e.time, e.action, e.from_version or "-", e.to_version, e.actor, e.reason) for e in events
-    ]
-    _print_table(rows)
+    _print_table(commands.history_rows(events))
     return 0
 
 
@@ -248,6 +250,60 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     print(result.summary())
     # A distinct status, not an error: schedulers branch on it (`monitor || retrain`).
     return NEEDS_ACTION_EXIT if result.needs_action else 0
+
+
+# live-gate's statuses: a scheduler branches on them (`live-gate; case $? in ...`).
+LIVE_EXIT_HELP = (
+    "exit 0: promoted to Production; 10: rejected (archived); 20: not enough evidence yet "
+    "(nothing changed); 1-4: errors (1 pipeline/MLflow, 2 config, 3 log, 4 registry)"
+)
+
+
+def _cmd_live_compare(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.monitoring import live_compare
+    from pipeline.tracking import launcher_run_in, point_launcher_to
+
+    config = load_config(args.config)
+    launcher_id = launcher_run_in(args.launcher_run_id, config.monitoring_experiment)
+    found = live_compare.run(config, since=args.since, until=args.until, run_id=launcher_id)
+    if launcher_id is None:
+        point_launcher_to(args.launcher_run_id, found.run_id)
+    print(
+        f"live-compare {found.model_name}: challenger v{found.challenger.version} vs champion "
+        f"v{found.champion.version}"
+    )
+    print("\n".join([*found.lines(), f"run_id={found.run_id}"]))
+    return 0
+
+
+def _cmd_live_gate(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.monitoring import live_gate
+    from pipeline.tracking import launcher_run_in, point_launcher_to
+
+    config = load_config(args.config)
+    launcher_id = launcher_run_in(args.launcher_run_id, config.monitoring_experiment)
+    result = live_gate.run(config, since=args.since, until=args.until, run_id=launcher_id)
+    if launcher_id is None and result.comparison is not None:
+        point_launcher_to(args.launcher_run_id, result.comparison.run_id)
+    print("\n".join(result.lines()))
+    return result.exit_code
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.monitoring import replay
+
+    settings = replay.ReplaySettings(
+        url=args.url,
+        rows=args.rows,
+        concurrency=args.concurrency,
+        api_key=os.environ.get("SERVING_API_KEY") or None,
+    )
+    result = replay.run(load_config(args.config), settings)
+    print("\n".join(replay.describe(result)))
+    return 0
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
@@ -457,6 +513,12 @@ def _parser() -> argparse.ArgumentParser:
     promote_cmd.add_argument("--version", required=True)
     promote_cmd.add_argument("--reason", help="why, for the promotion history")
     promote_cmd.add_argument(
+        "--stage",
+        choices=("Production", "Staging"),
+        default="Production",
+        help="Production (the champion, default) or Staging (the challenger live-gate judges)",
+    )
+    promote_cmd.add_argument(
         "--allow-schema-change",
         nargs="?",
         const="true",
@@ -467,7 +529,7 @@ def _parser() -> argparse.ArgumentParser:
     rollback_cmd = step("rollback", _cmd_rollback, "return to the previous Production", False)
     rollback_cmd.add_argument("--name", required=True, help="registered model name")
     rollback_cmd.add_argument("--reason", help="why, for the promotion history")
-    step("history", _cmd_history, "list the changes of Production", False).add_argument(
+    step("history", _cmd_history, "list the changes of Production and Staging", False).add_argument(
         "--name", required=True, help="registered model name"
     )
     doctor_cmd = step(
@@ -495,6 +557,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     monitor_cmd.add_argument("--version", default=None, help="default: the Production version")
     window_args(monitor_cmd)
+    window_args(
+        step(
+            "live-compare",
+            _cmd_live_compare,
+            "compare the challenger (Staging) with the champion (Production) on the same live "
+            "requests of the prediction log; log a run and the challenger's live evidence",
+        )
+    )
+    live_gate_cmd = step(
+        "live-gate",
+        _cmd_live_gate,
+        "promote the challenger to Production or retire it on live evidence; " + LIVE_EXIT_HELP,
+    )
+    window_args(live_gate_cmd)
+    replay_cmd = step(
+        "replay",
+        _cmd_replay,
+        "send the config's held-out rows to a running server, one request each, then their "
+        "labels: a rehearsal of live-compare and live-gate before real traffic",
+    )
+    replay_cmd.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the server's base URL (make serve's)"
+    )
+    replay_cmd.add_argument("--rows", type=_optional(int), default=None, help="at most N rows")
+    replay_cmd.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     feedback_cmd = step("feedback", _cmd_feedback, "append late labels to the prediction log")
     feedback_cmd.add_argument(
         "--file", required=True, help="CSV or Parquet with request_id, row (optional), label"

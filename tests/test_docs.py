@@ -71,6 +71,10 @@ DATA_DEPENDENT = {
     "make retrain": {0, 2},
     "-e monitor": {0, 1},
     "-e retrain": {0, 1},
+    # live-gate: 0 promoted, 10 rejected, 20 not enough evidence yet (README).
+    "python -m pipeline live-gate": {0, 10, 20},
+    "make live-gate": {0, 2},
+    "-e live_gate": {0, 1},
 }
 
 

@@ -7,6 +7,9 @@ versions' answers by key and turns them into evidence: how often they agree, and
 labelled shared requests, the gate metric of both with the paired bootstrap interval of the
 challenger's gain. :func:`judge` turns the evidence into live-gate's decision.
 
+:func:`traffic` and :func:`prediction_drift` describe what each version did on the same traffic:
+requests, errors, latency percentiles, and how far apart their predictions are.
+
 It knows nothing of files or the registry: the caller reads the log and acts on the decision.
 """
 
@@ -18,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy.spatial.distance import jensenshannon
 
 from pipeline.config import PipelineConfig
 from pipeline.contracts import PROBA_PREFIX
@@ -29,6 +33,82 @@ KEY = ["request_id", "row"]
 PROMOTED_EXIT = 0
 REJECTED_EXIT = 10
 WAIT_EXIT = 20
+LATENCY_PERCENTILES = (50, 95, 99)
+_DRIFT_BINS = 20
+
+
+@dataclass(frozen=True)
+class VersionTraffic:
+    """What one version did in the window, from its rows of the prediction log."""
+
+    version: str
+    requests: int
+    rows: int
+    answered: int
+    """Rows with a prediction (no error)."""
+    served: int
+    """Rows whose answer went back to the client."""
+    errors: int
+    """Requests the version failed to answer (an error on any of its rows)."""
+    latency_ms: dict[int, float | None]
+    """Percentile -> the model's time per request, in ms (None: no latency was logged)."""
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+def traffic(version: str, rows: pd.DataFrame) -> VersionTraffic:
+    """Count one version's rows: ``request_id``, ``row``, ``served``, ``latency_ms`` and
+    ``error`` columns, as ``PredictionLog.live_rows`` reads them.
+
+    Latency and errors are per request (the server times one model call per request and logs
+    it on every row of it), so a batch of 100 rows counts once, like a single row.
+    """
+    failed = rows["error"].notna()
+    per_request = rows.assign(_failed=failed).groupby("request_id", sort=False)
+    errors = int(per_request["_failed"].any().sum())
+    latency = per_request["latency_ms"].first().dropna().to_numpy(dtype=float)
+    return VersionTraffic(
+        version=version,
+        requests=int(rows["request_id"].nunique()),
+        rows=len(rows),
+        answered=int((~failed).sum()),
+        served=int(rows["served"].astype(bool).sum()),
+        errors=errors,
+        latency_ms={
+            p: (float(np.percentile(latency, p)) if latency.size else None)
+            for p in LATENCY_PERCENTILES
+        },
+    )
+
+
+def prediction_drift(
+    config: PipelineConfig, champion: pd.Series, challenger: pd.Series
+) -> float | None:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between the two versions' predictions on
+    the same requests: of the predicted-class shares for a classifier, of histograms on shared
+    bins (20 equal-width over both versions' range) for a regressor. None without rows."""
+    if champion.empty or challenger.empty:
+        return None
+    if config.task == "regression":
+        a, b = champion.astype(float).to_numpy(), challenger.astype(float).to_numpy()
+        both = np.concatenate([a, b])
+        both = both[np.isfinite(both)]
+        if both.size == 0:
+            return None
+        low, high = float(both.min()), float(both.max())
+        if low == high:
+            return 0.0
+        edges = np.linspace(low, high, _DRIFT_BINS + 1)
+        p, q = np.histogram(a, edges)[0], np.histogram(b, edges)[0]
+    else:
+        shares = pd.crosstab(
+            pd.concat([champion.astype(str), challenger.astype(str)], ignore_index=True),
+            np.repeat(["champion", "challenger"], [len(champion), len(challenger)]),
+        )
+        p, q = shares["champion"].to_numpy(), shares["challenger"].to_numpy()
+    return float(jensenshannon(p / p.sum(), q / q.sum(), base=2))
 
 
 @dataclass(frozen=True)
@@ -129,7 +209,7 @@ def judge(
     scores = (
         f"{evidence.metric} on {evidence.labelled} labelled live requests: challenger "
         f"{evidence.challenger_score:.4f}, champion {evidence.champion_score:.4f}, gain "
-        f"{_describe(interval)}"
+        f"{describe(interval)}"
     )
     if interval.upper < 0:
         return LiveDecision("reject", f"worse than the champion on live traffic: {scores}")
@@ -137,14 +217,14 @@ def judge(
     if trivial is not None and trivial.lower <= 0:
         return LiveDecision(
             "reject",
-            f"not better than the trivial baseline on live traffic: gain {_describe(trivial)}",
+            f"not better than the trivial baseline on live traffic: gain {describe(trivial)}",
         )
     if interval.lower > 0:
         return LiveDecision("promote", f"better than the champion on live traffic: {scores}")
     return LiveDecision("wait", f"the interval includes 0: {scores}; {_more_labels(evidence)}")
 
 
-def _describe(interval: bootstrap.GainInterval) -> str:
+def describe(interval: bootstrap.GainInterval) -> str:
     return (
         f"{interval.gain:+.4f}, {interval.level:.0%} CI [{interval.lower:+.4f}, "
         f"{interval.upper:+.4f}] ({interval.resamples} paired bootstrap resamples of "

@@ -106,6 +106,9 @@ def _read_window(
     until: datetime,
 ) -> _Window:
     log = PredictionLog(Path(config.monitoring.log_dir), config.registered_model)
+    # Every answer of this version counts, served or not: a shadow answer is the version's
+    # prediction on real traffic, which is what its drift and performance are about. Rows with
+    # an error hold no prediction; the reader skips them (docs/monitoring.md).
     # Without labels the window is read without the request keys and probabilities.
     with_labels = profile.performance is not None and any(log.feedback_dir.glob("part-*.parquet"))
     accumulator = DriftAccumulator(profile, config.monitoring.drift)

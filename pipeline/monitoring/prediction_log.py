@@ -8,6 +8,13 @@ column per model input, `prediction` and, for classifiers with probabilities,
 with `request_id`, `row`, `label`, `timestamp`. Every part is written to a hidden
 `.<name>.tmp` and renamed, so a reader never sees half a file.
 
+Since champion and challenger serve side by side (shadow or canary), a part also has the live
+columns (`pipeline.contracts.LIVE_COLUMNS`): `role`, `served`, `latency_ms` and `error`. Parts
+written before them lack them, and their rows read as the champion's, served, with no latency
+and no error. `read` skips rows with an `error` (the version did not answer: there is no
+prediction to monitor or learn from) and, with `served_only`, the answers that never went back
+to a client; `live_rows` reads both versions' rows, errors included, for live comparison.
+
 Every part records the store id of the registry it was written for (Parquet metadata,
 `pipeline.contracts.STORE_ID_KEY`). A model name and version mean another model in another
 registry, so parts of another store are skipped with a warning naming them; parts written
@@ -41,9 +48,11 @@ import pyarrow.parquet as pq
 
 from pipeline import contracts
 from pipeline.contracts import (
+    CHAMPION_ROLE,
     FEATURE_PREFIX,
     FEEDBACK_DIR,
     KEY_COLUMNS,
+    LIVE_COLUMNS,
     PART_GLOB,
     PREDICTIONS_DIR,
     PROBA_PREFIX,
@@ -60,6 +69,7 @@ from pipeline.errors import DataValidationError
 
 logger = logging.getLogger(__name__)
 
+_LIVE_TYPES = dict(LIVE_COLUMNS)
 _PARQUET = ds.ParquetFileFormat()
 _LOCAL = pafs.LocalFileSystem()
 _part_sequence = itertools.count()
@@ -189,6 +199,7 @@ class PredictionLog:
         until: datetime | None = None,
         probabilities: bool = False,
         labels: bool = False,
+        served_only: bool = False,
     ) -> Iterator[pd.DataFrame]:
         """Stream the predictions of `version` in [since, until) as DataFrames.
 
@@ -197,6 +208,10 @@ class PredictionLog:
         `label` (missing where no label arrived). At most `chunk_rows` rows per chunk. Parts
         holding rows of the window that lack a feature raise `DataValidationError` before
         the first chunk, naming the columns.
+
+        Rows whose version failed to answer (`error` set) are never returned: they hold no
+        prediction. With `served_only`, only the answers that went back to a client are:
+        one per request and record, where a shadow challenger logged a second one.
         """
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
@@ -218,10 +233,12 @@ class PredictionLog:
         )
         keys = list(KEY_COLUMNS) if labels else []
         columns = [*required, *proba, *keys]
-        # model_version too, for the filter, even when the chunks leave it out.
-        schema = _target_schema(parts, [*columns, "model_version"])
+        # model_version and the live columns too, for the filter, even when the chunks leave
+        # them out; a part without a live column reads it as null (answered, served).
+        schema = _target_schema(parts, [*columns, "model_version", "error", "served"])
+        answered = _and(row_filter, _answered(served_only))
         feedback = self.feedback() if labels else None
-        batches = _batches(_dataset(parts, schema), columns, row_filter, self.model_name)
+        batches = _batches(_dataset(parts, schema), columns, answered, self.model_name)
         for table in _rechunk(batches, chunk_rows):
             frame = table.to_pandas()
             frame.columns = [_strip_prefix(c) for c in frame.columns]
@@ -229,6 +246,53 @@ class PredictionLog:
                 frame = frame.merge(feedback, on=list(KEY_COLUMNS), how="left", sort=False)
                 frame = frame.drop(columns=list(KEY_COLUMNS))
             yield frame
+
+    def live_rows(
+        self,
+        versions: Sequence[str],
+        *,
+        chunk_rows: int,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        """Stream every row `versions` logged in [since, until), errors included, for live
+        comparison: `request_id`, `row`, `timestamp`, `model_version`, the live columns
+        (`role`, `served`, `latency_ms`, `error`), `prediction` and the `proba.<class>`
+        columns, at most `chunk_rows` rows per chunk.
+
+        Rows of parts written before the live columns read as the champion's (`role`),
+        served, with no latency and no error.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        since, until = _aware(since), _aware(until)
+        wanted = [str(v) for v in versions]
+        parts = [
+            p
+            for p in self.parts(since=since, until=until)
+            if any(p.may_hold(p.scope(since, until, v)) for v in wanted)
+        ]
+        proba = sorted({c for p in parts for c in p.columns if c.startswith(PROBA_PREFIX)})
+        live = [name for name, _ in LIVE_COLUMNS]
+        columns = [*KEY_COLUMNS, "timestamp", "model_version", *live, "prediction", *proba]
+        schema = _target_schema(parts, columns)
+        row_filter = _and(
+            _window_filter(since, until, None),
+            pc.field("model_version").isin(pa.array(wanted, pa.string())),
+        )
+        batches = _batches(_dataset(parts, schema), columns, row_filter, self.model_name)
+        for table in _rechunk(batches, chunk_rows):
+            table = table.set_column(
+                table.schema.get_field_index("role"),
+                "role",
+                pc.fill_null(table["role"], pa.scalar(CHAMPION_ROLE)),
+            )
+            table = table.set_column(
+                table.schema.get_field_index("served"),
+                "served",
+                pc.fill_null(table["served"], pa.scalar(True)),
+            )
+            yield table.to_pandas()
 
     def feedback(self) -> pd.DataFrame:
         """Every label received, one per (request_id, row): the latest one wins."""
@@ -391,6 +455,20 @@ def _window_filter(
     return combined
 
 
+def _answered(served_only: bool) -> pc.Expression:
+    """Rows that hold a prediction (no `error`), and with `served_only` only those that went
+    back to a client; a null live column is a part written before it: answered and served."""
+    condition = pc.field("error").is_null()
+    if served_only:
+        served = pc.field("served")
+        condition = condition & (served.is_null() | (served == pa.scalar(True)))
+    return condition
+
+
+def _and(first: pc.Expression | None, second: pc.Expression) -> pc.Expression:
+    return second if first is None else first & second
+
+
 def _target_schema(parts: Sequence[LogPart], columns: Sequence[str]) -> pa.Schema:
     """One type per column: the first part's, so chunks from every part concatenate."""
     types: dict[str, pa.DataType] = {}
@@ -401,6 +479,8 @@ def _target_schema(parts: Sequence[LogPart], columns: Sequence[str]) -> pa.Schem
                 if field_type != pa.null():
                     types[name] = field_type
     types.update({"timestamp": TIMESTAMP, "row": pa.int64()})
+    # The live columns are read as the contract types, whatever a part wrote.
+    types.update({name: kind for name, kind in _LIVE_TYPES.items() if name in columns})
     return pa.schema([(name, types.get(name, _default_type(name))) for name in columns])
 
 
@@ -408,7 +488,7 @@ def _default_type(column: str) -> pa.DataType:
     # Only for a column no part has (every part may lack an optional one): the contract's type.
     if column.startswith(PROBA_PREFIX):
         return pa.float64()
-    return pa.string()
+    return _LIVE_TYPES.get(column, pa.string())
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:

@@ -27,9 +27,9 @@ def log_monitor_run(
     The run ends FINISHED, or FAILED when a write fails (the error is raised again).
     """
     if run_id is None:
-        experiment_id = _experiment_id(client, config.monitoring_experiment)
+        experiment = experiment_id(client, config.monitoring_experiment)
         run_name = f"{found.model_name}-v{found.model_version}-{found.window_end:%Y%m%dT%H%M%SZ}"
-        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        run_id = client.create_run(experiment, run_name=run_name).info.run_id
     try:
         client.log_batch(
             run_id,
@@ -48,7 +48,8 @@ def log_monitor_run(
     return run_id
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name`, created on first use (monitor and live-compare runs)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)

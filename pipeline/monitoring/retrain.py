@@ -41,10 +41,6 @@ class RetrainResult:
     data_path: Path | None
     pipeline: flow.PipelineResult | None
 
-    @property
-    def promoted(self) -> bool:
-        return self.pipeline is not None and self.pipeline.decision.promoted
-
 
 def run(
     config: PipelineConfig,
@@ -119,7 +115,11 @@ def labelled_production_rows(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> pd.DataFrame:
-    """Logged predictions of any version that received a label, as rows of the data set."""
+    """Logged predictions of any version that received a label, as rows of the data set.
+
+    Only answers served to a client are read: where a challenger answered the same request in
+    shadow, its row carries the same features and label, and reading both would count every
+    shadowed request twice."""
     log = PredictionLog(Path(config.monitoring.log_dir), config.registered_model)
     features = list(dataset.features)
     if not log.parts(since=since, until=until):
@@ -132,6 +132,7 @@ def labelled_production_rows(
             since=since,
             until=until,
             labels=True,
+            served_only=True,
         )
     ]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

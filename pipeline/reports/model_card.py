@@ -30,7 +30,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import artifacts, metrics
+from pipeline import artifacts, contracts, metrics
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.registry import production
 from pipeline.reports.render import render
@@ -103,7 +103,7 @@ class DataSection:
 
 @dataclass(frozen=True)
 class GateSection:
-    decision: str  # "promoted" or "rejected"
+    decision: str  # "promoted", "staged" (sent to Staging as the challenger) or "rejected"
     reason: str
     metric: str | None
     challenger_value: float | None
@@ -121,6 +121,37 @@ class GateSection:
     baseline_ci_lower: float | None = None
     baseline_ci_upper: float | None = None
     champion_own: float | None = None  # the champion on its own held-out rows, when trained
+
+
+@dataclass(frozen=True)
+class LiveSection:
+    """The version's evidence on live traffic, as live-compare and live-gate tagged it
+    (``live.*`` version tags; the server's canary rollback tag)."""
+
+    compared_at: str | None
+    window: str | None
+    champion_version: str | None
+    metric: str | None
+    shared: int | None
+    labelled: int | None
+    agreement: float | None
+    drift: float | None
+    challenger_score: float | None
+    champion_score: float | None
+    gain: float | None
+    ci_lower: float | None
+    ci_upper: float | None
+    ci_level: float | None
+    resamples: int | None
+    baseline: str | None
+    baseline_ci_lower: float | None
+    baseline_ci_upper: float | None
+    error_rates: tuple[float | None, float | None]  # champion, challenger
+    latency_p99_ms: tuple[float | None, float | None]  # champion, challenger
+    run_id: str | None
+    decision: str | None
+    reason: str | None
+    rolled_back: str | None
 
 
 @dataclass(frozen=True)
@@ -158,6 +189,7 @@ class ModelCardInput:
     positive_class: str | None = None
     decision_threshold: str | None = None
     warning: str | None = None  # e.g. accuracy as the gate metric of a rare class
+    live: LiveSection | None = None  # evidence on live traffic, once live-compare ran
 
     @property
     def card_dir(self) -> str:
@@ -233,6 +265,7 @@ def build_model_card_input(client: MlflowClient, name: str, version: str) -> Mod
         },
         plots=_plots(client, run_id),
         gate=_gate_section(client, name, version_tags),
+        live=_live_section(version_tags),
         positive_class=tags.get(artifacts.POSITIVE_CLASS),
         decision_threshold=params.get("decision_threshold"),
         warning=tags.get(artifacts.IMBALANCE_WARNING),
@@ -405,6 +438,44 @@ def _gate_section(client: MlflowClient, name: str, tags: Mapping[str, str]) -> G
     )
 
 
+def _live_section(tags: Mapping[str, str]) -> LiveSection | None:
+    rolled_back = tags.get(contracts.CANARY_ROLLBACK_TAG)
+    if "live.compared_at" not in tags and rolled_back is None:
+        return None
+    return LiveSection(
+        compared_at=tags.get("live.compared_at"),
+        window=tags.get("live.window"),
+        champion_version=_none_if_unset(tags.get("live.champion_version")),
+        metric=tags.get("live.metric"),
+        shared=_int(tags.get("live.shared")),
+        labelled=_int(tags.get("live.labelled")),
+        agreement=_float(tags, "live.agreement"),
+        drift=_float(tags, "live.drift_js"),
+        challenger_score=_float(tags, "live.challenger_score"),
+        champion_score=_float(tags, "live.champion_score"),
+        gain=_float(tags, "live.gain"),
+        ci_lower=_float(tags, "live.ci_lower"),
+        ci_upper=_float(tags, "live.ci_upper"),
+        ci_level=_float(tags, "live.ci_level"),
+        resamples=_int(tags.get("live.resamples")),
+        baseline=_none_if_unset(tags.get("live.baseline")),
+        baseline_ci_lower=_float(tags, "live.baseline_ci_lower"),
+        baseline_ci_upper=_float(tags, "live.baseline_ci_upper"),
+        error_rates=(
+            _float(tags, "live.champion_error_rate"),
+            _float(tags, "live.challenger_error_rate"),
+        ),
+        latency_p99_ms=(
+            _float(tags, "live.champion_latency_p99_ms"),
+            _float(tags, "live.challenger_latency_p99_ms"),
+        ),
+        run_id=_none_if_unset(tags.get("live.run_id")),
+        decision=tags.get("live.decision"),
+        reason=tags.get("live.reason"),
+        rolled_back=rolled_back,
+    )
+
+
 def _none_if_unset(value: str | None) -> str | None:
     # The gate writes "none" where there was nothing to record (e.g. no champion yet).
     return None if value is None or value.lower() == "none" else value
@@ -535,6 +606,54 @@ def _gate_rows(gate: GateSection) -> list[tuple[str, str]]:
     return rows
 
 
+def _live_rows(live: LiveSection) -> list[tuple[str, str]]:
+    """Both versions on the same live requests: what the last live-compare found, and the
+    live-gate decision when one was taken."""
+    champion = f"champion v{live.champion_version}" if live.champion_version else "champion"
+    rows = []
+    if live.decision is not None:
+        rows += [("live-gate decision", live.decision), ("Reason", _text(live.reason))]
+    if live.rolled_back is not None:
+        rows.append(("Canary rolled back by the server", live.rolled_back))
+    if live.compared_at is None:
+        return rows
+    rows += [
+        ("Compared with", champion),
+        ("Window", _text(live.window)),
+        ("Shared requests (answered by both)", _text(live.shared)),
+        ("Labelled shared requests", _text(live.labelled)),
+        ("Agreement", NOT_RECORDED if live.agreement is None else f"{live.agreement:.2%}"),
+        ("Prediction drift (Jensen-Shannon distance)", _number(live.drift)),
+        (
+            f"This version, {_text(live.metric)} on the labelled requests",
+            _number(live.challenger_score),
+        ),
+        (f"{champion.capitalize()}, on the same requests", _number(live.champion_score)),
+        ("Gain over the champion (positive: better)", _number(live.gain)),
+        ("Confidence interval of the gain", _interval(live.ci_lower, live.ci_upper)),
+        ("Confidence level", _level(live.ci_level)),
+        ("Bootstrap resamples", _text(live.resamples)),
+        ("Trivial baseline", _text(live.baseline)),
+        (
+            "Gain over the baseline, confidence interval",
+            _interval(live.baseline_ci_lower, live.baseline_ci_upper),
+        ),
+        (
+            "Error rate: champion / this version",
+            " / ".join(
+                NOT_RECORDED if rate is None else f"{rate:.2%}" for rate in live.error_rates
+            ),
+        ),
+        (
+            "p99 latency (ms): champion / this version",
+            " / ".join(NOT_RECORDED if ms is None else f"{ms:.2f}" for ms in live.latency_p99_ms),
+        ),
+        ("Compared at", live.compared_at),
+        ("live-compare run", _text(live.run_id)),
+    ]
+    return rows
+
+
 def _interval(lower: float | None, upper: float | None) -> str:
     if lower is None or upper is None:
         return NOT_RECORDED
@@ -650,6 +769,7 @@ def _context(card: ModelCardInput) -> dict[str, Any]:
         "summary": _summary_rows(card),
         "gate": None if card.gate is None else _gate_rows(card.gate),
         "decision": None if card.gate is None else card.gate.decision,
+        "live": None if card.live is None else _live_rows(card.live),
         "metrics": _metric_rows(card.metrics),
         "cv_metrics": _metric_rows(card.cv_metrics),
         "baseline_metrics": _metric_rows(card.baseline_metrics),

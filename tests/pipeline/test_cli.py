@@ -222,3 +222,62 @@ def test_a_command_on_a_remote_store_says_which_store_it_waits_on(tmp_path: Path
     ), result.stderr
     assert "MLflow refused the operation" in result.stderr
     assert "secret" not in result.stderr
+
+
+def _two_versions(name: str) -> None:
+    """Two versions of `name` (of one hand-made run), version 1 in Production."""
+    client = MlflowClient()
+    run = client.create_run(client.create_experiment(f"{name}-exp"))
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    assert main(["promote", "--name", name, "--version", "1"]) == 0
+
+
+def test_promote_with_stage_staging_makes_a_challenger_and_history_shows_both_stages(
+    mlflow_store: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hand-made versions have no model files: the signature check has nothing to compare.
+    from pipeline.registry import schema
+
+    monkeypatch.setattr(schema, "check", lambda *args, **kwargs: None)
+    _two_versions("iris")
+    capsys.readouterr()
+    assert main(["promote", "--name", "iris", "--version", "2", "--stage", "Staging"]) == 0
+    assert capsys.readouterr().out == (
+        "iris: Staging is now version 2 (the challenger) (was none)\n"
+    )
+    aliases = MlflowClient().get_registered_model("iris").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1", "challenger": "2"}
+    assert main(["history", "--name", "iris"]) == 0
+    header, staged, promoted = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["time", "action", "stage", "from", "to"]
+    assert staged.split()[1:5] == ["promote", "Staging", "-", "2"]
+    assert promoted.split()[1:5] == ["promote", "Production", "-", "1"]
+
+
+def test_promote_to_a_stage_that_is_not_production_or_staging_is_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["promote", "--name", "iris", "--version", "2", "--stage", "Archived"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.replace("'", "")  # Python 3.12 quotes the choices
+    assert "argument --stage: invalid choice: Archived (choose from Production, Staging)" in error
+
+
+def test_live_gate_help_documents_its_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["live-gate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit 0: promoted to Production; 10: rejected (archived); 20: not enough" in text
+
+
+def test_live_compare_with_an_unreadable_time_is_refused_naming_the_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["live-compare", "--since", "yesterday"])
+    assert exited.value.code == 2
+    assert "expected an ISO 8601 time" in capsys.readouterr().err

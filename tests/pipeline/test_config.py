@@ -304,3 +304,25 @@ def test_challengers_must_show_a_significant_gain_and_beat_the_baseline_by_defau
 ) -> None:
     gate = load_config(write_config(iris_config())).gate
     assert gate.require_significant_gain and gate.beat_baseline
+
+
+def test_live_judging_is_off_by_default_and_waits_for_200_labelled_shared_requests(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    gate = load_config(write_config(iris_config())).gate
+    assert (gate.live, gate.live_min_labels) == (False, 200)
+
+
+def test_too_few_live_labels_to_judge_on_are_refused_naming_the_key_and_the_minimum(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    gate = {"metric": "test_accuracy", "live": True, "live_min_labels": 5}
+    message = _refused(write_config, iris_config(gate=gate))
+    assert "gate.live_min_labels" in message and "greater than or equal to 10" in message
+
+
+def test_live_as_text_is_refused_naming_the_key(
+    write_config: Callable[..., Path], iris_config: Callable[..., dict[str, Any]]
+) -> None:
+    message = _refused(write_config, iris_config(gate={"metric": "test_accuracy", "live": "yes"}))
+    assert "gate.live" in message

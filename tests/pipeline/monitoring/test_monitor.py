@@ -108,10 +108,14 @@ def log_traffic(
     span: timedelta = timedelta(days=2),
     version: str = "1",
     drop: tuple[str, ...] = (),
+    served: bool | None = None,
+    failed: int = 0,
 ) -> list[str]:
     """Predict `X` with `model` and write one predictions part as the server would.
 
-    Rows are spread evenly over `span` from `start`; returns the request ids.
+    Rows are spread evenly over `span` from `start`; returns the request ids. With `served`,
+    the part has the live columns (`contracts.LIVE_COLUMNS`), every row served or not, and
+    its first `failed` rows failed (an `error`, no prediction).
     """
     rows = len(X)
     predicted = model.predict(X)
@@ -131,6 +135,15 @@ def log_traffic(
     columns["prediction"] = pa.array([str(p) for p in predicted], pa.string())
     for index, label in enumerate(model.classes_):
         columns[f"proba.{label}"] = pa.array(proba[:, index], pa.float64())
+    if served is not None:
+        errors = ["TimeoutError: no answer"] * failed + [None] * (rows - failed)
+        columns["prediction"] = pa.array(
+            [None] * failed + [str(p) for p in predicted[failed:]], pa.string()
+        )
+        columns["role"] = pa.array(["champion"] * rows, pa.string())
+        columns["served"] = pa.array([served] * rows, pa.bool_())
+        columns["latency_ms"] = pa.array([1.0] * rows, pa.float64())
+        columns["error"] = pa.array(errors, pa.string())
     directory = Path(config.monitoring.log_dir) / config.registered_model / "predictions"
     directory.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), directory / part_name(start))
@@ -363,3 +376,16 @@ def test_the_reference_profile_holds_the_evaluate_metrics_per_held_out_chunk(
         classes=list(model.classes_),
     )
     assert {f"test_{k}": v for k, v in same.items()} == pytest.approx(held_out)
+
+
+def test_the_monitor_counts_a_versions_unserved_answers_and_skips_its_failed_ones(
+    trained: Trained, config: PipelineConfig
+) -> None:
+    X = same_distribution(trained)[0]
+    half = len(X) // 2
+    log_traffic(config, trained.model, X.iloc[:half], served=True, failed=10)
+    # The same version answering requests in the background (a canary's paired answers).
+    log_traffic(config, trained.model, X.iloc[half:], start=START + timedelta(days=1), served=False)
+    result = monitor.run(config, since=START, until=START + timedelta(days=3))
+    assert result.rows == len(X) - 10
+    assert not result.drift_detected

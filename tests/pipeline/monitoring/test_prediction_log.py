@@ -240,3 +240,71 @@ def test_a_relative_sqlite_store_is_named_by_its_absolute_path(
     assert store_id("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert store_id() == store_id("sqlite:///mlflow.db")
+
+
+def _with_live_columns(
+    path: Path, *, role: str, served: list[bool], latency: float, errors: list[str | None]
+) -> None:
+    """Add the live columns (`pipeline.contracts.LIVE_COLUMNS`) to a part written above."""
+    table = pq.read_table(path)
+    rows = table.num_rows
+    table = (
+        table.append_column("role", pa.array([role] * rows, pa.string()))
+        .append_column("served", pa.array(served, pa.bool_()))
+        .append_column("latency_ms", pa.array([latency] * rows, pa.float64()))
+        .append_column("error", pa.array(errors, pa.string()))
+    )
+    pq.write_table(table, path)
+
+
+def test_rows_of_parts_without_live_columns_read_as_the_champions_served_answers(
+    tmp_path: Path,
+) -> None:
+    write_predictions(tmp_path, "m", version="1", start=START, rows=4, features={"x": _numbers(4)})
+    (chunk,) = PredictionLog(tmp_path, "m").live_rows(["1"], chunk_rows=10)
+    assert chunk["role"].tolist() == ["champion"] * 4
+    assert chunk["served"].tolist() == [True] * 4
+    assert chunk["latency_ms"].isna().all() and chunk["error"].isna().all()
+
+
+def test_live_rows_hold_both_versions_errors_included_and_no_other_version(tmp_path: Path) -> None:
+    champion = write_predictions(
+        tmp_path, "m", version="1", start=START, rows=3, features={"x": _numbers(3)}
+    )
+    challenger = write_predictions(
+        tmp_path, "m", version="2", start=START, rows=3, features={"x": _numbers(3)}
+    )
+    write_predictions(tmp_path, "m", version="3", start=START, rows=3, features={"x": _numbers(3)})
+    _with_live_columns(champion, role="champion", served=[True] * 3, latency=2.0, errors=[None] * 3)
+    _with_live_columns(
+        challenger, role="challenger", served=[False] * 3, latency=5.0, errors=[None, "boom", None]
+    )
+    rows = pd.concat(PredictionLog(tmp_path, "m").live_rows(["1", "2"], chunk_rows=2))
+    assert sorted(rows["model_version"].unique()) == ["1", "2"]
+    assert rows.groupby("model_version")["error"].count().to_dict() == {"1": 0, "2": 1}
+    assert set(rows.loc[rows["model_version"] == "2", "role"]) == {"challenger"}
+
+
+def test_reading_predictions_skips_failed_answers_and_served_only_skips_shadow_answers(
+    tmp_path: Path,
+) -> None:
+    champion = write_predictions(
+        tmp_path, "m", version="1", start=START, rows=4, features={"x": _numbers(4)}
+    )
+    shadow = write_predictions(
+        tmp_path, "m", version="2", start=START, rows=4, features={"x": _numbers(4)}, prefix="r"
+    )
+    old = write_predictions(  # written before the live columns: served, no error
+        tmp_path, "m", version="1", start=START, rows=2, features={"x": _numbers(2)}, prefix="o"
+    )
+    assert old.exists()
+    _with_live_columns(
+        champion, role="champion", served=[True] * 4, latency=1.0, errors=[None, None, None, "x"]
+    )
+    _with_live_columns(
+        shadow, role="challenger", served=[False] * 4, latency=1.0, errors=[None] * 4
+    )
+    log = PredictionLog(tmp_path, "m")
+    assert sum(len(c) for c in log.read(["x"], chunk_rows=100, version="1")) == 3 + 2
+    assert sum(len(c) for c in log.read(["x"], chunk_rows=100, version="2")) == 4
+    assert sum(len(c) for c in log.read(["x"], chunk_rows=100, served_only=True)) == 3 + 2

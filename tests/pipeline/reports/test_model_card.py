@@ -453,3 +453,44 @@ def test_a_card_for_a_version_without_a_run_is_refused_and_nothing_is_tagged(
     with pytest.raises(PipelineError, match="version 1 of 'card-no-run' was registered without"):
         model_card.log_model_card(client, "card-no-run", str(version.version))
     assert "model_card" not in client.get_model_version("card-no-run", "1").tags
+
+
+def test_a_challenger_judged_on_live_traffic_shows_a_live_evidence_section_in_both_cards(
+    client: MlflowClient,
+) -> None:
+    live = {
+        "live.compared_at": "2026-01-06T00:00:00+00:00",
+        "live.window": "between 2026-01-05T00:00:00+00:00 and now",
+        "live.champion_version": "1",
+        "live.metric": "test_accuracy",
+        "live.shared": "400",
+        "live.labelled": "300",
+        "live.agreement": "0.71",
+        "live.drift_js": "0.0412",
+        "live.challenger_score": "0.95",
+        "live.champion_score": "0.7",
+        "live.gain": "0.25",
+        "live.ci_lower": "0.19",
+        "live.ci_upper": "0.31",
+        "live.ci_level": "0.95",
+        "live.resamples": "1000",
+        "live.challenger_error_rate": "0.01",
+        "live.champion_latency_p99_ms": "2.5",
+        "live.run_id": "abc123",
+        "live.decision": "promoted",
+        "live.reason": "better than the champion on live traffic",
+    }
+    version, _ = _hand_made_version(client, "card-live", version_tags=live)
+    logged = _log_card(client, "card-live", version)
+    for text in (logged.html, logged.markdown):
+        assert "Live evidence" in text
+        for shown in ("champion v1", "400", "71.00%", "0.0412", "[0.1900, 0.3100]", "abc123"):
+            assert shown in text, shown
+    assert "| live-gate decision | promoted |" in logged.markdown
+    assert "| Error rate: champion / this version | not recorded / 1.00% |" in logged.markdown
+
+
+def test_a_card_without_live_tags_has_no_live_evidence_section(client: MlflowClient) -> None:
+    version, _ = _hand_made_version(client, "card-offline")
+    logged = _log_card(client, "card-offline", version)
+    assert "Live evidence" not in logged.html and "Live evidence" not in logged.markdown
