@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,44 @@ class BatcherStats:
     """Batches that waited for company (only ever after a busy period)."""
     fallbacks: int = 0
     """Merged batches that failed and were re-predicted one request at a time."""
+
+
+class _FailureLog:
+    """One log line per fault, not per request: a model that fails on every request (a broken
+    challenger under shadow traffic, say) would otherwise write a traceback per request.
+
+    The first failure of a kind (exception type and message) is logged with its traceback;
+    repeats are counted and summed up in one line at most every ``every_seconds``. Called
+    from the model's thread and from ``asyncio.to_thread``, hence the lock."""
+
+    def __init__(self, name: str, every_seconds: float = 60.0) -> None:
+        self.name = name
+        self.every_seconds = every_seconds
+        self._lock = threading.Lock()
+        self._kind: tuple[str, str] | None = None
+        self._repeats = 0
+        self._since = 0.0
+
+    def failed(self, rows: int, exc: BaseException) -> None:
+        kind = (type(exc).__name__, str(exc)[:200])
+        now = time.monotonic()
+        with self._lock:
+            if kind == self._kind and now - self._since < self.every_seconds:
+                self._repeats += 1
+                return
+            repeats, self._kind, self._repeats, self._since = self._repeats, kind, 0, now
+        if repeats:
+            logger.error(
+                "Model %s failed %d more times the same way since that was logged",
+                self.name,
+                repeats,
+            )
+        logger.error(
+            "Model %s failed to predict a request of %d rows (repeats are counted, not logged)",
+            self.name,
+            rows,
+            exc_info=exc,
+        )
 
 
 @dataclass(eq=False)
@@ -87,6 +127,7 @@ class Batcher(Generic[T]):
         self._on_batch = on_batch
         self._on_fallback = on_fallback
         self.stats = BatcherStats()
+        self._failures = _FailureLog(name)
         self._pending: deque[_Entry] = deque()
         self._pending_rows = 0
         self._pending_calls = 0
@@ -287,9 +328,7 @@ class Batcher(Generic[T]):
         except ServingError:
             raise  # the request's own fault (e.g. values the model overflows on): pass it on
         except Exception as exc:
-            logger.exception(
-                "Model %s failed to predict a request of %d rows", self.name, len(records)
-            )
+            self._failures.failed(len(records), exc)
             raise PredictionFailedError.for_request() from exc
 
     def _call_alone(self, call: Callable[[], R], rows: int) -> R:
@@ -298,7 +337,7 @@ class Batcher(Generic[T]):
         except ServingError:
             raise
         except Exception as exc:
-            logger.exception("Model %s failed to predict a request of %d rows", self.name, rows)
+            self._failures.failed(rows, exc)
             raise PredictionFailedError.for_request() from exc
 
     def _checked(self, records: list[Record]) -> list[T]:

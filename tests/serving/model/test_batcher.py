@@ -194,6 +194,33 @@ def test_a_failing_request_alone_fails_with_a_prediction_error() -> None:
     run(scenario())
 
 
+def test_a_model_failing_on_every_request_logs_one_traceback_then_counts_the_repeats(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broken model (a challenger under shadow traffic, say) must not flood the log."""
+
+    async def fail(batcher: Batcher[int], times: int) -> None:
+        for _ in range(times):
+            with pytest.raises(PredictionFailedError):
+                await batcher.submit(rows(1))
+
+    async def scenario() -> None:
+        batcher = make(Model(fail_on=1))
+        await fail(batcher, 20)
+        tracebacks = [r for r in caplog.records if r.exc_info]
+        assert len(tracebacks) == 1 and "cannot predict x=1" in caplog.text
+        assert "more times" not in caplog.text
+        # Once the summing-up interval has passed, the next failure says how many were counted.
+        batcher._failures.every_seconds = 0.0
+        await fail(batcher, 1)
+        assert "Model fake failed 19 more times the same way" in caplog.text
+        assert len([r for r in caplog.records if r.exc_info]) == 2
+        await batcher.close()
+
+    with caplog.at_level("ERROR", logger="serving.model.batcher"):
+        run(scenario())
+
+
 def test_close_answers_every_queued_request_then_stops_and_later_requests_still_answer() -> None:
     async def scenario() -> None:
         model = Model(gated=True)
