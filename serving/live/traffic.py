@@ -7,11 +7,14 @@ prediction log under the request's key (``request_id``, ``row``) with the live c
 
 - **No challenger** (none in Staging, mode ``off``, refused, or rolled back): the champion
   answers, as before; the added cost is two clock reads.
-- **Shadow**: the champion answers; once it has, the challenger predicts the same inputs in a
-  background task (so it never delays the answer), at most ``shadow_max_in_flight`` requests
-  at once (beyond that a request is not shadowed, and counted). Its answer or its failure
-  (error, or no answer within ``timeout_seconds``) is logged with ``served`` false, counted,
-  and compared with the champion's (the agreement rate); the client never sees it.
+- **Shadow**: the champion answers; once it has, the request joins the shadow queue (at most
+  ``shadow_max_in_flight`` requests wait; beyond that a request is not shadowed, and counted),
+  so it never delays the answer. One worker drains the queue: the records of every queued
+  request go to the challenger in one call (a request that fails in the merged call is then
+  predicted alone, as the batcher does), so shadowing costs an append per request, not a task.
+  Each request's answer or failure (error, or no answer within ``timeout_seconds``) is logged
+  with ``served`` false, counted, and compared with the champion's (the agreement rate); the
+  client never sees it.
 - **Canary**: a request whose routing key hashes under ``canary_percent``
   (:mod:`serving.live.routing`) is answered by the challenger; if it fails or times out, the
   champion answers instead (the failure is logged and counted, never sent). The champion
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -53,6 +57,8 @@ Inputs: TypeAlias = list[Record] | pd.DataFrame
 Outputs: TypeAlias = list[PredictionRow] | FramePredictions
 
 _ERROR_CHARS = 300
+SHADOW_GATHER_SECONDS = 0.05
+"""How long the shadow worker lets requests queue up before predicting them together."""
 _REGRESSION_AGREEMENT = 0.01
 """Two regressors agree on a row when their values are within 1% of each other."""
 
@@ -74,6 +80,19 @@ class LiveOptions:
     timeout_seconds: float
     shadow_max_in_flight: int
     bounds: RollbackBounds
+
+
+@dataclass(frozen=True)
+class _ShadowJob:
+    """A request waiting for a version's answer off the request path."""
+
+    request_id: str
+    active: ActiveModel
+    inputs: Inputs
+    proba: bool
+    answered: Outputs
+    """The served answer the shadow answer is compared with."""
+    role: str
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,11 @@ class LiveTraffic:
         self._log = log
         self._judged: str | None = None
         """The challenger version the judge's outcomes are about."""
-        self._shadows: set[asyncio.Task[None]] = set()
+        self._shadow_queue: deque[_ShadowJob] = deque()
+        self._shadow_wakeup: asyncio.Event | None = None
+        self._shadow_worker: asyncio.Task[None] | None = None
+        self._shadow_busy = 0
+        """Jobs taken from the queue whose answers are not logged yet."""
         self.shadow_dropped = 0
 
     @property
@@ -158,9 +181,15 @@ class LiveTraffic:
         )
 
     async def close(self) -> None:
-        """Let the shadow predictions in flight finish (they are logged), then return."""
-        if self._shadows:
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+        """Let the queued shadow predictions finish (they are logged), then stop the worker."""
+        worker = self._shadow_worker
+        if worker is None:
+            return
+        while self._shadow_queue or self._shadow_busy:
+            await asyncio.sleep(0.005)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        self._shadow_worker = None
 
     # --- canary -------------------------------------------------------------------------
 
@@ -220,9 +249,9 @@ class LiveTraffic:
         """``active``'s prediction, or why it has none; never raises (but cancellation)."""
         start = time.perf_counter()
         try:
-            outputs = await asyncio.wait_for(
-                _call(active, inputs, proba), self.options.timeout_seconds
-            )
+            # asyncio.timeout, not wait_for: no extra task per prediction.
+            async with asyncio.timeout(self.options.timeout_seconds):
+                outputs = await _call(active, inputs, proba)
         except TimeoutError:
             seconds = time.perf_counter() - start
             error = f"timeout: no answer within {self.options.timeout_seconds:g}s"
@@ -291,35 +320,79 @@ class LiveTraffic:
         answered: Outputs,
         role: str,
     ) -> None:
-        """Predict ``inputs`` with ``active`` in the background; ``answered`` is the served
+        """Queue ``inputs`` for ``active`` off the request path; ``answered`` is the served
         answer it is compared with."""
-        if len(self._shadows) >= self.options.shadow_max_in_flight:
+        if len(self._shadow_queue) + self._shadow_busy >= self.options.shadow_max_in_flight:
             self.shadow_dropped += 1
             self._metrics.shadow_dropped.inc()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._shadowed(request_id, active, inputs, proba, answered, role)
-        )
-        self._shadows.add(task)
-        task.add_done_callback(self._shadows.discard)
+        self._shadow_queue.append(_ShadowJob(request_id, active, inputs, proba, answered, role))
+        if self._shadow_worker is None:
+            self._shadow_wakeup = asyncio.Event()
+            self._shadow_worker = asyncio.get_running_loop().create_task(
+                self._drain_shadows(), name="shadow-worker"
+            )
+        assert self._shadow_wakeup is not None
+        self._shadow_wakeup.set()
 
-    async def _shadowed(
-        self,
-        request_id: str,
-        active: ActiveModel,
-        inputs: Inputs,
-        proba: bool,
-        answered: Outputs,
-        role: str,
-    ) -> None:
-        try:
-            outcome = await self._attempt(active, inputs, proba)
-            self._record(request_id, active.loaded, inputs, outcome, role, served=False)
+    async def _drain_shadows(self) -> None:
+        """The shadow worker: everything queued goes to its version in one call per group."""
+        wakeup = self._shadow_wakeup
+        assert wakeup is not None
+        while True:
+            if not self._shadow_queue:
+                wakeup.clear()
+                await wakeup.wait()
+            # Nobody waits for a shadow answer: let requests gather so that one model call
+            # (and one frame built from records, its main fixed cost) serves many of them.
+            await asyncio.sleep(SHADOW_GATHER_SECONDS)
+            jobs = list(self._shadow_queue)
+            self._shadow_queue.clear()
+            self._shadow_busy = len(jobs)
+            try:
+                for group in _groups(jobs):
+                    await self._shadowed(group)
+            except Exception:  # a bug: a shadow must never take anything down
+                logger.exception("Shadow predictions of %d requests failed", len(jobs))
+            finally:
+                self._shadow_busy = 0
+
+    async def _shadowed(self, jobs: list[_ShadowJob]) -> None:
+        """Predict a group of queued requests (same version, records) in one call; a group
+        whose merged call fails is predicted request by request, so only a culprit fails."""
+        first = jobs[0]
+        if len(jobs) > 1:
+            merged: list[Record] = [r for job in jobs for r in job.inputs]
+            outcome = await self._attempt(first.active, merged, first.proba)
             if outcome.error is None:
-                compared, agreed = agreement(active.loaded.task, answered, outcome.outputs)
-                self._metrics.agreement(compared, agreed)
-        except Exception:  # a bug: a shadow must never take anything down
-            logger.exception("Shadow prediction of %s on %s failed", role, request_id)
+                start = 0
+                for job in jobs:
+                    rows = len(job.inputs)
+                    part = _Outcome(outcome.outputs[start : start + rows], outcome.seconds, None)
+                    start += rows
+                    self._shadow_done(job, part)
+                return
+        for job in jobs:
+            self._shadow_done(job, await self._attempt(job.active, job.inputs, job.proba))
+
+    def _shadow_done(self, job: _ShadowJob, outcome: _Outcome) -> None:
+        self._record(job.request_id, job.active.loaded, job.inputs, outcome, job.role, False)
+        if outcome.error is None:
+            compared, agreed = agreement(job.active.loaded.task, job.answered, outcome.outputs)
+            self._metrics.agreement(compared, agreed)
+
+
+def _groups(jobs: list[_ShadowJob]) -> list[list[_ShadowJob]]:
+    """Jobs in arrival order, grouped so that one call can answer each group: record requests
+    for the same loaded version and ``proba`` together; every frame (bulk) request alone."""
+    groups: dict[tuple[int, bool], list[_ShadowJob]] = {}
+    alone: list[list[_ShadowJob]] = []
+    for job in jobs:
+        if isinstance(job.inputs, pd.DataFrame):
+            alone.append([job])
+        else:
+            groups.setdefault((id(job.active), job.proba), []).append(job)
+    return [*groups.values(), *alone]
 
 
 async def _call(active: ActiveModel, inputs: Inputs, proba: bool) -> Outputs:
