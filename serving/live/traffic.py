@@ -365,15 +365,32 @@ class LiveTraffic:
             merged: list[Record] = [r for job in jobs for r in job.inputs]
             outcome = await self._attempt(first.active, merged, first.proba)
             if outcome.error is None:
-                start = 0
-                for job in jobs:
-                    rows = len(job.inputs)
-                    part = _Outcome(outcome.outputs[start : start + rows], outcome.seconds, None)
-                    start += rows
-                    self._shadow_done(job, part)
+                self._shadows_done(jobs, outcome)
                 return
         for job in jobs:
             self._shadow_done(job, await self._attempt(job.active, job.inputs, job.proba))
+
+    def _shadows_done(self, jobs: list[_ShadowJob], outcome: _Outcome) -> None:
+        """Log each request's slice of one merged call's answer; count them once (one call,
+        one latency) and their agreement with the served answers once."""
+        start = compared = agreed = 0
+        for job in jobs:
+            rows = len(job.inputs)
+            part = outcome.outputs[start : start + rows]
+            start += rows
+            self._logged(
+                job.request_id,
+                job.active.loaded,
+                job.inputs,
+                part,
+                outcome.seconds,
+                job.role,
+                served=False,
+            )
+            pair = agreement(job.active.loaded.task, job.answered, part)
+            compared, agreed = compared + pair[0], agreed + pair[1]
+        self._metrics.live_outcome(jobs[0].role, "ok", outcome.seconds, requests=len(jobs))
+        self._metrics.agreement(compared, agreed)
 
     def _shadow_done(self, job: _ShadowJob, outcome: _Outcome) -> None:
         self._record(job.request_id, job.active.loaded, job.inputs, outcome, job.role, False)

@@ -248,9 +248,12 @@ class ServingMetrics:
         if histogram is not None:
             histogram.observe(seconds)
 
-    def live_outcome(self, role: str, outcome: str, seconds: float | None) -> None:
-        """One version's outcome on one request (``ok``, ``error`` or ``timeout``)."""
-        self.live_predictions.labels(role=role, outcome=outcome).inc()
+    def live_outcome(
+        self, role: str, outcome: str, seconds: float | None, *, requests: int = 1
+    ) -> None:
+        """One version's outcome (``ok``, ``error`` or ``timeout``) on ``requests`` requests
+        answered by one model call that took ``seconds`` (observed once: it is one call)."""
+        self.live_predictions.labels(role=role, outcome=outcome).inc(requests)
         if seconds is not None:
             self.live_seconds.labels(role=role).observe(seconds)
 
