@@ -232,7 +232,7 @@ def build_model(config: PipelineConfig, dataset: Dataset) -> Pipeline:
         transformers.append(
             (
                 "categorical",
-                _categorical_steps(config, kind, native),
+                _categorical_steps(config, kind, native, _most_categories(dataset)),
                 list(dataset.categorical_features),
             )
         )
@@ -282,16 +282,27 @@ def _numeric_steps(config: PipelineConfig, kind: str, native: bool) -> Any:
     return Pipeline(steps)
 
 
-def _categorical_steps(config: PipelineConfig, kind: str, native: bool) -> Pipeline:
+def _most_categories(dataset: Dataset) -> int:
+    """The largest number of distinct values of a categorical column (pandas, vectorised)."""
+    columns = dataset.categorical_features
+    return max((int(dataset.frame[c].nunique()) for c in columns), default=0)
+
+
+def _categorical_steps(
+    config: PipelineConfig, kind: str, native: bool, most_categories: int
+) -> Pipeline:
     prep = config.preprocessing
     if native:
         # Missing and unseen categories become NaN, which HistGradientBoosting treats as
-        # missing rather than as one more category.
+        # missing rather than as one more category. Rare categories are grouped only when a
+        # column has more than HistGradientBoosting takes: the grouping counts every value in
+        # Python (about 17 s of a million-row run under the profiler), for nothing otherwise.
+        grouping = _NATIVE_MAX_CATEGORIES if most_categories > _NATIVE_MAX_CATEGORIES else None
         encoder = OrdinalEncoder(
             handle_unknown="use_encoded_value",
             unknown_value=np.nan,
             encoded_missing_value=np.nan,
-            max_categories=prep.one_hot_max_categories or _NATIVE_MAX_CATEGORIES,
+            max_categories=prep.one_hot_max_categories or grouping,
         )
         return Pipeline([("ordinal", encoder)])
     impute = SimpleImputer(strategy=prep.categorical_imputation, fill_value="missing")

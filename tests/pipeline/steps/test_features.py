@@ -52,6 +52,46 @@ def test_hist_gradient_boosting_keeps_its_native_missing_values_and_categories()
     assert model.named_steps["model"].is_categorical_.sum() == len(dataset.categorical_features)
 
 
+def test_native_categories_are_grouped_only_when_a_column_has_more_than_the_model_takes(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """Grouping rare categories counts every value in Python: only when it is needed."""
+    shipped = shipped_config("customers")
+    few = features.build_model(shipped, ingest.run(shipped))
+    assert few.named_steps["preprocess"].transformers[1][1]["ordinal"].max_categories is None
+
+    rng = np.random.default_rng(0)
+    rows = 2_000
+    csv = tmp_path / "many.csv"
+    pd.DataFrame(
+        {
+            "x": rng.normal(size=rows),
+            "city": [f"city{i}" for i in rng.integers(0, 400, rows)],
+            "label": rng.choice(["yes", "no"], rows),
+        }
+    ).to_csv(csv, index=False)
+    config = load_config(
+        write_config(
+            {
+                "experiment": "many",
+                "registered_model": "many",
+                "task": "classification",
+                "data": {
+                    "path": str(csv),
+                    "target": "label",
+                    "features": {"numeric": ["x"], "categorical": ["city"]},
+                },
+                "estimator": {"class_path": "sklearn.ensemble.HistGradientBoostingClassifier"},
+                "gate": {"metric": "test_roc_auc"},
+            }
+        )
+    )
+    dataset = ingest.run(config)
+    many = features.build_model(config, dataset)
+    assert many.named_steps["preprocess"].transformers[1][1]["ordinal"].max_categories == 255
+    many.fit(dataset.X, dataset.y)  # HistGradientBoosting refuses more than 255 categories
+
+
 def test_other_tree_models_get_ordinal_codes_and_no_scaling(
     write_config: Callable[..., Path],
 ) -> None:
