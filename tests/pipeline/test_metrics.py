@@ -118,3 +118,28 @@ def test_importing_the_table_and_the_config_imports_no_heavy_library() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("classes", [["no", "yes"], ["setosa", "versicolor", "virginica"]])
+def test_text_labels_score_exactly_as_scikit_learn_scores_them(classes: list[str]) -> None:
+    """Metrics are computed on integer codes of text labels (fast); the values are sklearn's."""
+    rng = np.random.default_rng(0)
+    y = rng.choice(classes, 500).astype(object)
+    proba = rng.dirichlet(np.ones(len(classes)), 500)
+    predicted = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    got = metrics.prediction_metrics("classification", y, predicted, proba, classes)
+    assert got["accuracy"] == skm.accuracy_score(y, predicted)
+    assert got["f1_macro"] == pytest.approx(skm.f1_score(y, predicted, average="macro"), abs=1e-12)
+    assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=classes), abs=1e-12)
+    expected_auc = (
+        skm.roc_auc_score(y == classes[1], proba[:, 1])
+        if len(classes) == 2
+        else skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes)
+    )
+    assert got["roc_auc"] == pytest.approx(expected_auc, abs=1e-12)
+    diagnostics = metrics.classification_diagnostics(y, predicted, proba, classes, classes[-1])
+    assert diagnostics["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(y, predicted), abs=1e-12
+    )
+    recall = skm.recall_score(y, predicted, labels=classes, average=None)
+    assert [diagnostics[f"recall_{c}"] for c in classes] == pytest.approx(recall.tolist())
