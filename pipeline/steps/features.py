@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +62,21 @@ class Split:
     X_test: pd.DataFrame
     y_train: pd.Series
     y_test: pd.Series
+    train_hashes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    test_hashes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Row fingerprints (:func:`row_hashes` over the sorted columns), kept by :func:`split`,
+    which computes them anyway: training records the training rows' and the gate compares
+    both, each a pass over every row otherwise."""
+
+    def row_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training, held-out) row fingerprints over the sorted feature columns."""
+        if self.train_hashes is not None and self.test_hashes is not None:
+            return self.train_hashes, self.test_hashes
+        columns = sorted(str(c) for c in self.X_train.columns)
+        return (
+            row_hashes(self.X_train, self.y_train, columns),
+            row_hashes(self.X_test, self.y_test, columns),
+        )
 
 
 def row_hashes(
@@ -134,11 +149,17 @@ def _strata(config: PipelineConfig, dataset: Dataset) -> pd.Series | None:
 
 
 def _without_copies_of_training_rows(data_split: Split) -> Split:
-    columns = sorted(str(c) for c in data_split.X_train.columns)
-    seen = row_hashes(data_split.X_train, data_split.y_train, columns)
-    copies = np.isin(row_hashes(data_split.X_test, data_split.y_test, columns), seen)
+    seen, held_out = data_split.row_hashes()
+    copies = np.isin(held_out, seen)
     if not copies.any():
-        return data_split
+        return Split(
+            data_split.X_train,
+            data_split.X_test,
+            data_split.y_train,
+            data_split.y_test,
+            train_hashes=seen,
+            test_hashes=held_out,
+        )
     kept = int((~copies).sum())
     if kept < 2:
         raise DataValidationError(
@@ -154,6 +175,8 @@ def _without_copies_of_training_rows(data_split: Split) -> Split:
         X_test=data_split.X_test[~copies],
         y_train=pd.concat([data_split.y_train, data_split.y_test[copies]]),
         y_test=data_split.y_test[~copies],
+        train_hashes=np.concatenate([seen, held_out[copies]]),
+        test_hashes=held_out[~copies],
     )
 
 

@@ -206,7 +206,8 @@ def _judge(
         _version_of(champion),
         allow_schema_change=config.gate.allow_schema_change,
     )
-    rows = _unseen_by(data_split, data_split.X_train, data_split.y_train)
+    trained_on, compared = data_split.row_hashes()
+    rows = ~np.isin(compared, trained_on)
     comparison = None
     if champion is not None and schema_problem is None:
         comparison = _compare(config, champion, answers, data_split, rows)
@@ -437,13 +438,6 @@ def _bootstrap_rows(rows: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(rows, BOOTSTRAP_ROW_CAP, replace=False))
 
 
-def _unseen_by(data_split: Split, X_seen: pd.DataFrame, y_seen: pd.Series) -> np.ndarray:
-    """Mask of held-out rows that are not copies of the rows (`X_seen`, `y_seen`)."""
-    columns = sorted(str(c) for c in data_split.X_test.columns)
-    seen = features.row_hashes(X_seen, y_seen, columns)
-    return ~np.isin(features.row_hashes(data_split.X_test, data_split.y_test, columns), seen)
-
-
 def _recorded_unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
     """Mask of held-out rows absent from the run's recorded training rows (all, if unrecorded).
 
@@ -468,7 +462,9 @@ def _recorded_unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
     if not set(columns) <= set(data_split.X_test.columns):
         return everything
     X, y = data_split.X_test, data_split.y_test
-    current = np.isin(features.row_hashes(X, y, columns), seen)
+    same_columns = columns == sorted(str(c) for c in X.columns)
+    ours = data_split.row_hashes()[1] if same_columns else features.row_hashes(X, y, columns)
+    current = np.isin(ours, seen)
     legacy = np.isin(features.row_hashes(X, y, columns, version=1), seen)
     return ~(current | legacy)
 

@@ -106,7 +106,7 @@ def run(config: PipelineConfig, dataset: Dataset, run_id: str | None = None) -> 
         )
         model.fit(data_split.X_train, data_split.y_train)
         model_uri = _log_model(model, data_split, dataset)
-        _log_training_rows(data_split, dataset)
+        _log_training_rows(data_split)
         logger.info(
             "Trained %s in run %s (%s)",
             estimator_name,
@@ -257,11 +257,11 @@ def _cross_validate(
     return result
 
 
-def _log_training_rows(data_split: features.Split, dataset: Dataset) -> None:
+def _log_training_rows(data_split: features.Split) -> None:
     # Row fingerprints (not the rows) let a later gate score this model only on rows it
     # never saw, even when the challenger was trained on newer or re-split data.
-    columns = sorted(dataset.features)
-    hashes = features.row_hashes(data_split.X_train, data_split.y_train, columns)
+    columns = sorted(str(c) for c in data_split.X_train.columns)
+    hashes, _ = data_split.row_hashes()
     artifact = PurePosixPath(artifacts.TRAINING_ROWS)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / artifact.name
