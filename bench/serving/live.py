@@ -31,7 +31,7 @@ import httpx
 from bench.serving.console import log
 from bench.serving.load import run_load
 from bench.serving.servers import ServerProcess, our_server, stop_all_servers
-from bench.serving.store import Dataset, Store, _pinned_requirements, build_store
+from bench.serving.store import Dataset, Store, build_store, log_version
 from bench.serving.wire import build_payloads
 
 SHADOW_COST_LIMIT = 0.15
@@ -299,27 +299,11 @@ def _challenger_lr(X_train: Any, y_train: Any) -> Any:
 def _log_version(store: Store, name: str, model: Any, X_train: Any) -> str:
     """Log a fitted ``model`` and register it as a new version of ``name``."""
     import mlflow
-    import skops.io
-    from mlflow.models import infer_signature
 
     # The benchmark's experiment: its artifacts stay in the throwaway store.
     experiment = mlflow.get_experiment_by_name("bench-serving")
     assert experiment is not None
-    with (
-        warnings.catch_warnings(),
-        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"{name}-live"),
-    ):
-        warnings.simplefilter("ignore")
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(X_train, model.predict(X_train)),
-            input_example=X_train.head(5),
-            serialization_format="skops",
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-            pip_requirements=_pinned_requirements(),
-        )
-        return str(mlflow.register_model(info.model_uri, name).version)
+    return log_version(experiment.experiment_id, name, model, X_train, run_name=f"{name}-live")
 
 
 def _stage(store: Store, name: str, version: str, stage: str = "Staging") -> None:

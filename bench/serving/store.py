@@ -105,18 +105,16 @@ def build_store(root: Path, keys: Sequence[str], X_train: Any, y_train: Any) -> 
     return Store(root=root, tracking_uri=tracking_uri, registered=registered)
 
 
-def _register(client: Any, experiment_id: str, key: str, X_train: Any, y_train: Any) -> str:
-    """Fit, log and register one model; its version 1 goes to Production as `champion`."""
+def log_version(experiment_id: str, name: str, model: Any, X_train: Any, *, run_name: str) -> str:
+    """Log a fitted ``model`` as the pipeline does (skops, trusted types, signature, pinned
+    requirements) and register it as a new version of ``name``; returns the version."""
     import mlflow
     import skops.io
     from mlflow.models import infer_signature
 
-    started = time.perf_counter()
-    model = build_estimator(key, list(X_train.columns)).fit(X_train, y_train)
-    name = registered_name(key)
     with (
         warnings.catch_warnings(),
-        mlflow.start_run(experiment_id=experiment_id, run_name=f"bench-{key}"),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name),
     ):
         warnings.simplefilter("ignore")
         info = mlflow.sklearn.log_model(
@@ -128,13 +126,21 @@ def _register(client: Any, experiment_id: str, key: str, X_train: Any, y_train: 
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
             pip_requirements=_pinned_requirements(),
         )
-        version = mlflow.register_model(info.model_uri, name)
+        return str(mlflow.register_model(info.model_uri, name).version)
+
+
+def _register(client: Any, experiment_id: str, key: str, X_train: Any, y_train: Any) -> str:
+    """Fit, log and register one model; its version 1 goes to Production as `champion`."""
+    started = time.perf_counter()
+    model = build_estimator(key, list(X_train.columns)).fit(X_train, y_train)
+    name = registered_name(key)
+    version = log_version(experiment_id, name, model, X_train, run_name=f"bench-{key}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(name, version.version, "Production")
-    client.set_registered_model_alias(name, "champion", version.version)
+        client.transition_model_version_stage(name, version, "Production")
+    client.set_registered_model_alias(name, "champion", version)
     log(
-        f"registered {name} v{version.version} ({MODEL_TITLES[key]}) in Production "
+        f"registered {name} v{version} ({MODEL_TITLES[key]}) in Production "
         f"in {time.perf_counter() - started:.1f}s"
     )
     return name
