@@ -39,7 +39,7 @@ from pipeline.monitoring import live
 from pipeline.monitoring.prediction_log import PredictionLog, describe_window, utc
 
 # One monitoring experiment for every monitoring run, created the same race-safe way.
-from pipeline.monitoring.record import experiment_id
+from pipeline.monitoring.record import monitoring_run
 from pipeline.registry import production
 from pipeline.steps import bootstrap
 
@@ -299,16 +299,13 @@ def log_run(
     """
     from pipeline.reports import live_report
 
-    if run_id is None:
-        experiment = experiment_id(client, config.monitoring_experiment)
-        run_name = (
-            f"{found.model_name}-live-v{found.challenger.version}-vs-v{found.champion.version}-"
-            f"{found.window_end:%Y%m%dT%H%M%SZ}"
-        )
-        run_id = client.create_run(experiment, run_name=run_name).info.run_id
-    found = replace(found, run_id=run_id)
-    now = int(datetime.now(UTC).timestamp() * 1000)
-    try:
+    run_name = (
+        f"{found.model_name}-live-v{found.challenger.version}-vs-v{found.champion.version}-"
+        f"{found.window_end:%Y%m%dT%H%M%SZ}"
+    )
+    with monitoring_run(client, config, run_name, run_id) as run_id:
+        found = replace(found, run_id=run_id)
+        now = int(datetime.now(UTC).timestamp() * 1000)
         client.log_batch(
             run_id,
             params=[
@@ -323,10 +320,6 @@ def log_run(
         )
         client.log_dict(run_id, live_report.as_json(found), REPORT_JSON)
         client.log_text(run_id, live_report.render_html(found), REPORT_HTML)
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
     return run_id
 
 

@@ -3,6 +3,8 @@ two reports, in the monitoring experiment and tagged with the model version it w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from mlflow.entities import Metric, Param, RunTag
@@ -26,11 +28,8 @@ def log_monitor_run(
 
     The run ends FINISHED, or FAILED when a write fails (the error is raised again).
     """
-    if run_id is None:
-        experiment = experiment_id(client, config.monitoring_experiment)
-        run_name = f"{found.model_name}-v{found.model_version}-{found.window_end:%Y%m%dT%H%M%SZ}"
-        run_id = client.create_run(experiment, run_name=run_name).info.run_id
-    try:
+    run_name = f"{found.model_name}-v{found.model_version}-{found.window_end:%Y%m%dT%H%M%SZ}"
+    with monitoring_run(client, config, run_name, run_id) as run_id:
         client.log_batch(
             run_id,
             params=[Param(k, str(v)) for k, v in _params(config).items()],
@@ -41,11 +40,25 @@ def log_monitor_run(
             client.log_batch(run_id, metrics=metrics[start : start + _BATCH])
         client.log_dict(run_id, drift_report.as_json(found), REPORT_JSON)
         client.log_text(run_id, drift_report.render_html(found), REPORT_HTML)
+    return run_id
+
+
+@contextmanager
+def monitoring_run(
+    client: MlflowClient, config: PipelineConfig, run_name: str, run_id: str | None
+) -> Iterator[str]:
+    """`run_id` (the run `mlflow run` made), or a new run of the monitoring experiment named
+    `run_name`; it ends FINISHED, or FAILED when the block raises (the error is raised again).
+    """
+    if run_id is None:
+        experiment = experiment_id(client, config.monitoring_experiment)
+        run_id = client.create_run(experiment, run_name=run_name).info.run_id
+    try:
+        yield run_id
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
-    return run_id
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
