@@ -2,15 +2,22 @@
 
 Test modules import them as ``from tests.pipeline.factories import ...`` (pytest's importlib
 mode registers ``tests`` as a namespace package). The fixtures that need pytest (a throwaway
-MLflow store, ``write_config``, ``iris_config``) stay in ``tests/conftest.py``.
+MLflow store, ``write_config``, ``iris_config``) stay in ``tests/conftest.py``; a module-scoped
+fixture takes its own store with :func:`store_of_its_own`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pytest
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from sklearn.datasets import load_iris
 from sklearn.pipeline import Pipeline
 
@@ -63,3 +70,20 @@ def fitted(config: PipelineConfig) -> Fitted:
     data_split = features.split(config, dataset)
     model = features.build_model(config, dataset).fit(data_split.X_train, data_split.y_train)
     return Fitted(dataset=dataset, split=data_split, model=model)
+
+
+@contextmanager
+def store_of_its_own(root: Path) -> Iterator[str]:
+    """A SQLite store in `root` (the working directory meanwhile) for a module's fixtures, as
+    ``mlflow_store`` gives one to a test; yields its URI and forgets it afterwards."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield uri
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,8 +24,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._model_registry import utils as registry_utils
-from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from pipeline import cli, contracts
 from pipeline.config import PipelineConfig, load_config
@@ -37,6 +34,7 @@ from pipeline.registry import production, transaction
 from pipeline.reports import model_card
 from pipeline.steps import flow
 from tests.factories import iris_config
+from tests.pipeline.factories import store_of_its_own
 
 MODEL = "iris-live"
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -56,22 +54,13 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """Version 1 of iris-live in Production, in a store of its own."""
     root = tmp_path_factory.mktemp("live-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     raw = iris_config(MODEL, gate={"metric": "test_accuracy", "live": True, "live_min_labels": 100})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_REGISTRY_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with store_of_its_own(root) as uri:
         path = root / "first.yaml"
         # The first model goes straight to Production: there is no champion to judge it against.
         path.write_text(yaml.safe_dump({**raw, "gate": {"metric": "test_accuracy"}}))
         assert flow.run_all(load_config(path)).decision.promoted
         yield Store(root=root, uri=uri, config=raw)
-    tracking_utils._tracking_uri = None
-    registry_utils._registry_uri = None
 
 
 @pytest.fixture

@@ -21,8 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._model_registry import utils as registry_utils
-from mlflow.tracking._tracking_service import utils as tracking_utils
 from sklearn.pipeline import Pipeline
 
 from pipeline import artifacts, metrics
@@ -32,6 +30,7 @@ from pipeline.errors import DataValidationError, RegistryError
 from pipeline.monitoring import feedback, monitor, record
 from pipeline.monitoring.prediction_log import part_name
 from pipeline.steps import flow, train
+from tests.pipeline.factories import store_of_its_own
 
 MODEL = "iris-test"
 START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -73,22 +72,13 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     """Version 1 of iris-test in Production, in a store of its own (like `mlflow_store`)."""
     root = tmp_path_factory.mktemp("monitor-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_REGISTRY_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with store_of_its_own(root):
         path = root / "iris.yaml"
         path.write_text(yaml.safe_dump(IRIS))
         result = flow.run_all(load_config(path))
         assert result.decision.promoted
         assert result.training is not None
         yield Trained(root=root, training=result.training)
-    tracking_utils._tracking_uri = None
-    registry_utils._registry_uri = None
 
 
 @pytest.fixture
