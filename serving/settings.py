@@ -193,7 +193,7 @@ class Settings(BaseSettings):
         "an error (a canary request is then answered by the champion).",
     )
     shadow_max_in_flight: int = Field(
-        default=256,
+        default=2048,
         ge=1,
         description="Shadow mode: most requests waiting for the challenger at once; a request "
         "beyond it is not shadowed (counted in serving_live_shadow_dropped_total).",

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.serving.console import log
 from bench.serving.load import run_load
+from bench.serving.profiling import profiled
 from bench.serving.servers import ServerProcess, our_server, stop_all_servers
 from bench.serving.store import Dataset, Store, build_store, log_version
 from bench.serving.wire import build_payloads
@@ -47,6 +49,11 @@ class LiveFigures:
     off_req_per_s: float | None = None
     shadow_req_per_s: float | None = None
     shadow_errors: int = 0
+    shadow_answered: int = 0
+    """Requests the champion answered in shadow mode (warm-up included)."""
+    shadow_predicted: int = 0
+    """Of them, those the challenger predicted too: a shadow that skips work is no bargain."""
+    shadow_dropped: int = 0
     canary_requests: int = 0
     canary_percent: float = CANARY_PERCENT
     canary_share: float | None = None
@@ -102,6 +109,12 @@ def live_lines(figures: LiveFigures) -> list[str]:
             f"{figures.off_req_per_s:,.0f} req/s without; target <= "
             f"{SHADOW_COST_LIMIT:.0%}: {verdict})"
         )
+    if figures.shadow_answered:
+        lines.append(
+            f"  shadowed: the challenger predicted {figures.shadow_predicted:,} of the "
+            f"{figures.shadow_answered:,} requests the champion answered "
+            f"({figures.shadow_dropped:,} dropped: too many in flight)"
+        )
     if figures.canary_share is None:
         lines.append("  canary share: not measured")
     else:
@@ -144,26 +157,40 @@ def _shadow_cost(
     for round_index in range(args.rounds):
         for mode in order if round_index % 2 == 0 else order[::-1]:
             server = _server(store, "lr", tmp, {"SERVING_CHALLENGER_MODE": mode})
+            # The default hot-reload interval: polling two slots every second (what the
+            # other live measurements use, to see a rollback quickly) is not a shadow's cost.
+            server.env.pop("SERVING_POLL_SECONDS")
             try:
                 server.start(args.startup_timeout)
                 if mode == "shadow":
                     _wait_for_challenger(server.port)
-                result = run_load(
-                    args.generator,
-                    server.port,
-                    payloads,
-                    args.concurrency,
-                    args.warmup,
-                    args.duration,
-                    server.pgid,
-                    not args.no_uvloop,
-                )
+                with profiled(args.profile, f"live-{mode}", server.pgid, args.warmup):
+                    result = run_load(
+                        args.generator,
+                        server.port,
+                        payloads,
+                        args.concurrency,
+                        args.warmup,
+                        args.duration,
+                        server.pgid,
+                        not args.no_uvloop,
+                    )
+                if mode == "shadow":
+                    _await_shadows(server.port, figures)
             except Exception as exc:
                 figures.notes.append(f"shadow cost ({mode}): {exc}")
                 return
             finally:
                 server.stop()
-            log(f"[live] {mode}: {result.req_per_s:,.0f} req/s, {result.errors} errors")
+            cpu = result.server_cpu_cores
+            per_request = (
+                f", {1e6 * cpu / result.req_per_s:,.0f} µs server CPU a request"
+                if cpu and result.req_per_s
+                else ""
+            )
+            log(
+                f"[live] {mode}: {result.req_per_s:,.0f} req/s, {result.errors} errors{per_request}"
+            )
             results.setdefault(mode, 0.0)
             results[mode] += result.req_per_s / args.rounds
             if mode == "shadow":
@@ -269,6 +296,38 @@ def _server(store: Store, key: str, tmp: Path, env: dict[str, str]) -> ServerPro
     server.env.update({"SERVING_POLL_SECONDS": "1", **env})
     server.label = f"ours ({env.get('SERVING_CHALLENGER_MODE')})"
     return server
+
+
+def _await_shadows(port: int, figures: LiveFigures, timeout: float = 10.0) -> None:
+    """Once the load has stopped, wait for the queued shadow predictions, then add how many
+    requests the champion answered, the challenger predicted and the shadow dropped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _live_counts(port)
+        answered = counts.get(("champion", "ok"), 0)
+        done = sum(n for (role, _), n in counts.items() if role == "challenger")
+        dropped = counts.get(("dropped", ""), 0)
+        if done + dropped >= answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    figures.shadow_answered += answered
+    figures.shadow_predicted += counts.get(("challenger", "ok"), 0)
+    figures.shadow_dropped += dropped
+
+
+def _live_counts(port: int) -> dict[tuple[str, str], int]:
+    """``serving_live_predictions_total`` by (role, outcome), and the shadow's drops as
+    ("dropped", ""), from the server's ``/metrics``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts: dict[tuple[str, str], int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "serving_live_predictions_total":
+                key = (sample.labels["role"], sample.labels["outcome"])
+                counts[key] = int(sample.value)
+            elif sample.name == "serving_live_shadow_dropped_total":
+                counts[("dropped", "")] = int(sample.value)
+    return counts
 
 
 def _challenger(port: int) -> dict[str, Any]:

@@ -188,6 +188,7 @@ class ServingMetrics:
             "Rows both answered alike (same label; values within 1% for regressors).",
             registry=self.shared,
         )
+        self._live_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._compared = 0
         self._agreed = 0
         agreement = Gauge(
@@ -253,9 +254,18 @@ class ServingMetrics:
     ) -> None:
         """One version's outcome (``ok``, ``error`` or ``timeout``) on ``requests`` requests
         answered by one model call that took ``seconds`` (observed once: it is one call)."""
-        self.live_predictions.labels(role=role, outcome=outcome).inc(requests)
+        key = (role, outcome)
+        children = self._live_children.get(key)
+        if children is None:
+            # ``labels()`` hashes and locks on every call: on a hot path, look each pair up once.
+            children = (
+                self.live_predictions.labels(role=role, outcome=outcome),
+                self.live_seconds.labels(role=role),
+            )
+            self._live_children[key] = children
+        children[0].inc(requests)
         if seconds is not None:
-            self.live_seconds.labels(role=role).observe(seconds)
+            children[1].observe(seconds)
 
     def agreement(self, compared: int, agreed: int) -> None:
         self._compared += compared

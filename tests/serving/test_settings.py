@@ -170,7 +170,7 @@ def test_live_traffic_settings_default_to_shadow_with_documented_bounds() -> Non
     assert settings.challenger_mode == "shadow"
     assert settings.canary_percent == 10.0
     assert settings.challenger_timeout_seconds == 1.0
-    assert settings.shadow_max_in_flight == 256
+    assert settings.shadow_max_in_flight == 2048
     assert (settings.canary_max_error_rate, settings.canary_max_p99_ratio) == (0.05, 3.0)
     assert (settings.canary_window, settings.canary_min_requests) == (500, 50)
 
