@@ -407,12 +407,12 @@ def reconcile(client: MlflowClient, name: str) -> list[str]:
     if state.intent is not None:
         repairs.append(_settle(client, name, state))
         state = observe(client, name)
-    production_repairs = _enforce_stage(client, name, state)
+    production_repairs = _enforce_slot(client, name, _production_slot(state))
     if production_repairs:
         # The champion may have moved: the Staging checks compare the challenger with it.
         state = observe(client, name)
     repairs.extend(production_repairs)
-    repairs.extend(_enforce_staging(client, name, state))
+    repairs.extend(_enforce_slot(client, name, _staging_slot(state)))
     repairs.extend(_untag_false_decisions(client, name, state))
     for repair in repairs:
         logger.warning("Repaired '%s': %s", name, repair)
@@ -550,57 +550,64 @@ def _show_challenger(client: MlflowClient, name: str, intent: Intent) -> None:
         client.set_tag(new, STATUS_TAG, f"Staging (challenger): {name} v{intent.to_version}")
 
 
-def _enforce_stage(client: MlflowClient, name: str, state: RegistryState) -> list[str]:
-    repairs = []
-    keep = _keeper(state.production_versions, state.alias)
-    for extra in (v for v in state.production_versions if v != keep):
-        _transition(client, name, extra, ARCHIVED, archive_existing=False)
-        repairs.append(f"archived version {extra}, a second version in Production")
-    if keep is None:
-        if state.alias is not None:
-            client.delete_registered_model_alias(name, production.CHAMPION_ALIAS)
-            repairs.append(
-                f"removed champion from version {state.alias}: no version is in Production"
-            )
-        return repairs
-    if state.alias != keep:
-        client.set_registered_model_alias(name, production.CHAMPION_ALIAS, keep)
-        repairs.append(f"moved champion from version {state.alias} to {keep}, the Production one")
+@dataclass(frozen=True)
+class _Slot:
+    """One stage slot as reconcile sees it: which versions hold the stage, where its alias is,
+    and which version its newest history event left there."""
+
+    stage: str
+    alias_name: str
+    versions: tuple[str, ...]
+    alias: str | None
+    last: str | None
+    history: str
+    """How the repair message names the slot's history."""
+
+
+def _production_slot(state: RegistryState) -> _Slot:
     last = state.last_event.to_version if state.last_event else None
-    if last != keep:
-        production.append_history(client, name, _repair_event(last, keep, PRODUCTION))
-        repairs.append(f"recorded a repair event {last or 'none'} -> {keep} in the history")
-    return repairs
+    return _Slot(
+        PRODUCTION, production.CHAMPION_ALIAS, state.production_versions, state.alias, last, ""
+    )
 
 
-def _enforce_staging(client: MlflowClient, name: str, state: RegistryState) -> list[str]:
-    """The Staging slot as the Production one: one version, `challenger` on it, history agrees.
+def _staging_slot(state: RegistryState) -> _Slot:
+    """Read after the Production repairs, so `champion` is on the Production version (or gone)
+    and a `challenger` on it is removed by the same rules: it is on no Staging version."""
+    return _Slot(
+        STAGING,
+        production.CHALLENGER_ALIAS,
+        state.staging_versions,
+        state.challenger,
+        _staged_version(state.last_staging_event),
+        " of Staging",
+    )
 
-    Runs after the Production repairs, so `champion` is on the Production version (or gone)
-    and a `challenger` on it is removed by the same rules: it is on no Staging version.
-    """
+
+def _enforce_slot(client: MlflowClient, name: str, slot: _Slot) -> list[str]:
+    """One version in the slot's stage, its alias on that version, and the history agreeing."""
     repairs = []
-    keep = _keeper(state.staging_versions, state.challenger)
-    for extra in (v for v in state.staging_versions if v != keep):
+    keep = _keeper(slot.versions, slot.alias)
+    for extra in (v for v in slot.versions if v != keep):
         _transition(client, name, extra, ARCHIVED, archive_existing=False)
-        repairs.append(f"archived version {extra}, a second version in Staging")
+        repairs.append(f"archived version {extra}, a second version in {slot.stage}")
     if keep is None:
-        if state.challenger is not None:
-            client.delete_registered_model_alias(name, production.CHALLENGER_ALIAS)
+        if slot.alias is not None:
+            client.delete_registered_model_alias(name, slot.alias_name)
             repairs.append(
-                f"removed challenger from version {state.challenger}: no version is in Staging"
+                f"removed {slot.alias_name} from version {slot.alias}: "
+                f"no version is in {slot.stage}"
             )
         return repairs
-    if state.challenger != keep:
-        client.set_registered_model_alias(name, production.CHALLENGER_ALIAS, keep)
+    if slot.alias != keep:
+        client.set_registered_model_alias(name, slot.alias_name, keep)
         repairs.append(
-            f"moved challenger from version {state.challenger} to {keep}, the Staging one"
+            f"moved {slot.alias_name} from version {slot.alias} to {keep}, the {slot.stage} one"
         )
-    last = _staged_version(state.last_staging_event)
-    if last != keep:
-        production.append_history(client, name, _repair_event(last, keep, STAGING))
+    if slot.last != keep:
+        production.append_history(client, name, _repair_event(slot.last, keep, slot.stage))
         repairs.append(
-            f"recorded a repair event {last or 'none'} -> {keep} in the history of Staging"
+            f"recorded a repair event {slot.last or 'none'} -> {keep} in the history{slot.history}"
         )
     return repairs
 
