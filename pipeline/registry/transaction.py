@@ -407,12 +407,12 @@ def reconcile(client: MlflowClient, name: str) -> list[str]:
     if state.intent is not None:
         repairs.append(_settle(client, name, state))
         state = observe(client, name)
-    production_repairs = _enforce_slot(client, name, _production_slot(state))
+    production_repairs = _enforce_slot(client, name, _production_state(state))
     if production_repairs:
         # The champion may have moved: the Staging checks compare the challenger with it.
         state = observe(client, name)
     repairs.extend(production_repairs)
-    repairs.extend(_enforce_slot(client, name, _staging_slot(state)))
+    repairs.extend(_enforce_slot(client, name, _staging_state(state)))
     repairs.extend(_untag_false_decisions(client, name, state))
     for repair in repairs:
         logger.warning("Repaired '%s': %s", name, repair)
@@ -551,63 +551,55 @@ def _show_challenger(client: MlflowClient, name: str, intent: Intent) -> None:
 
 
 @dataclass(frozen=True)
-class _Slot:
-    """One stage slot as reconcile sees it: which versions hold the stage, where its alias is,
-    and which version its newest history event left there."""
+class _SlotState:
+    """One slot as reconcile sees it: which versions hold its stage, which one its alias is
+    on, and which one its newest history event left there."""
 
-    stage: str
-    alias_name: str
+    slot: _Slot
     versions: tuple[str, ...]
-    alias: str | None
+    holder: str | None
     last: str | None
     history: str
     """How the repair message names the slot's history."""
 
 
-def _production_slot(state: RegistryState) -> _Slot:
+def _production_state(state: RegistryState) -> _SlotState:
     last = state.last_event.to_version if state.last_event else None
-    return _Slot(
-        PRODUCTION, production.CHAMPION_ALIAS, state.production_versions, state.alias, last, ""
-    )
+    return _SlotState(_SLOTS[PRODUCTION], state.production_versions, state.alias, last, "")
 
 
-def _staging_slot(state: RegistryState) -> _Slot:
+def _staging_state(state: RegistryState) -> _SlotState:
     """Read after the Production repairs, so `champion` is on the Production version (or gone)
     and a `challenger` on it is removed by the same rules: it is on no Staging version."""
-    return _Slot(
-        STAGING,
-        production.CHALLENGER_ALIAS,
-        state.staging_versions,
-        state.challenger,
-        _staged_version(state.last_staging_event),
-        " of Staging",
+    last = _staged_version(state.last_staging_event)
+    return _SlotState(
+        _SLOTS[STAGING], state.staging_versions, state.challenger, last, " of Staging"
     )
 
 
-def _enforce_slot(client: MlflowClient, name: str, slot: _Slot) -> list[str]:
+def _enforce_slot(client: MlflowClient, name: str, observed: _SlotState) -> list[str]:
     """One version in the slot's stage, its alias on that version, and the history agreeing."""
     repairs = []
-    keep = _keeper(slot.versions, slot.alias)
-    for extra in (v for v in slot.versions if v != keep):
+    stage, alias = observed.slot.stage, observed.slot.alias
+    keep = _keeper(observed.versions, observed.holder)
+    for extra in (v for v in observed.versions if v != keep):
         _transition(client, name, extra, ARCHIVED, archive_existing=False)
-        repairs.append(f"archived version {extra}, a second version in {slot.stage}")
+        repairs.append(f"archived version {extra}, a second version in {stage}")
     if keep is None:
-        if slot.alias is not None:
-            client.delete_registered_model_alias(name, slot.alias_name)
+        if observed.holder is not None:
+            client.delete_registered_model_alias(name, alias)
             repairs.append(
-                f"removed {slot.alias_name} from version {slot.alias}: "
-                f"no version is in {slot.stage}"
+                f"removed {alias} from version {observed.holder}: no version is in {stage}"
             )
         return repairs
-    if slot.alias != keep:
-        client.set_registered_model_alias(name, slot.alias_name, keep)
+    if observed.holder != keep:
+        client.set_registered_model_alias(name, alias, keep)
+        repairs.append(f"moved {alias} from version {observed.holder} to {keep}, the {stage} one")
+    last = observed.last
+    if last != keep:
+        production.append_history(client, name, _repair_event(last, keep, stage))
         repairs.append(
-            f"moved {slot.alias_name} from version {slot.alias} to {keep}, the {slot.stage} one"
-        )
-    if slot.last != keep:
-        production.append_history(client, name, _repair_event(slot.last, keep, slot.stage))
-        repairs.append(
-            f"recorded a repair event {slot.last or 'none'} -> {keep} in the history{slot.history}"
+            f"recorded a repair event {last or 'none'} -> {keep} in the history{observed.history}"
         )
     return repairs
 
