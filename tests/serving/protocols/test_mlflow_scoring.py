@@ -8,12 +8,10 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from fastapi import Request
 from fastapi.testclient import TestClient
 
 from serving.model.state import ActiveModel
 from serving.protocols import mlflow_scoring
-from serving.protocols.deps import Predictor, current_predictor
 from tests.serving.factories import MakeClient, TinyStore
 
 JSON = {"Content-Type": "application/json"}
@@ -237,13 +235,9 @@ def test_model_failure_is_a_500_without_traceback(
         async def predict(self, records: Any) -> Any:
             raise RuntimeError("boom inside the model")
 
-    def failing(request: Request) -> Predictor:
-        predictor = current_predictor(request)
-        assert predictor is not None
-        active = predictor.active
-        return Predictor(active=Failing(active.loaded, active.requests, active.batcher))
-
-    client.app.dependency_overrides[current_predictor] = failing  # type: ignore[attr-defined]
+    holder = client.app.state.models  # type: ignore[attr-defined]
+    active = holder.active
+    holder.active = Failing(active.loaded, active.requests, active.batcher)
     response = post(client, {"dataframe_split": rows.to_dict(orient="split")})
     assert_error(response, 500, "INTERNAL_ERROR", "The model failed", "logged on the server")
     assert "boom" not in response.text
