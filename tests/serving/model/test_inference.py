@@ -9,9 +9,12 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.ensemble import RandomForestClassifier
 
 from serving.errors import InvalidRequestError
+from serving.model import inference
 from serving.model.inference import (
     ClassPrediction,
     RegressionPrediction,
@@ -232,3 +235,28 @@ def test_mixed_model_handles_missing_optional_values_like_training(
     assert [p.label for p in predictions] == loaded.estimator.predict(rows).tolist()
     assert all(type(p.label) is int for p in predictions)
     assert all(set(p.probabilities or {}) == {"0", "1"} for p in predictions)
+
+
+def test_forest_probabilities_of_a_large_frame_split_over_cores_equal_sklearn_to_the_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(3_000, 4)), columns=list("abcd"))
+    forest = RandomForestClassifier(n_estimators=7, random_state=0).fit(
+        frame[:500], (frame["a"][:500] > 0).astype(int)
+    )
+    monkeypatch.setattr(inference, "_cores", lambda: 3)
+    assert [(c.start, c.stop) for c in inference._row_chunks(3_000)] == [
+        (0, 1_000),
+        (1_000, 2_000),
+        (2_000, 3_000),
+    ]
+    assert np.array_equal(
+        inference._forest_predict_proba(forest, frame), forest.predict_proba(frame)
+    )
+
+
+def test_forest_probabilities_of_a_small_frame_stay_on_one_thread() -> None:
+    assert inference._row_chunks(inference.PARALLEL_FOREST_ROWS - 1) == [
+        slice(0, inference.PARALLEL_FOREST_ROWS - 1)
+    ]
