@@ -20,6 +20,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import Gauge
 from pydantic.json_schema import models_json_schema
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from pipeline.contracts import CHALLENGER_STAGE, store_id
 from serving.errors import add_error_handlers
@@ -34,7 +36,7 @@ from serving.model.challenger import ChallengerHolder
 from serving.model.state import ActiveModel, BatchingOptions, ModelHolder
 from serving.prediction_log import PredictionLog
 from serving.protocols import kserve_v2, mlflow_scoring
-from serving.routes import router
+from serving.routes import predict_records, router
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -147,6 +149,23 @@ def _add_routes(app: FastAPI, *routers: APIRouter) -> None:
     """
     for included in routers:
         app.router.routes.extend(included.routes)
+    # The single-row hot path: the same endpoint, ahead of its documented APIRoute, through
+    # Starlette's plain request-response wrapper. FastAPI's handler (parameter resolution,
+    # response checks) costs about 85 µs a request here and does nothing for an endpoint
+    # that takes the bare Request and returns a Response; errors still reach the app's
+    # handlers. The APIRoute stays for the OpenAPI document and matches nothing first.
+    app.router.routes.insert(0, _PlainRoute("/predict", predict_records, methods=["POST"]))
+
+
+class _PlainRoute(Route):
+    """A Starlette route that names itself in the scope as FastAPI's routes do: the metrics
+    label requests by ``scope["route"]``'s template."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match != Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
 
 
 def app_from_env() -> FastAPI:

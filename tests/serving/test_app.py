@@ -190,6 +190,18 @@ def test_openapi_describes_predict_with_the_real_feature_names(make_client: Make
     assert client.get("/docs").status_code == 200
 
 
+def test_predict_is_answered_by_the_plain_route_ahead_of_its_documented_one(
+    iris: TestClient,
+) -> None:
+    routes = [r for r in iris.app.router.routes if getattr(r, "path", None) == "/predict"]  # type: ignore[attr-defined]
+    assert [type(r).__name__ for r in routes] == ["_PlainRoute", "APIRoute"]
+    assert iris.post("/predict", json=SETOSA).status_code == 200
+    wrong_method = iris.get("/predict")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert "/predict" in iris.get("/openapi.json").json()["paths"]
+
+
 # --- request errors --------------------------------------------------------------------
 
 
