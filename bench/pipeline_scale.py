@@ -24,7 +24,9 @@ What it does, for each size in `--rows`:
    exits: `ru_maxrss` would inherit this parent's peak across fork).
 3. Prints time and peak-memory ratios against the plain script, with the issue's targets at
    1M rows and more: <= 1.3x time without a champion, <= 1.5x with one, <= 1.3x peak memory.
-   The exit status is 1 when one is missed.
+   The exit status is 1 when one is missed. Under each `main`, the seconds between its log
+   lines: start to data validated (interpreter start, imports, reading), then split and
+   training, evaluate, register, and gate with the model card, and the exit.
 
 `--bootstrap-rows N` (default 1,000,000; 0 skips it) also times the gate's paired bootstrap of
 ROC AUC, 1,000 resamples of N held-out rows, against the previous implementation (one sklearn
@@ -39,12 +41,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,10 +67,23 @@ TARGET_FROM_ROWS = 1_000_000
 _CHUNK_ROWS = 500_000
 
 
+# The log line that ends each step of `main`, by logger and start of its message.
+_STEP_ENDS = (
+    ("start to data validated", "pipeline.steps.ingest", "Validated"),
+    ("split + train", "pipeline.steps.train", "Trained"),
+    ("evaluate", "pipeline.steps.evaluate", "Held-out metrics"),
+    ("register", "pipeline.steps.register", "Registered"),
+    ("gate + model card", "pipeline.reports.model_card", "Logged the model card"),
+)
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (\S+): (.*)$")
+
+
 @dataclass(frozen=True)
 class Measure:
     seconds: float
     peak_rss_gb: float
+    steps: tuple[tuple[str, float], ...] = ()
+    """Seconds of each step of `main`, from its log lines."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +141,8 @@ def _bench_size(rows: int, workdir: Path) -> bool:
             f"{label:<34}{measure.seconds:>9.1f}{time_ratio:>8.2f}{measure.peak_rss_gb:>9.2f}"
             f"{memory_ratio:>10.2f}{verdict}"
         )
+        if measure.steps:
+            print("    " + ", ".join(f"{step} {seconds:.1f}" for step, seconds in measure.steps))
     return missed
 
 
@@ -198,6 +217,8 @@ def _measure(kind: str, rest: list[str], workdir: Path, env: dict[str, str]) -> 
     command = [sys.executable, "-m", "bench.pipeline_scale", "--child", kind]
     command += ["--report", str(report), "--", *rest]
     log = workdir / "children.log"
+    offset = log.stat().st_size if log.exists() else 0
+    started_at = time.time()
     started = time.perf_counter()
     with log.open("a") as output:
         completed = subprocess.run(
@@ -213,7 +234,35 @@ def _measure(kind: str, rest: list[str], workdir: Path, env: dict[str, str]) -> 
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise SystemExit(f"{' '.join(command)} failed ({completed.returncode}):\n{tail}")
     peak_mb = json.loads(report.read_text())["peak_rss_mb"]
-    return Measure(seconds=seconds, peak_rss_gb=peak_mb / 1024)
+    with log.open() as output:
+        output.seek(offset)
+        steps = _steps(output.read(), started_at, started_at + seconds)
+    return Measure(seconds=seconds, peak_rss_gb=peak_mb / 1024, steps=steps)
+
+
+def _steps(log: str, started_at: float, ended_at: float) -> tuple[tuple[str, float], ...]:
+    """Seconds between the log lines that end the steps of `main` (none for the plain side).
+
+    The log's timestamps are local time to the millisecond, as `started_at` and `ended_at`
+    (`time.time()`) are once converted."""
+    ends: dict[str, float] = {}
+    for line in log.splitlines():
+        match = _LOG_LINE.match(line)
+        if match is None:
+            continue
+        stamp, name, message = match.groups()
+        for step, logger_name, start in _STEP_ENDS:
+            if name == logger_name and message.startswith(start) and step not in ends:
+                at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                ends[step] = at
+    if len(ends) < len(_STEP_ENDS):
+        return ()
+    steps, previous = [], started_at
+    for step, _, _ in _STEP_ENDS:
+        steps.append((step, ends[step] - previous))
+        previous = ends[step]
+    steps.append(("exit", ended_at - previous))
+    return tuple(steps)
 
 
 def _child(kind: str, report: str, rest: list[str]) -> int:

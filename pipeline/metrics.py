@@ -170,7 +170,7 @@ def prediction_metrics(
         return {}
     labels = list(classes) if classes is not None else []
     if task == "classification":
-        y, predicted, labels = _as_codes(y, predicted, labels)
+        y, predicted, labels = as_codes(y, predicted, labels)
     # Probabilities only mean something for rows whose label is one of the model's classes.
     with_proba = proba is not None and classes is not None and set(pd.unique(y)) <= set(labels)
     result: dict[str, float] = {}
@@ -183,7 +183,7 @@ def prediction_metrics(
     return result
 
 
-def _as_codes(
+def as_codes(
     y: np.ndarray, predicted: np.ndarray, labels: list[Any]
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """Class labels as integer codes (the model's classes first, in order), when they are
@@ -234,7 +234,7 @@ def classification_diagnostics(
     from sklearn import metrics as skm
 
     names = list(classes)
-    y, predicted, labels = _as_codes(np.asarray(y), np.asarray(predicted), names)
+    y, predicted, labels = as_codes(np.asarray(y), np.asarray(predicted), names)
     positive = labels[names.index(positive)] if positive in names else positive
     result = {"balanced_accuracy": float(skm.balanced_accuracy_score(y, predicted))}
     precision, recall, f1, _ = skm.precision_recall_fscore_support(

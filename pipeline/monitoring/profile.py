@@ -190,8 +190,13 @@ def build_reference_profile(
     importance: Mapping[str, float] | pd.Series | None = None,
     n_bins: int = 10,
     n_quantiles: int = DEFAULT_QUANTILES,
+    prediction_rows: np.ndarray | None = None,
 ) -> ReferenceProfile:
     """Profile the training-time `features` and the model's `predictions` on them.
+
+    `prediction_rows`: the positions in `features` of the rows the model predicted, when it
+    predicted a sample of them (the prediction's distribution is then that sample's); None:
+    every row.
 
     `n_bins` is the number of PSI bins (reference deciles by default; pass the config's
     `monitoring.drift.psi_bins`); it is fixed here, at training time, for every later window.
@@ -220,9 +225,10 @@ def build_reference_profile(
             f"(columns: {', '.join(map(str, features.columns))})"
         )
     predicted = pd.Series(np.asarray(predictions, dtype=object), name=PREDICTION)
-    if len(predicted) != len(features):
+    predicted_rows = len(features) if prediction_rows is None else len(prediction_rows)
+    if len(predicted) != predicted_rows:
         raise DataValidationError(
-            f"{len(predicted)} predictions for {len(features)} feature rows; "
+            f"{len(predicted)} predictions for {predicted_rows} feature rows; "
             "profile the predictions made on these very rows"
         )
     columns: dict[str, ColumnReference] = {}

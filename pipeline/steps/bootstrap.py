@@ -5,14 +5,18 @@ describes the difference itself, not two independent noisy scores. A resample is
 row counts (the held-out rows drawn with replacement), which turns every metric into weighted
 sums. Each metric is prepared once per model (its per-row values; for ROC AUC, one sort of the
 scores into groups) and then evaluated for a block of resamples at once with matrix products:
-the cost is a few passes over rows x resamples, not one sklearn call per resample.
+the cost is a few passes over rows x resamples, not one sklearn call per resample. ROC AUC
+reads the row numbers each resample drew instead of their counts (one bincount of their score
+groups), and several models compared with the same challenger share the resamples
+(`paired_gain_intervals`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -23,13 +27,47 @@ from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
-# Resample weight matrices are built in blocks of at most this many cells (8 MB of float64):
-# larger blocks save little time and cost the gate's peak memory several of them.
+# Resamples are drawn in blocks of at most this many cells (4 MB of drawn row numbers, 8 MB of
+# float64 counts when a metric needs them): larger blocks save little time and cost the gate's
+# peak memory several of them.
 _BLOCK_CELLS = 1_000_000
 
 # A metric prepared for one model's predictions: resample weights (resamples x rows, row
 # counts) -> the metric on each resample, as sklearn computes it on the resampled rows.
 _Weighted = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class _FromDrawn:
+    """A `_Weighted` metric that can also read a block's drawn row numbers (resamples x draws)
+    directly, which spares counting every row of every resample (`_Block.counts`)."""
+
+    weighted: _Weighted
+    drawn: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        return self.weighted(weights)
+
+
+class _Block:
+    """A block of resamples: the row numbers each drew, and each row's count when asked."""
+
+    def __init__(self, drawn: np.ndarray, rows: int) -> None:
+        self.drawn = drawn
+        self._rows = rows
+
+    @cached_property
+    def counts(self) -> np.ndarray:
+        counts = np.empty((len(self.drawn), self._rows))
+        for row, drawn in zip(counts, self.drawn, strict=True):
+            row[:] = np.bincount(drawn, minlength=self._rows)
+        return counts
+
+    def metric(self, weighted: _Weighted) -> np.ndarray:
+        """`weighted` on every resample of the block."""
+        if isinstance(weighted, _FromDrawn):
+            return weighted.drawn(self.drawn)
+        return weighted(self.counts)
 
 
 @dataclass(frozen=True)
@@ -70,33 +108,63 @@ def paired_gain_interval(
     lower_is_better: bool,
 ) -> GainInterval:
     """Percentile interval of metric(challenger) - metric(champion), oriented as a gain."""
+    (interval,) = paired_gain_intervals(
+        metric,
+        y,
+        challenger=challenger,
+        others=(champion,),
+        settings=settings,
+        lower_is_better=lower_is_better,
+    )
+    return interval
+
+
+def paired_gain_intervals(
+    metric: str,
+    y: pd.Series | np.ndarray,
+    *,
+    challenger: Predictions,
+    others: Sequence[Predictions],
+    settings: BootstrapConfig,
+    lower_is_better: bool,
+) -> tuple[GainInterval, ...]:
+    """The interval of the challenger's gain over each of ``others``, in order.
+
+    Each is the interval `paired_gain_interval` gives for that pair: the resamples are the
+    same (the same seed draws them), so they are drawn once and the challenger's metric is
+    computed once on them, however many models it is compared with."""
     y_true = np.asarray(y)
     rows = len(y_true)
     if rows == 0:
         raise PipelineError("the bootstrap needs at least one held-out row")
     sign = -1.0 if lower_is_better else 1.0
-    challenger_metric = _prepare(metric, y_true, challenger)
-    champion_metric = _prepare(metric, y_true, champion)
-
-    def gains(weights: np.ndarray) -> np.ndarray:
-        return sign * (challenger_metric(weights) - champion_metric(weights))
-
-    gain = float(gains(np.ones((1, rows)))[0])
+    prepared = [_prepare(metric, y_true, model) for model in (challenger, *others)]
+    whole = [weighted(np.ones((1, rows))) for weighted in prepared]
     rng = np.random.default_rng(settings.seed)
-    samples = np.concatenate([gains(w) for w in _resample_counts(rng, rows, settings.resamples)])
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        raise PipelineError(f"the bootstrap could not compute {metric} on any resample")
+    blocks: list[list[np.ndarray]] = [[] for _ in prepared]
+    for block in _resample_blocks(rng, rows, settings.resamples):
+        for values, weighted in zip(blocks, prepared, strict=True):
+            values.append(block.metric(weighted))
+    per_model = [np.concatenate(values) for values in blocks]
     tail = (1.0 - settings.confidence) / 2.0
-    lower, upper = np.quantile(samples, [tail, 1.0 - tail])
-    return GainInterval(
-        gain=gain,
-        lower=float(lower),
-        upper=float(upper),
-        level=settings.confidence,
-        resamples=settings.resamples,
-        rows=rows,
-    )
+    intervals = []
+    for other in range(1, len(prepared)):
+        samples = sign * (per_model[0] - per_model[other])
+        samples = samples[np.isfinite(samples)]
+        if samples.size == 0:
+            raise PipelineError(f"the bootstrap could not compute {metric} on any resample")
+        lower, upper = np.quantile(samples, [tail, 1.0 - tail])
+        intervals.append(
+            GainInterval(
+                gain=float(sign * (whole[0] - whole[other])[0]),
+                lower=float(lower),
+                upper=float(upper),
+                level=settings.confidence,
+                resamples=settings.resamples,
+                rows=rows,
+            )
+        )
+    return tuple(intervals)
 
 
 def _resample_counts(rng: np.random.Generator, rows: int, resamples: int) -> Iterator[np.ndarray]:
@@ -105,13 +173,19 @@ def _resample_counts(rng: np.random.Generator, rows: int, resamples: int) -> Ite
     Drawing row numbers and counting them is the multinomial resample by definition, and
     several times faster than `Generator.multinomial` over a million equally likely rows.
     """
+    for block in _resample_blocks(rng, rows, resamples):
+        yield block.counts
+
+
+def _resample_blocks(rng: np.random.Generator, rows: int, resamples: int) -> Iterator[_Block]:
+    """The resamples of `_resample_counts`, drawn alike, as the row numbers each drew."""
     block = max(1, _BLOCK_CELLS // rows)
     dtype = np.int32 if rows < 2**31 else np.int64
     for start in range(0, resamples, block):
-        counts = np.empty((min(block, resamples - start), rows))
-        for row in counts:
-            row[:] = np.bincount(rng.integers(0, rows, size=rows, dtype=dtype), minlength=rows)
-        yield counts
+        drawn = np.empty((min(block, resamples - start), rows), dtype=dtype)
+        for row in drawn:
+            row[:] = rng.integers(0, rows, size=rows, dtype=dtype)
+        yield _Block(drawn, rows)
 
 
 def _prepare(metric: str, y: np.ndarray, model: Predictions) -> _Weighted:
@@ -202,40 +276,82 @@ def _roc_auc(y: np.ndarray, model: Predictions) -> _Weighted:
         _binary_roc_auc(y == label, model.proba[:, k]) for k, label in enumerate(classes)
     ]
     # sklearn's "ovr" is the unweighted mean over classes (NaN if a class has no positives).
-    return lambda weights: np.mean([auc(weights) for auc in one_vs_rest], axis=0)
+    return _FromDrawn(
+        weighted=lambda weights: np.mean([auc(weights) for auc in one_vs_rest], axis=0),
+        drawn=lambda drawn: np.mean([auc.drawn(drawn) for auc in one_vs_rest], axis=0),
+    )
 
 
-def _binary_roc_auc(positive: np.ndarray, score: np.ndarray) -> _Weighted:
+def _binary_roc_auc(positive: np.ndarray, score: np.ndarray) -> _FromDrawn:
     """Area under the weighted ROC curve: the Mann-Whitney statistic, ties counting one half.
 
     That is exactly the trapezoidal area sklearn computes. The scores are sorted once into
     groups of equal score; a resample then needs only its positive and negative weight per
-    group (one weighted bincount) and a cumulative sum over the groups.
+    group (one bincount of the groups of the rows it drew) and a cumulative sum over the groups.
     """
     if not np.isfinite(score).all():
-        return lambda weights: np.full(len(weights), np.nan)  # sklearn refuses NaN scores
+        # sklearn refuses NaN scores
+        return _FromDrawn(
+            weighted=lambda weights: np.full(len(weights), np.nan),
+            drawn=lambda drawn: np.full(len(drawn), np.nan),
+        )
     values, group = np.unique(score, return_inverse=True)
     groups = len(values)
+    if groups == 1:
+        return _constant_roc_auc(positive)
     # A row adds its weight to its score group, in the negatives' half or the positives'.
     bins = group + groups * positive.astype(np.intp)
+    # Random reads of the drawn rows' bins cost less from the smallest integers that hold them.
+    small_bins = bins.astype(np.min_scalar_type(2 * groups))
 
     def weighted(weights: np.ndarray) -> np.ndarray:
         sums = np.empty((len(weights), 2 * groups))
         for row, w in zip(sums, weights, strict=True):
             row[:] = np.bincount(bins, weights=w, minlength=2 * groups)
-        negatives, positives = sums[:, :groups], sums[:, groups:]
-        # Pairs won by each positive: negatives below its score, plus half those tied with it,
-        # i.e. cumulative negatives up to its group minus half its own group's. Counts are
-        # whole numbers, so every sum is exact in float64 (below 2**53).
-        up_to = np.cumsum(negatives, axis=1)
-        pairs = np.einsum("ij,ij->i", positives, up_to) - 0.5 * np.einsum(
-            "ij,ij->i", positives, negatives
-        )
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # A resample without positives or negatives has no AUC (NaN), as in sklearn.
-            return np.asarray(pairs / (positives.sum(axis=1) * negatives.sum(axis=1)))
+        return _area(sums, groups)
 
-    return weighted
+    def drawn(rows: np.ndarray) -> np.ndarray:
+        sums = np.empty((len(rows), 2 * groups))
+        for row, drawn_rows in zip(sums, rows, strict=True):
+            row[:] = np.bincount(small_bins[drawn_rows], minlength=2 * groups)
+        return _area(sums, groups)
+
+    return _FromDrawn(weighted, drawn)
+
+
+def _area(sums: np.ndarray, groups: int) -> np.ndarray:
+    """The area of each resample from its weight per (class, score group): negatives first."""
+    negatives, positives = sums[:, :groups], sums[:, groups:]
+    # Pairs won by each positive: negatives below its score, plus half those tied with it,
+    # i.e. cumulative negatives up to its group minus half its own group's. Counts are
+    # whole numbers, so every sum is exact in float64 (below 2**53).
+    up_to = np.cumsum(negatives, axis=1)
+    pairs = np.einsum("ij,ij->i", positives, up_to) - 0.5 * np.einsum(
+        "ij,ij->i", positives, negatives
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A resample without positives or negatives has no AUC (NaN), as in sklearn.
+        return np.asarray(pairs / (positives.sum(axis=1) * negatives.sum(axis=1)))
+
+
+def _constant_roc_auc(positive: np.ndarray) -> _FromDrawn:
+    """The area of one score for every row (the trivial baseline's): every pair ties, so the
+    general formula is (P * N / 2) / (P * N), exactly 0.5 in floating point for whole counts,
+    and NaN without positives or negatives. Only the two class weights are summed."""
+    is_positive = positive.astype(bool)
+
+    def of_class_weights(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+        return np.where((positives > 0) & (negatives > 0), 0.5, np.nan)
+
+    def weighted(weights: np.ndarray) -> np.ndarray:
+        positives = weights @ is_positive.astype(float)
+        return of_class_weights(positives, weights.sum(axis=1) - positives)
+
+    def drawn(rows: np.ndarray) -> np.ndarray:
+        positives = np.count_nonzero(is_positive[rows], axis=1)
+        return of_class_weights(positives, rows.shape[1] - positives)
+
+    return _FromDrawn(weighted, drawn)
 
 
 # Every metric of pipeline.metrics as weighted sums over resamples (a test checks all are here).

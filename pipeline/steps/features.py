@@ -96,14 +96,39 @@ def row_hashes(
     return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
 
 
+def seen_in(hashes: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mask of the fingerprints in `hashes` that are among `seen`: `np.isin`, by one sort of
+    `seen` and a binary search per fingerprint (`np.isin` would also sort `hashes`, and find
+    the unique values of both, at every call: a second or more for a million rows)."""
+    # Fingerprints are uint64: mixed with int64, numpy would compare both as floats.
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    ordered = np.sort(np.asarray(seen, dtype=np.uint64))
+    if ordered.size == 0:
+        return np.zeros(len(hashes), dtype=bool)
+    at = np.searchsorted(ordered, hashes).clip(max=ordered.size - 1)
+    return np.asarray(ordered[at] == hashes)
+
+
 def _canonical(column: pd.Series) -> pd.Series:
     if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
         values = column.astype("float64")
         # One NaN and one zero: -0.0 == 0.0, and NaN payloads differ between sources.
         return (values + 0.0).where(values.notna(), np.nan)
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        # Each category once, not each value: the codes keep the rows.
-        column = column.cat.rename_categories([str(c) for c in column.cat.categories])
+    if isinstance(column.dtype, pd.CategoricalDtype) or pd.api.types.infer_dtype(
+        column, skipna=True
+    ) in ("string", "empty"):
+        # Each distinct value spelled once, not each row, as a category: pandas hashes a
+        # category as its text and a missing value as it hashes None among texts. (Mixed
+        # objects take the way below: factorizing would merge 1 and True before str.)
+        codes, distinct = pd.factorize(column)
+        spelled = np.asarray([str(value) for value in distinct], dtype=object)
+        text_codes, text = pd.factorize(spelled)
+        rows = text_codes.take(codes, mode="clip") if len(text) else codes
+        categories = pd.Index(text, dtype=object)
+        return pd.Series(
+            pd.Categorical.from_codes(np.where(codes >= 0, rows, -1), categories=categories),
+            index=column.index,
+        )
     values = column.astype(object)
     present = values.notna()
     text = values.where(~present, values[present].astype(str))
@@ -123,7 +148,7 @@ def split(config: PipelineConfig, dataset: Dataset) -> Split:
         dataset.y,
         test_size=config.split.test_size,
         random_state=config.split.seed,
-        stratify=stratify,
+        stratify=None if stratify is None else _sorted_codes(stratify),
     )
     result = _without_copies_of_training_rows(
         Split(X_train=X_train, X_test=X_test, y_train=y_train, y_test=y_test)
@@ -148,9 +173,19 @@ def _strata(config: PipelineConfig, dataset: Dataset) -> pd.Series | None:
     return strata
 
 
+def _sorted_codes(strata: pd.Series) -> pd.Series | np.ndarray:
+    """Text strata as integer codes in the order of the sorted texts: the split sorts the strata
+    (in Python, for text: seconds on a million rows) and only their order and counts decide
+    which rows it holds out, so the codes give the same split."""
+    if pd.api.types.infer_dtype(strata, skipna=False) != "string":
+        return strata
+    codes, _ = pd.factorize(strata, sort=True)
+    return codes
+
+
 def _without_copies_of_training_rows(data_split: Split) -> Split:
     seen, held_out = data_split.row_hashes()
-    copies = np.isin(held_out, seen)
+    copies = seen_in(held_out, seen)
     if not copies.any():
         return Split(
             data_split.X_train,

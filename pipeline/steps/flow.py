@@ -70,7 +70,7 @@ def run_all(
         metrics=evaluation.metrics,
         data_hash=dataset.data_hash,
     )
-    decision = gate.run(config, registered.version, training.model, training.split)
+    decision = gate.run(config, registered.version, training.model, training.split, evaluation)
     model_card.log_model_card(MlflowClient(), registered.name, registered.version)
     return PipelineResult(
         data_hash=dataset.data_hash,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -116,9 +116,25 @@ class _Comparison:
     interval: bootstrap.GainInterval | None = None
     mask: np.ndarray | None = None
     """Held-out rows the other model never trained on."""
+    scored: _Scored | None = field(default=None, repr=False, compare=False)
+    """Both models' answers on the compared rows, for the interval (`_with_intervals`)."""
 
 
-def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split) -> GateDecision:
+@dataclass(frozen=True)
+class _Scored:
+    mask: np.ndarray
+    y: np.ndarray
+    candidate: evaluate.Answers
+    other: evaluate.Answers
+
+
+def run(
+    config: PipelineConfig,
+    version: str,
+    model: Pipeline,
+    data_split: Split,
+    evaluated: evaluate.EvaluationResult | None = None,
+) -> GateDecision:
     """Decide on `version`, tag it with the decision and reason, and promote it if it passed
     (to Staging as the challenger instead, when `gate.live` is on and a champion exists).
 
@@ -128,12 +144,21 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
     rejection as tags with `gate.decision` last; a promotion as one registry transaction whose
     outcome, written last, is the gate's tags. So two pipelines finishing together are judged
     one after the other, and a gate killed anywhere never leaves a false `promoted` (or
-    `staged`)."""
+    `staged`).
+
+    ``evaluated``: what evaluate made of the same model and split (its answers on every
+    held-out row, the trivial baseline fitted on the training rows), used instead of asking
+    the model and fitting the baseline again."""
     client = MlflowClient()
     name = config.registered_model
     metric = config.gate.metric
     # The candidate answers every held-out row once; each comparison reads its rows from that.
-    answers = evaluate.Answers.of(config, model, data_split.X_test)
+    answers = evaluated.answers if evaluated is not None else None
+    if answers is None:
+        answers = evaluate.Answers.of(config, model, data_split.X_test)
+    trivial = evaluated.baseline if evaluated is not None else None
+    if trivial is None:
+        trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
     held_out = evaluate.scores(config, data_split.y_test, answers)
     if metric not in held_out:
         raise PipelineError(
@@ -146,7 +171,9 @@ def run(config: PipelineConfig, version: str, model: Pipeline, data_split: Split
         _refuse_the_challenger(client, name, str(version))
     for _ in range(MAX_JUDGEMENTS):
         _refuse_the_champion(name, version, champion)
-        decision = _judge(config, client, str(version), champion, answers, data_split, held_out)
+        decision = _judge(
+            config, client, str(version), champion, answers, trivial, data_split, held_out
+        )
         with production.production_lock(client, name):
             transaction.reconcile(client, name)
             current = production.production_version(client, name)
@@ -192,6 +219,7 @@ def _judge(
     version: str,
     champion: ModelVersion | None,
     answers: evaluate.Answers,
+    trivial: baseline.Baseline,
     data_split: Split,
     held_out: dict[str, float],
 ) -> GateDecision:
@@ -207,12 +235,13 @@ def _judge(
         allow_schema_change=config.gate.allow_schema_change,
     )
     trained_on, compared = data_split.row_hashes()
-    rows = ~np.isin(compared, trained_on)
+    rows = ~features.seen_in(compared, trained_on)
     comparison = None
     if champion is not None and schema_problem is None:
         comparison = _compare(config, champion, answers, data_split, rows)
         rows = rows & comparison.mask if comparison.mask is not None else rows
-    versus_baseline = _versus_baseline(config, answers, data_split, rows)
+    versus_baseline = _versus_baseline(config, answers, trivial, data_split, rows)
+    comparison, versus_baseline = _with_intervals(config, comparison, versus_baseline)
     passed, reason = (
         (False, schema_problem)
         if schema_problem is not None
@@ -378,10 +407,13 @@ def _compare(
 
 
 def _versus_baseline(
-    config: PipelineConfig, answers: evaluate.Answers, data_split: Split, mask: np.ndarray
+    config: PipelineConfig,
+    answers: evaluate.Answers,
+    trivial: baseline.Baseline,
+    data_split: Split,
+    mask: np.ndarray,
 ) -> _Comparison:
     """The candidate against the trivial baseline on the comparison rows."""
-    trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
     X, y = data_split.X_test[mask], data_split.y_test[mask]
     rows = int(mask.sum())
     if rows < MIN_COMPARISON_ROWS or (config.task == "classification" and y.nunique() < 2):
@@ -397,7 +429,7 @@ def _paired(
     y: pd.Series,
     mask: np.ndarray,
 ) -> _Comparison:
-    """Both models' scores on the same rows, and the paired interval of the candidate's gain.
+    """Both models' scores on the same rows; the interval of the gain is `_with_intervals`'.
 
     ``candidate`` holds the candidate's answers on every held-out row, ``mask`` picks the
     compared ones (``X``, ``y``); the other model answers them once."""
@@ -410,16 +442,77 @@ def _paired(
         return _Comparison(
             None, None, len(y), f"'{metric}' cannot be computed on these rows", mask=mask
         )
-    chosen = _bootstrap_rows(len(y), config.gate.bootstrap.seed)
-    interval = bootstrap.paired_gain_interval(
-        metric,
-        y if chosen is None else y.iloc[chosen],
-        challenger=_for_bootstrap(ours_answers, chosen),
-        champion=_for_bootstrap(theirs_answers, chosen),
+    return _Comparison(
+        ours[metric],
+        theirs[metric],
+        len(y),
+        None,
+        mask=mask,
+        scored=_Scored(mask, np.asarray(y), ours_answers, theirs_answers),
+    )
+
+
+def _with_intervals(
+    config: PipelineConfig, champion: _Comparison | None, trivial: _Comparison
+) -> tuple[_Comparison | None, _Comparison]:
+    """The comparisons with the paired interval of the candidate's gain. On the same rows (the
+    usual case) the champion's and the baseline's share one bootstrap: the same resamples,
+    drawn once, with the candidate's metric computed once on them."""
+    ours = champion.scored if champion is not None else None
+    theirs = trivial.scored
+    if ours is not None and theirs is not None and np.array_equal(ours.mask, theirs.mask):
+        assert champion is not None
+        try:
+            over_champion, over_trivial = _intervals(config, ours, [ours.other, theirs.other])
+            return (
+                replace(champion, interval=over_champion),
+                replace(trivial, interval=over_trivial),
+            )
+        except (ValueError, KeyError, TypeError):
+            pass  # the champion's answers may fail where the baseline's do not: see below
+    return _with_champion_interval(config, champion), _with_interval(config, trivial)
+
+
+def _with_interval(config: PipelineConfig, comparison: _Comparison) -> _Comparison:
+    if comparison.scored is None:
+        return comparison
+    (interval,) = _intervals(config, comparison.scored, [comparison.scored.other])
+    return replace(comparison, interval=interval)
+
+
+def _with_champion_interval(
+    config: PipelineConfig, comparison: _Comparison | None
+) -> _Comparison | None:
+    """As `_with_interval`; a failure is the champion's (the candidate's answers are fine)."""
+    if comparison is None:
+        return None
+    try:
+        return _with_interval(config, comparison)
+    except (ValueError, KeyError, TypeError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("Champion answers cannot be bootstrapped: %s", first_line)
+        return _Comparison(
+            None,
+            None,
+            comparison.rows,
+            f"it cannot score these rows ({first_line})",
+            mask=comparison.mask,
+        )
+
+
+def _intervals(
+    config: PipelineConfig, scored: _Scored, others: list[evaluate.Answers]
+) -> tuple[bootstrap.GainInterval, ...]:
+    """The candidate's gain over each of `others` on the rows of `scored`, one bootstrap."""
+    chosen = _bootstrap_rows(len(scored.y), config.gate.bootstrap.seed)
+    return bootstrap.paired_gain_intervals(
+        config.gate.metric,
+        scored.y if chosen is None else scored.y[chosen],
+        challenger=_for_bootstrap(scored.candidate, chosen),
+        others=[_for_bootstrap(other, chosen) for other in others],
         settings=config.gate.bootstrap,
         lower_is_better=config.gate_lower_is_better(),
     )
-    return _Comparison(ours[metric], theirs[metric], len(y), None, interval, mask)
 
 
 def _for_bootstrap(answers: evaluate.Answers, rows: np.ndarray | None) -> bootstrap.Predictions:
@@ -464,8 +557,8 @@ def _recorded_unseen_by(run_id: str | None, data_split: Split) -> np.ndarray:
     X, y = data_split.X_test, data_split.y_test
     same_columns = columns == sorted(str(c) for c in X.columns)
     ours = data_split.row_hashes()[1] if same_columns else features.row_hashes(X, y, columns)
-    current = np.isin(ours, seen)
-    legacy = np.isin(features.row_hashes(X, y, columns, version=1), seen)
+    current = features.seen_in(ours, seen)
+    legacy = features.seen_in(features.row_hashes(X, y, columns, version=1), seen)
     return ~(current | legacy)
 
 

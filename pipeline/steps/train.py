@@ -18,6 +18,7 @@ import numpy as np
 import skops.io
 from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from pipeline import artifacts, metrics
 from pipeline.config import PipelineConfig
@@ -274,7 +275,9 @@ def _log_model(model: Pipeline, data_split: features.Split, dataset: Dataset) ->
     # The whole data set, not only the training rows, so a column whose gaps all fell into the
     # held-out part is still optional.
     model_signature = signature.model_signature(dataset.X, model)
-    with warnings.catch_warnings():
+    # MLflow checks the input example by predicting its 5 rows: starting the model's OpenMP
+    # threads for that costs more than the prediction, and on a busy machine seconds.
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="openmp"):
         # The input example's integer columns draw the same hint; the signature already
         # followed its advice (see pipeline.steps.signature).
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")

@@ -290,3 +290,29 @@ def test_a_profile_written_before_importance_existed_is_read_as_without_importan
 def test_importance_of_a_name_that_is_no_feature_is_refused_with_the_name() -> None:
     with pytest.raises(DataValidationError, match="feature importance names 'numeric__height'"):
         _with_importance({"numeric__height": 1.0})
+
+
+def test_predictions_of_a_sample_of_the_rows_are_profiled_against_that_sample() -> None:
+    frame = _training_frame(10)
+    sample = np.array([1, 4, 7])
+    profile = build_reference_profile(
+        frame,
+        ["yes", "no", "yes"],
+        numeric=["age"],
+        categorical=["city"],
+        task="classification",
+        prediction_rows=sample,
+    )
+    assert profile.columns["age"].n == 10
+    assert profile.columns[PREDICTION] == CategoricalReference(
+        n=3, counts={"no": 1, "yes": 2}, missing=0
+    )
+    with pytest.raises(DataValidationError, match="2 predictions for 3 feature rows"):
+        build_reference_profile(
+            frame,
+            ["yes", "no"],
+            numeric=["age"],
+            categorical=[],
+            task="classification",
+            prediction_rows=sample,
+        )

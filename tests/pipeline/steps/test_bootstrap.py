@@ -196,6 +196,12 @@ def _binary(seed: int, rows: int, skill: float) -> tuple[np.ndarray, bootstrap.P
     return y, bootstrap.Predictions(predicted=predicted, proba=proba, classes=("no", "yes"))
 
 
+def _constant(rows: int) -> bootstrap.Predictions:
+    """The trivial baseline's answers: one probability for every row."""
+    proba = np.tile([0.7, 0.3], (rows, 1))
+    return bootstrap.Predictions(np.full(rows, "no"), proba, ("no", "yes"))
+
+
 def _regression(seed: int, rows: int, noise: float) -> tuple[np.ndarray, bootstrap.Predictions]:
     rng = np.random.default_rng(seed)
     y = rng.normal(size=rows)
@@ -208,6 +214,8 @@ def _regression(seed: int, rows: int, noise: float) -> tuple[np.ndarray, bootstr
         ("test_roc_auc", 300, "binary"),
         ("test_roc_auc", 300, "multiclass"),
         ("test_roc_auc", 24, "multiclass"),  # small: some resamples lose a class
+        ("test_roc_auc", 300, "binary against a constant score"),
+        ("test_roc_auc", 12, "binary against a constant score"),  # resamples lose a class
         ("test_accuracy", 300, "multiclass"),
         ("test_f1_macro", 300, "multiclass"),
         ("test_log_loss", 300, "multiclass"),
@@ -222,6 +230,9 @@ def test_the_interval_equals_sklearn_scoring_every_resampled_set_of_rows(
     if kind == "binary":
         y, challenger = _binary(seed=1, rows=rows, skill=0.6)
         _, champion = _binary(seed=1, rows=rows, skill=0.4)
+    elif kind == "binary against a constant score":
+        y, challenger = _binary(seed=1, rows=rows, skill=0.3)
+        champion = _constant(rows)
     elif kind == "multiclass":
         y, challenger = _classifier(seed=1, rows=rows, skill=0.8)
         _, champion = _classifier(seed=1, rows=rows, skill=0.6)
@@ -252,3 +263,38 @@ def test_a_resample_counts_every_row_drawn_and_blocks_cover_all_resamples(
     assert (counts.sum(axis=1) == 7).all()
     # Every row is drawn with probability 1/7 in each of the 7 draws: mean count 1.
     assert counts.mean(axis=0) == pytest.approx(np.ones(7), abs=0.05)
+
+
+@pytest.mark.parametrize("metric", ["test_roc_auc", "test_accuracy", "test_log_loss"])
+def test_intervals_against_several_models_equal_each_pair_bootstrapped_alone(metric: str) -> None:
+    y, challenger = _binary(seed=2, rows=250, skill=0.6)
+    _, champion = _binary(seed=3, rows=250, skill=0.5)
+    settings = BootstrapConfig(resamples=200, confidence=0.9, seed=5)
+    together = bootstrap.paired_gain_intervals(
+        metric,
+        y,
+        challenger=challenger,
+        others=[champion, _constant(250)],
+        settings=settings,
+        lower_is_better=metric == "test_log_loss",
+    )
+    alone = tuple(
+        bootstrap.paired_gain_interval(
+            metric,
+            y,
+            challenger=challenger,
+            champion=other,
+            settings=settings,
+            lower_is_better=metric == "test_log_loss",
+        )
+        for other in (champion, _constant(250))
+    )
+    assert together == alone
+    assert together[0] != together[1]
+
+
+def test_a_constant_score_has_an_area_of_one_half_and_none_without_both_classes() -> None:
+    y = np.array(["no", "yes", "no", "yes"])
+    weights = np.array([[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 2.0, 0.0], [0.0, 3.0, 1.0, 0.0]])
+    area = bootstrap._prepare("test_roc_auc", y, _constant(4))(weights)
+    assert area[0] == 0.5 and np.isnan(area[1]) and area[2] == 0.5

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
@@ -176,3 +177,65 @@ def test_every_task_gets_its_plots_from_one_set_of_held_out_answers(
     logged = MlflowClient().get_run(training.run_id).data.metrics
     fresh = evaluate.score(config, training.model, training.split.X_test, training.split.y_test)
     assert {name: logged[name] for name in fresh} == pytest.approx(fresh)
+
+
+@pytest.mark.parametrize("config_name", ["customers", "iris"])
+def test_a_gradient_boosting_classifier_answers_exactly_as_its_predict_and_predict_proba(
+    config_name: str, iris_config: Callable[..., dict[str, Any]], write_config: Callable[..., Path]
+) -> None:
+    # customers: two classes, text categories; iris: three classes.
+    config = (
+        shipped_config("customers")
+        if config_name == "customers"
+        else load_config(
+            write_config(
+                iris_config(
+                    estimator={
+                        "class_path": "sklearn.ensemble.HistGradientBoostingClassifier",
+                        "params": {"max_iter": 20},
+                    }
+                )
+            )
+        )
+    )
+    model = fitted(config)
+    X = model.split.X_test
+    answers = evaluate.Answers.of(config, model.model, X)
+    assert evaluate._answers_in_one_pass(model.model, X) is not None
+    assert np.array_equal(answers.predicted, model.model.predict(X))
+    assert answers.predicted.dtype == model.model.predict(X).dtype
+    assert answers.proba is not None
+    assert np.array_equal(answers.proba, model.model.predict_proba(X))
+
+
+def test_another_classifier_is_asked_for_predict_and_predict_proba(
+    iris_config: Callable[..., dict[str, Any]], write_config: Callable[..., Path]
+) -> None:
+    config = load_config(write_config(iris_config()))
+    iris = fitted(config)
+    answers = evaluate.Answers.of(config, iris.model, iris.split.X_test)
+    assert evaluate._answers_in_one_pass(iris.model, iris.split.X_test) is None
+    assert np.array_equal(answers.predicted, iris.model.predict(iris.split.X_test))
+
+
+def test_the_reference_profile_predicts_a_seeded_sample_of_the_training_rows(
+    monkeypatch: pytest.MonkeyPatch,
+    iris_config: Callable[..., dict[str, Any]],
+    write_config: Callable[..., Path],
+) -> None:
+    config = load_config(write_config(iris_config()))
+    iris = fitted(config)
+    monkeypatch.setattr(evaluate, "PROFILE_PREDICTION_ROWS", 40)
+    profile = evaluate.reference_profile(config, iris.model, iris.split)
+    predicted = profile.columns["prediction"]
+    train_rows = len(iris.split.X_train)
+    assert profile.columns["petal_length_cm"].n == train_rows > 40
+    assert predicted.n == 40
+    sample = evaluate._sample_rows(train_rows, 40, config.split.seed)
+    assert sample is not None
+    expected = pd.Series(iris.model.predict(iris.split.X_train.iloc[sample])).value_counts()
+    assert predicted.counts == {str(k): int(v) for k, v in expected.items()}
+    assert evaluate.reference_profile(config, iris.model, iris.split) == profile
+    monkeypatch.setattr(evaluate, "PROFILE_PREDICTION_ROWS", train_rows)
+    every_row = evaluate.reference_profile(config, iris.model, iris.split)
+    assert every_row.columns["prediction"].n == train_rows

@@ -10,6 +10,7 @@ import pytest
 import skops.io
 import yaml
 from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from pipeline.config import PipelineConfig, load_config
@@ -164,6 +165,72 @@ def test_row_hashes_do_not_depend_on_the_dtype_of_a_column() -> None:
     ).all()
     old = features.row_hashes(X, y, columns, version=1)
     assert (old != features.row_hashes(as_floats, y, columns, version=1)).all()
+
+
+def test_text_is_fingerprinted_as_the_text_of_each_value_whatever_its_dtype() -> None:
+    """Version 2 hashes each value's str() (None when missing) row by row; the fingerprints of
+    recorded runs depend on it, so a faster way must give the very same numbers."""
+    values = ["b", None, "a", "b", np.nan, "c"]
+    mixed = pd.Series([1, True, None, "1", 2.5, "x"], dtype=object)
+    X = pd.DataFrame(
+        {
+            "text": pd.Series(values, dtype=object),
+            "category": pd.Series(values, dtype="category"),
+            "mixed": mixed,
+            "number": [1.0, -0.0, np.nan, 2.0, 0.0, 3.0],
+        }
+    )
+    y = pd.Series(["no", "yes", "no", "no", "yes", "yes"], dtype=object)
+
+    def spelled(column: pd.Series) -> pd.Series:
+        return pd.Series(
+            [None if pd.isna(v) else str(v) for v in column.astype(object)], dtype=object
+        )
+
+    columns = ["category", "mixed", "number", "text"]
+    by_definition = pd.DataFrame(
+        {
+            "category": spelled(X["category"]),
+            "mixed": spelled(X["mixed"]),
+            "number": (X["number"] + 0.0).where(X["number"].notna(), np.nan),
+            "text": spelled(X["text"]),
+            "__target__": spelled(y),
+        }
+    )
+    expected = pd.util.hash_pandas_object(by_definition, index=False).to_numpy()
+    assert (features.row_hashes(X, y, columns) == expected).all()
+    # 1 and True are one key to a hash table but two texts.
+    assert features.row_hashes(X, y, ["mixed"])[0] != features.row_hashes(X, y, ["mixed"])[1]
+
+
+def test_a_stratified_split_of_text_labels_holds_out_the_rows_sklearn_would() -> None:
+    config = shipped_config("customers")
+    dataset = ingest.run(config)
+    _, expected, _, _ = train_test_split(
+        dataset.X,
+        dataset.y,
+        test_size=config.split.test_size,
+        random_state=config.split.seed,
+        stratify=dataset.y.astype(object),
+    )
+    held_out = features.split(config, dataset).X_test
+    assert pd.api.types.is_string_dtype(dataset.y)
+    # The same rows in the same order, less the copies of training rows moved to training.
+    assert held_out.index.equals(expected.index[expected.index.isin(held_out.index)])
+    assert len(held_out) >= 0.9 * len(expected)
+
+
+@pytest.mark.parametrize(("hashes", "seen"), [(50, 80), (50, 0), (0, 80), (1, 1)])
+def test_fingerprints_seen_before_are_those_numpy_isin_finds(hashes: int, seen: int) -> None:
+    rng = np.random.default_rng(hashes + seen)
+    recorded = rng.integers(0, 2**64 - 1, seen, dtype=np.uint64, endpoint=True)
+    # Some of them again (twice, for duplicates), some new, the largest fingerprint too.
+    new = rng.integers(0, 2**64 - 1, hashes, dtype=np.uint64, endpoint=True)
+    asked = np.concatenate([new, recorded[: seen // 3], recorded[: seen // 4], [2**64 - 1]])
+    asked = asked.astype(np.uint64)
+    expected = np.isin(asked, recorded)
+    assert np.array_equal(features.seen_in(asked, recorded), expected)
+    assert expected.sum() >= (seen // 3 + seen // 4)
 
 
 def test_a_held_out_copy_of_a_training_row_is_moved_to_the_training_side(
