@@ -6,15 +6,17 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import skops.io
 from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
@@ -22,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline import artifacts, metrics
 from pipeline.config import PipelineConfig
-from pipeline.steps import features, search, signature
+from pipeline.steps import evaluate, features, search, signature
 from pipeline.steps.ingest import Dataset
 from pipeline.tracking import code_hash, git_state, library_versions, publish_runs_table_view
 
@@ -236,7 +238,7 @@ def _cross_validate(
         if config.task == "classification"
         else KFold(n_splits=folds, shuffle=True, random_state=config.split.seed)
     )
-    scoring = {m.name: m for m in metrics.cross_validated(config.task, config.gate.metric)}
+    chosen = metrics.cross_validated(config.task, config.gate.metric)
     with warnings.catch_warnings():
         # A fold may miss a rare class; the held-out evaluation is what the gate trusts.
         warnings.simplefilter("ignore", UserWarning)
@@ -245,17 +247,40 @@ def _cross_validate(
             data_split.X_train,
             data_split.y_train,
             cv=cv,
-            scoring={name: m.scorer for name, m in scoring.items()},
+            scoring=_fold_scorer(config, chosen),
             n_jobs=1,
             error_score="raise",
         )
     result: dict[str, float] = {}
-    for name, metric in scoring.items():
-        # cross_validate names each scorer's fold scores test_<name>: its prefix, not ours.
-        values = metric.scorer_sign * np.asarray(scores[f"test_{name}"], dtype=float)
-        result[f"cv_{name}_mean"] = float(values.mean())
-        result[f"cv_{name}_std"] = float(values.std())
+    for metric in chosen:
+        # cross_validate names each score of a fold test_<name>: its prefix, not ours.
+        values = np.asarray(scores[f"test_{metric.name}"], dtype=float)
+        result[f"cv_{metric.name}_mean"] = float(values.mean())
+        result[f"cv_{metric.name}_std"] = float(values.std())
     return result
+
+
+def _fold_scorer(
+    config: PipelineConfig, chosen: tuple[metrics.Metric, ...]
+) -> Callable[[Pipeline, pd.DataFrame, pd.Series], dict[str, float]]:
+    """Every metric of a fold from one set of the model's answers, computed as evaluate does.
+
+    scikit-learn's scorers each ask the model again (labels, then probabilities) and compare
+    text labels in Python: on a million rows, scoring the five folds took a third as long as
+    fitting them. A metric a fold cannot give (one class among its rows) is NaN."""
+    needs_proba = any(m.needs_proba for m in chosen)
+
+    def score(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+        if needs_proba:
+            answers = evaluate.Answers.of(config, model, X)
+            predicted, proba, classes = answers.predicted, answers.proba, answers.classes
+        else:
+            predicted, proba = np.asarray(model.predict(X)), None
+            classes = list(model.classes_) if config.task == "classification" else None
+        values = metrics.prediction_metrics(config.task, y, predicted, proba, classes)
+        return {m.name: values.get(m.name, math.nan) for m in chosen}
+
+    return score
 
 
 def _log_training_rows(data_split: features.Split) -> None:

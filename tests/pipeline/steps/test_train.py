@@ -125,3 +125,31 @@ def test_a_model_trained_on_category_columns_takes_plain_strings_as_serving_send
     local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
     columns = {c.name: c for c in Model.load(local / "MLmodel").get_input_schema().inputs}
     assert {columns[name].type.name for name in ("contract", "payment_method")} == {"string"}
+
+
+@pytest.mark.parametrize("name", ["customers", "iris"])
+def test_cross_validated_metrics_equal_scikit_learns_own_scorers(name: str) -> None:
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
+
+    from pipeline import metrics
+    from pipeline.steps import features
+
+    config = shipped_config(name).with_overrides(**{"split.cv_folds": 3})
+    dataset = ingest.run(config)
+    data_split = features.split(config, dataset)
+    model = features.build_model(config, dataset)
+    ours = train._cross_validate(config, model, data_split)
+    chosen = metrics.cross_validated(config.task, config.gate.metric)
+    folds = KFold if config.task != "classification" else StratifiedKFold
+    theirs = cross_validate(
+        model,
+        data_split.X_train,
+        data_split.y_train,
+        cv=folds(n_splits=3, shuffle=True, random_state=config.split.seed),
+        scoring={m.name: m.scorer for m in chosen},
+    )
+    assert {m.name for m in chosen} >= {"accuracy", "f1_macro"}
+    for m in chosen:
+        values = m.scorer_sign * np.asarray(theirs[f"test_{m.name}"], dtype=float)
+        assert ours[f"cv_{m.name}_mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert ours[f"cv_{m.name}_std"] == pytest.approx(values.std(), abs=1e-12)
