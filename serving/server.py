@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from serving.settings import Settings
 
@@ -89,10 +90,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A socket bound to ``host:port``, ready for uvicorn to listen on.
 
     Bound before the app (and its model) is loaded, so a busy port fails at once.
+    ``reuse_port``: one of several sockets on the same port, one per worker (SO_REUSEPORT).
 
     Raises:
         PortUnavailableError: the address cannot be bound; the message says what to do.
@@ -100,6 +102,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -129,8 +133,42 @@ def server_config(app: Any, settings: Settings, **options: Any) -> ServingConfig
 
 
 def serve(config: ServingConfig, sock: socket.socket) -> None:
-    """Run uvicorn on the bound ``sock``: in this process, or in ``config.workers`` ones."""
-    if config.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
-    else:
+    """Run uvicorn on the bound ``sock``: in this process, or in ``config.workers`` ones,
+    each listening on its own socket (see :class:`WorkerSockets`)."""
+    if config.workers == 1:
         uvicorn.Server(config).run(sockets=[sock])
+        return
+    if not hasattr(socket, "SO_REUSEPORT"):  # not Linux or BSD: one shared socket
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    host, port = sock.getsockname()[:2]
+    # ``sock`` proved the port free (it was bound without SO_REUSEPORT, so nobody shares it
+    # unknowingly); the workers' sockets take its place.
+    sock.close()
+    sockets = [bind_socket(host, port, reuse_port=True) for _ in range(config.workers)]
+    WorkerSockets(config, sockets).run()
+
+
+class WorkerSockets(Multiprocess):
+    """uvicorn's supervisor, with one listening socket per worker (SO_REUSEPORT).
+
+    On one shared socket, the first worker to wake accepts every connection waiting (asyncio
+    and uvloop accept in a loop): a client that opens its keep-alive connections at once
+    gives them all to one worker, and the others idle. Measured with 32 connections: two
+    workers did 0.85-1.17x one worker's requests, using one core between them. With a socket
+    each, the kernel spreads new connections over the workers by a hash of their addresses.
+
+    A worker restarted after a crash listens on every socket (uvicorn's own restart path),
+    which is correct, only less even.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets=sockets)
+        self.own_sockets = sockets
+
+    def init_processes(self) -> None:
+        for worker in range(self.processes_num):
+            sockets = [self.own_sockets[worker % len(self.own_sockets)]]
+            process = Process(self.config, sockets)
+            process.start()
+            self.processes.append(process)

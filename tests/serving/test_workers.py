@@ -209,6 +209,43 @@ def test_two_workers_each_answer_predictions_from_their_own_process(
     assert sorted(logged["request_id"]) == sorted(request_ids)
 
 
+@e2e
+def test_keep_alive_connections_opened_at_once_are_spread_over_both_workers(
+    store: TinyStore, tmp_path: Path
+) -> None:
+    # What a load balancer or a client pool does: open its connections together, then keep
+    # them. On one shared socket the first worker to wake accepted all of them.
+    with serving(store, tmp_path, "--workers", "2") as server:
+        connections = [
+            socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(16)
+        ]
+        answered: list[int] = []
+        try:
+            for connection in connections:
+                request = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n"
+                connection.sendall(request.encode())
+            for connection in connections:
+                answered.append(_answering_worker(connection))
+        finally:
+            for connection in connections:
+                connection.close()
+    # 16 connections hashed over two sockets all land on one with probability 2 / 2**16.
+    assert len(set(answered)) == 2, answered
+
+
+def _answering_worker(connection: socket.socket) -> int:
+    """The pid in the ``/metrics`` answer read from ``connection`` (Content-Length framed)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += connection.recv(65536)
+    (pid,) = _WORKER.findall(body.decode())
+    return int(pid)
+
+
 def _raw_request(port: int, body: bytes) -> tuple[socket.socket, bytes]:
     """Open a connection and send the headers of a POST /predict; the body is sent later."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
