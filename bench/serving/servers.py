@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 from bench.serving.machine import REPO_ROOT, group_processes
 from bench.serving.store import Store
 from bench.serving.wire import HOST, free_port
+
+_WORKER_PID = re.compile(r'^serving_worker_info\{pid="(\d+)"\} 1\.0$', re.MULTILINE)
 
 STARTUP_TIMEOUT = 180.0  # seconds for a server to answer its readiness route
 STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
@@ -53,6 +56,9 @@ class ServerProcess:
         self.log_path = log_path
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_workers = 1
+        """Worker processes that must answer before the server counts as started."""
+        self._answered: set[str] = set()
         self.startup_seconds: float | None = None
         self.stop_info: dict[str, Any] = {}
 
@@ -86,7 +92,7 @@ class ServerProcess:
                     f"{self.label} exited with code {code} during start-up; last lines of "
                     f"{self.log_path}:\n{self.log_tail()}"
                 )
-            problem = self._readiness_problem()
+            problem = self._readiness_problem() or self._workers_problem()
             if problem is None:
                 self.startup_seconds = time.monotonic() - started
                 return
@@ -96,6 +102,22 @@ class ServerProcess:
             f"{self.label} did not answer 200 on {self.ready_path} within {timeout:.0f}s "
             f"(last: {last}); last lines of {self.log_path}:\n{self.log_tail()}"
         )
+
+    def _workers_problem(self) -> str | None:
+        """None once ``ready_workers`` distinct worker processes have answered ``/metrics``.
+
+        The readiness route is answered by whichever worker gets the connection: a worker
+        still loading its model is not listening yet, so a load started then would open
+        every connection to the workers that are."""
+        if self.ready_workers <= 1:
+            return None
+        url = f"http://{HOST}:{self.port}/metrics"
+        for _ in range(8 * self.ready_workers):  # a fresh connection each: any worker's
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2.0) as answer:
+                self._answered.update(_WORKER_PID.findall(answer.read().decode()))
+            if len(self._answered) >= self.ready_workers:
+                return None
+        return f"{len(self._answered)} of {self.ready_workers} workers answering"
 
     def _readiness_problem(self) -> str | None:
         """None once the readiness route answers 200, else what it answered instead."""
@@ -227,7 +249,7 @@ def our_server(
         env["SERVING_PREDICTION_LOG_ENABLED"] = "false"
     else:
         env["SERVING_PREDICTION_LOG_DIR"] = str(log_dir)  # otherwise all defaults
-    return ServerProcess(
+    server = ServerProcess(
         label=f"ours ({key}, prediction log {'off' if log_dir is None else 'on'}"
         + (f", {workers} workers)" if workers > 1 else ")"),
         argv=[sys.executable, "-m", "serving"],
@@ -237,6 +259,8 @@ def our_server(
         log_path=workdir / f"{key}-ours-{port}.log",
         cwd=workdir,
     )
+    server.ready_workers = workers
+    return server
 
 
 def mlflow_server(store: Store, key: str, workdir: Path) -> ServerProcess:

@@ -216,6 +216,15 @@ def test_keep_alive_connections_opened_at_once_are_spread_over_both_workers(
     # What a load balancer or a client pool does: open its connections together, then keep
     # them. On one shared socket the first worker to wake accepted all of them.
     with serving(store, tmp_path, "--workers", "2") as server:
+        # Ready means one worker answers: wait until both do (a worker still loading its
+        # model is not listening yet, and connections go to the others).
+        seen: set[str] = set()
+
+        def both_answer() -> bool:
+            seen.update(_WORKER.findall(httpx.get(f"{server.base_url}/metrics").text))
+            return len(seen) == 2
+
+        _wait(both_answer, STARTUP_TIMEOUT, "both workers to answer")
         connections = [
             socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(16)
         ]
