@@ -162,13 +162,9 @@ class WorkerSockets(Multiprocess):
     which is correct, only less even.
     """
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-        super().__init__(config, sockets=sockets)
-        self.own_sockets = sockets
-
     def init_processes(self) -> None:
+        # ``self.sockets`` holds one socket per worker (``serve`` binds ``workers`` of them).
         for worker in range(self.processes_num):
-            sockets = [self.own_sockets[worker % len(self.own_sockets)]]
-            process = Process(self.config, sockets)
+            process = Process(self.config, [self.sockets[worker]])
             process.start()
             self.processes.append(process)
