@@ -295,7 +295,12 @@ def publish_runs_table_view(
     columns = list(dict.fromkeys(columns))
     widths = {c: _WIDTHS[c.split(".", 1)[0]] for c in first}
     state = {"selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
-    client.set_experiment_tag(experiment_id, tag, json.dumps(state))
+    try:
+        client.set_experiment_tag(experiment_id, tag, json.dumps(state))
+    except MlflowException as exc:
+        # Two pipelines writing the tag at once on a server database: the first insert wins
+        # and the second fails on the key. The view is a convenience; training goes on.
+        logger.warning("The runs table view was not saved (another run saved it): %s", exc)
 
 
 def runs_table_url(base_url: str, experiment_id: str) -> str:
