@@ -269,13 +269,15 @@ def _child(kind: str, report: str, rest: list[str]) -> int:
     """One measured side, in this fresh interpreter; writes its peak RSS to `report`."""
     if kind == "plain":
         _plain(Path(rest[0]))
-        status = 0
-    else:
-        from pipeline.cli import main as pipeline_main
+        Path(report).write_text(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
+        return 0
+    import atexit
 
-        status = pipeline_main(rest)
-    Path(report).write_text(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
-    return status
+    from pipeline.cli import run
+
+    # `python -m pipeline` itself: `run` ends the process, after the atexit handlers.
+    atexit.register(lambda: Path(report).write_text(json.dumps({"peak_rss_mb": _peak_rss_mb()})))
+    run(rest)
 
 
 def _plain(path: Path) -> float:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import re
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.errors import ConfigError, PipelineError
 
@@ -24,8 +25,22 @@ logger = logging.getLogger("pipeline")
 DEFAULT_CONFIG = "configs/iris.yaml"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """`python -m pipeline`: `main` in a process of its own, which then exits with its status."""
+    status = main(argv, own_process=True)
+    # Everything is committed by now: runs, registry writes and artifacts are written before
+    # `main` returns, and atexit handlers still run. What remains is the interpreter's teardown,
+    # which runs the cycle collector over every object MLflow and scikit-learn created (some
+    # 450,000 after a training run, about 1.2 s) only to free memory the OS takes back anyway.
+    # Frozen objects are outside the collector's sight.
+    gc.freeze()
+    sys.exit(status)
+
+
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """Runs one command; `own_process`: this process ends after it (`run`)."""
     args = _parser().parse_args(argv)
+    args.own_process = own_process
     _configure_logging(args.verbose)
     # `mlflow run` names its own run in MLFLOW_RUN_ID, and MLflow resumes that run in every
     # `start_run` of this process whatever experiment it targets: a command decides itself
@@ -66,6 +81,15 @@ def _say_what_it_waits_on(step: str) -> None:
         logger.info("%s: loading MLflow, then waiting on the store %s", step, store_id(uri))
 
 
+def _imported(args: argparse.Namespace) -> None:
+    """Called once a long command has imported what it needs. In a process of its own, those
+    modules live until exit: frozen, the cycle collector stops walking their 450,000 objects
+    again and again (about 0.7 s of a million-row training). Not in a caller's process (the
+    tests): garbage present at a freeze is never collected."""
+    if args.own_process:
+        gc.freeze()
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.steps import ingest
 
@@ -81,6 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.steps import ingest, train
     from pipeline.tracking import launcher_run_in, point_launcher_to
 
+    _imported(args)
     config = _config(args)
     dataset = ingest.run(config)
     result = train.run(
@@ -119,6 +144,7 @@ def _cmd_main(args: argparse.Namespace) -> int:
     from pipeline.steps import flow
     from pipeline.tracking import launcher_run_in, point_launcher_to
 
+    _imported(args)
     config = _config(args)
     result = flow.run_all(
         config, run_id=launcher_run_in(args.launcher_run_id, config.experiment), force=args.force
@@ -320,6 +346,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from pipeline.monitoring import retrain
     from pipeline.tracking import point_launcher_to
 
+    _imported(args)
     result = retrain.run(load_config(args.config), force=args.force, since=args.since)
     point_launcher_to(
         args.launcher_run_id, result.pipeline.run_id if result.pipeline else result.monitor_run_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.dummy import DummyClassifier, DummyRegressor
@@ -30,8 +31,15 @@ def fit(config: PipelineConfig, X_train: pd.DataFrame, y_train: pd.Series) -> Ba
     if config.task == "classification":
         model: BaseEstimator = DummyClassifier(strategy="prior")
         description = "majority class with the training class shares (DummyClassifier prior)"
+        # It learns only the class counts: one row per class weighted by its count gives the
+        # same classes and priors (the same float sums, a test checks), without sorting every
+        # training label as text (0.4 s on a million rows).
+        codes, _ = pd.factorize(y_train)
+        _, first = np.unique(codes, return_index=True)
+        weights = np.bincount(codes).astype(float)
+        model.fit(X_train.iloc[first], y_train.iloc[first], sample_weight=weights)
     else:
         model = DummyRegressor(strategy="mean")
         description = "the training mean (DummyRegressor mean)"
-    model.fit(X_train, y_train)
+        model.fit(X_train, y_train)
     return Baseline(model=model, description=description)

@@ -23,6 +23,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -141,17 +142,27 @@ def run(
     """Score `model` on the held-out rows and log `test_*` metrics and plots on `run_id`."""
     client = MlflowClient()
     answers = Answers.of(config, model, data_split.X_test)
-    metrics = scores(config, data_split.y_test, answers)
-    if config.task == "classification":
-        metrics.update(diagnostics(config, data_split.y_test, answers))
-    for name, value in metrics.items():
-        client.log_metric(run_id, name, value)
-    trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
-    for name, value in score(config, trivial.model, data_split.X_test, data_split.y_test).items():
-        client.log_metric(run_id, f"baseline_{name}", value)
-    _record_classification_notes(client, config, run_id, model, data_split)
-    importance = feature_importance(config, model, data_split.X_test, data_split.y_test)
-    plots = _log_plots(client, config, run_id, data_split.y_test, answers, importance)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="importance") as pool:
+        # Permutation importance keeps one core busy for a second or more (it runs the model
+        # on one thread); what follows until it is needed is mostly Python (metrics, the
+        # baseline, figures, MLflow calls), so it runs meanwhile on the other core.
+        importance_job = pool.submit(
+            feature_importance, config, model, data_split.X_test, data_split.y_test
+        )
+        metrics = scores(config, data_split.y_test, answers)
+        if config.task == "classification":
+            metrics.update(diagnostics(config, data_split.y_test, answers))
+        for name, value in metrics.items():
+            client.log_metric(run_id, name, value)
+        trivial = baseline.fit(config, data_split.X_train, data_split.y_train)
+        trivial_scores = score(config, trivial.model, data_split.X_test, data_split.y_test)
+        for name, value in trivial_scores.items():
+            client.log_metric(run_id, f"baseline_{name}", value)
+        _record_classification_notes(client, config, run_id, model, data_split)
+        plots = _log_plots(client, config, run_id, data_split.y_test, answers)
+        importance = importance_job.result()
+    if importance is not None:
+        plots += _log_importance_plot(client, run_id, importance)
     profile = reference_profile(config, model, data_split, importance, answers)
     client.log_dict(run_id, profile.to_dict(), artifacts.REFERENCE_PROFILE_PATH)
     client.log_dict(
@@ -323,11 +334,8 @@ def _log_plots(
     run_id: str,
     y: pd.Series,
     answers: Answers,
-    importance: pd.Series | None,
 ) -> tuple[str, ...]:
-    # Imported here: only the commands that draw pay for matplotlib.
-    import matplotlib.pyplot as plt
-
+    """The held-out figures but the importance plot (`_log_importance_plot`)."""
     figures: dict[str, Figure] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -339,8 +347,22 @@ def _log_plots(
             )
             residuals.ax_.set_title("Residuals vs predicted (held-out)")
             figures["plots/residuals.png"] = residuals.figure_
-        if importance is not None:
-            figures["plots/feature_importance.png"] = _importance_figure(importance.tail(20))
+    return _log_figures(client, run_id, figures)
+
+
+def _log_importance_plot(
+    client: MlflowClient, run_id: str, importance: pd.Series
+) -> tuple[str, ...]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        figure = _importance_figure(importance.tail(20))
+    return _log_figures(client, run_id, {"plots/feature_importance.png": figure})
+
+
+def _log_figures(client: MlflowClient, run_id: str, figures: dict[str, Figure]) -> tuple[str, ...]:
+    # Imported here: only the commands that draw pay for matplotlib.
+    import matplotlib.pyplot as plt
+
     for path, figure in figures.items():
         client.log_figure(run_id, figure, path)
         plt.close(figure)
@@ -458,9 +480,10 @@ def feature_importance(
 
     rows = np.random.default_rng(config.split.seed).permutation(len(y))[:IMPORTANCE_ROWS]
     # A few thousand rows scored 30 times or more: starting the model's OpenMP threads for
-    # each call costs more than the call itself, and on a busy machine far more.
-    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="openmp"):
-        warnings.simplefilter("ignore")
+    # each call costs more than the call itself, and on a busy machine far more. The limit is
+    # this thread's own (OpenMP keeps it per thread). No `warnings.catch_warnings` here: it
+    # swaps process-wide filters, and `run` calls this on a second thread.
+    with threadpool_limits(limits=1, user_api="openmp"):
         result = permutation_importance(
             model,
             X.iloc[rows],

@@ -265,6 +265,17 @@ def test_a_resample_counts_every_row_drawn_and_blocks_cover_all_resamples(
     assert counts.mean(axis=0) == pytest.approx(np.ones(7), abs=0.05)
 
 
+def test_blocks_drawn_ahead_on_a_thread_are_the_generator_s_draws_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bootstrap, "_BLOCK_CELLS", 1_000)
+    blocks = list(bootstrap._resample_blocks(np.random.default_rng(3), 7, 1_001))
+    rng = np.random.default_rng(3)
+    one_by_one = [rng.integers(0, 7, size=7, dtype=np.int32) for _ in range(1_001)]
+    assert len(blocks) == 8
+    np.testing.assert_array_equal(np.concatenate([b.drawn for b in blocks]), one_by_one)
+
+
 @pytest.mark.parametrize("metric", ["test_roc_auc", "test_accuracy", "test_log_loss"])
 def test_intervals_against_several_models_equal_each_pair_bootstrapped_alone(metric: str) -> None:
     y, challenger = _binary(seed=2, rows=250, skill=0.6)
