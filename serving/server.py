@@ -11,6 +11,7 @@ opened or after its previous request's first byte; the body is under the request
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from typing import Any
@@ -132,11 +133,37 @@ def server_config(app: Any, settings: Settings, **options: Any) -> ServingConfig
     )
 
 
+class ServingServer(uvicorn.Server):
+    """uvicorn's server, which freezes what its startup left alive before serving."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # The modules (FastAPI, MLflow, scikit-learn, pandas) and the first model are loaded
+        # by now and live as long as the process: several hundred thousand objects that every
+        # full collection would walk again, with the event loop held. Requests allocate enough
+        # to trigger one every few hundred requests, and decoding a 10,000-row body several.
+        # Frozen, they are left out (a 2 MB JSON body decodes in about half the time).
+        # Collected first, so no garbage is frozen with them.
+        gc.collect()
+        gc.freeze()
+        logger.debug("Froze %d objects alive after startup", gc.get_freeze_count())
+
+
+class _WorkerProcess(Process):
+    """uvicorn's worker process, running :class:`ServingServer`."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = ServingServer(config=self.config)
+        return self._server
+
+
 def serve(config: ServingConfig, sock: socket.socket) -> None:
     """Run uvicorn on the bound ``sock``: in this process, or in ``config.workers`` ones,
     each listening on its own socket (see :class:`WorkerSockets`)."""
     if config.workers == 1:
-        uvicorn.Server(config).run(sockets=[sock])
+        ServingServer(config).run(sockets=[sock])
         return
     if not hasattr(socket, "SO_REUSEPORT"):  # not Linux or BSD: one shared socket
         Multiprocess(config, sockets=[sock]).run()
@@ -158,13 +185,14 @@ class WorkerSockets(Multiprocess):
     workers did 0.85-1.17x one worker's requests, using one core between them. With a socket
     each, the kernel spreads new connections over the workers by a hash of their addresses.
 
-    A worker restarted after a crash listens on every socket (uvicorn's own restart path),
-    which is correct, only less even.
+    A worker restarted after a crash listens on every socket and runs uvicorn's own server,
+    without :class:`ServingServer`'s freeze (uvicorn's own restart path): correct, only less
+    even and a little slower.
     """
 
     def init_processes(self) -> None:
         # ``self.sockets`` holds one socket per worker (``serve`` binds ``workers`` of them).
         for worker in range(self.processes_num):
-            process = Process(self.config, [self.sockets[worker]])
+            process = _WorkerProcess(self.config, [self.sockets[worker]])
             process.start()
             self.processes.append(process)

@@ -252,6 +252,21 @@ def test_records_beyond_the_queue_size_are_dropped_and_counted(
     assert set(read(parts(log.log_dir, "iris"))["request_id"]) == {"fills-the-queue"}
 
 
+def test_a_half_full_queue_wakes_the_writer_before_its_next_poll(
+    make_log: Callable[..., PredictionLog], models: dict[str, LoadedModel], store: TinyStore
+) -> None:
+    iris = models["iris"]
+    record = records_of(store, "iris", [0])
+    log = make_log(queue_size=10, poll_seconds=600)
+    log.start()
+    log_rows(log, iris, record * 4, "under-half")
+    log_rows(log, iris, record * 1, "half")
+    until(lambda: log.stats.queued == 0, "the writer to take a half-full queue", timeout=10)
+    log_rows(log, iris, record * 4, "under-half-again")
+    time.sleep(0.2)
+    assert log.stats.queued == 4  # below half: left for the next poll
+
+
 def test_while_the_disk_is_stuck_the_queue_drains_and_rows_beyond_held_rows_are_dropped(
     make_log: Callable[..., PredictionLog],
     models: dict[str, LoadedModel],
