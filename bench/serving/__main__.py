@@ -19,7 +19,7 @@ from bench.serving.ceiling import ceiling_lines, ceiling_main, measure_ceiling
 from bench.serving.console import log
 from bench.serving.live import bench_live, live_lines
 from bench.serving.load import GENERATORS
-from bench.serving.machine import machine_facts
+from bench.serving.machine import machine_facts, parallel_capacity
 from bench.serving.measure import ServerRun, bench_server
 from bench.serving.report import report, write_json
 from bench.serving.servers import STARTUP_TIMEOUT, stop_all_servers
@@ -193,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {facts['nproc']} cores, {facts['cpu_model']}, Python {facts['python']}, "
         f"mlflow {facts['versions']['mlflow']}, scikit-learn {facts['versions']['scikit-learn']}"
     )
+    if args.workers_compare:
+        facts["parallel_capacity"] = parallel_capacity()
+        log(f"two CPU-bound processes do {facts['parallel_capacity']:.2f}x the work of one here")
     X_train, y_train, data = load_dataset(args.bulk_rows)
     if args.calibrate:
         results = calibrate(args, data)

@@ -8,7 +8,9 @@ import importlib.metadata
 import os
 import platform
 import resource
+import statistics
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,38 @@ def machine_facts() -> dict[str, Any]:
         "versions": _versions(),
         "git": _git_facts(),
     }
+
+
+_SPIN = (
+    "import time\n"
+    "t = time.perf_counter()\n"
+    "x = 0\n"
+    "for i in range(15_000_000):\n"
+    "    x += i\n"
+    "print(time.perf_counter() - t)"
+)
+"""About a second of pure-Python work in one process (no GIL released, no I/O)."""
+
+
+def parallel_capacity(rounds: int = 3) -> float:
+    """How much work two CPU-bound processes do at once, as a multiple of one alone (median
+    of ``rounds``): 2.0 on two free cores. The most two workers can gain on this machine,
+    whatever the server does: virtual cores that share a physical one, or a host that
+    throttles, give less."""
+
+    def spin(copies: int) -> list[float]:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
+            for _ in range(copies)
+        ]
+        return [float(proc.communicate(timeout=120)[0]) for proc in procs]
+
+    gains = []
+    for _ in range(rounds):
+        alone = spin(1)[0]
+        together = spin(2)
+        gains.append(2 * alone / statistics.mean(together))
+    return statistics.median(gains)
 
 
 def _cpu_model() -> str:

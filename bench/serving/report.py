@@ -64,6 +64,15 @@ def _machine(facts: dict[str, Any]) -> list[str]:
         + (" (serving/ has uncommitted changes)" if git["serving_dirty"] else "")
         + f", serving/ tree sha256 {git['serving_tree_sha256']}"
         + f"; load average at start {facts['loadavg_at_start']}",
+        *(
+            [
+                f"  two CPU-bound processes at once do {facts['parallel_capacity']:.2f}x the "
+                "work of one here (a pure-Python loop, median of 3): the most two workers "
+                "can gain on this machine"
+            ]
+            if facts.get("parallel_capacity")
+            else []
+        ),
     ]
 
 
