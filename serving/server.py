@@ -146,7 +146,10 @@ class ServingServer(uvicorn.Server):
         # Collected first, so no garbage is frozen with them.
         gc.collect()
         gc.freeze()
-        logger.debug("Froze %d objects alive after startup", gc.get_freeze_count())
+        logger.info(
+            "Froze the %d objects alive after startup: garbage collections skip them",
+            gc.get_freeze_count(),
+        )
 
 
 class _WorkerProcess(Process):

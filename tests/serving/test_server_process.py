@@ -104,6 +104,7 @@ def test_python_m_serving_answers_predictions_over_http(store: TinyStore, tmp_pa
     assert exit_code in (0, -signal.SIGTERM), output
     assert "Application shutdown complete." in output
     assert "Serving model 'iris' version 1" in output
+    assert "objects alive after startup" in output  # frozen before the first request
     assert "Traceback" not in output
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -200,6 +200,7 @@ def test_two_workers_each_answer_predictions_from_their_own_process(
     log = server.log()
     assert exit_code in (0, -signal.SIGTERM), log
     assert log.count("Serving model 'iris' version 1") == 2, log  # one model per worker
+    assert log.count("objects alive after startup") == 2, log  # each worker froze them
     assert log.count("Application shutdown complete.") == 2, log
     assert "Traceback" not in log
     # Each worker wrote its own prediction log parts (its pid in their names) at shutdown.
