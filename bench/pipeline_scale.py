@@ -266,18 +266,16 @@ def _steps(log: str, started_at: float, ended_at: float) -> tuple[tuple[str, flo
 
 
 def _child(kind: str, report: str, rest: list[str]) -> int:
-    """One measured side, in this fresh interpreter; writes its peak RSS to `report`."""
-    if kind == "plain":
-        _plain(Path(rest[0]))
-        Path(report).write_text(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
-        return 0
+    """One measured side, in this fresh interpreter; writes its peak RSS to `report` at exit."""
     import atexit
 
+    atexit.register(lambda: Path(report).write_text(json.dumps({"peak_rss_mb": _peak_rss_mb()})))
+    if kind == "plain":
+        _plain(Path(rest[0]))
+        return 0
     from pipeline.cli import run
 
-    # `python -m pipeline` itself: `run` ends the process, after the atexit handlers.
-    atexit.register(lambda: Path(report).write_text(json.dumps({"peak_rss_mb": _peak_rss_mb()})))
-    run(rest)
+    run(rest)  # `python -m pipeline` itself: it ends the process, after the atexit handlers
 
 
 def _plain(path: Path) -> float:

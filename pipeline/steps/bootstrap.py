@@ -194,9 +194,6 @@ def _resample_blocks(rng: np.random.Generator, rows: int, resamples: int) -> Ite
             row[:] = rng.integers(0, rows, size=rows, dtype=dtype)
         return drawn
 
-    if len(sizes) == 1:
-        yield _Block(draw(sizes[0]), rows)
-        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bootstrap-draws") as pool:
         pending = pool.submit(draw, sizes[0])
         for following in [*sizes[1:], None]:
