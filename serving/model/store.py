@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +53,7 @@ from serving.errors import (
     UnsupportedModelError,
 )
 from serving.model.domain import load_domain
+from serving.model.fastpath import FastPreprocessing, compile_preprocessing
 from serving.model.ref import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -104,10 +105,19 @@ class LoadedModel:
     """The logged input example as records (None for missing values); empty if none."""
     domain: InputDomain | None = field(default=None, repr=False)
     """The training domain logged with the run (values outside it are flagged); None if none."""
+    fast: FastPreprocessing | None = field(default=None, repr=False)
+    """The estimator's preprocessing replayed in NumPy, when it is checked equal to
+    scikit-learn's (see :mod:`serving.model.fastpath`); else None."""
 
     @property
     def has_proba(self) -> bool:
         return self.task == "classification" and hasattr(self.estimator, "predict_proba")
+
+    @property
+    def replay(self) -> FastPreprocessing | None:
+        """``fast``, if it replays this very estimator (a copy with another one has none)."""
+        fast = self.fast
+        return fast if fast is not None and fast.pipeline is self.estimator else None
 
 
 def promote_hint(name: str) -> str:
@@ -191,9 +201,25 @@ def load_model(ref: ModelRef, tracking_uri: str) -> LoadedModel:
         estimator=estimator,
         input_example=example,
         domain=load_domain(run_id, tracking_uri, label),
+        fast=_fast_preprocessing(estimator, columns, example),
     )
-    logger.info("Loaded %s (%s, %d input columns)", label, loaded.task, len(columns))
+    logger.info(
+        "Loaded %s (%s, %d input columns, preprocessing in %s)",
+        label,
+        loaded.task,
+        len(columns),
+        "scikit-learn" if loaded.fast is None else "NumPy, checked equal to scikit-learn",
+    )
     return loaded
+
+
+def _fast_preprocessing(
+    estimator: Any, columns: Sequence[InputColumn], example: Sequence[Mapping[str, Any]]
+) -> FastPreprocessing | None:
+    """The NumPy preprocessing, for models whose inputs are all doubles (one float64 matrix)."""
+    if not columns or any(column.type != "double" for column in columns):
+        return None
+    return compile_preprocessing(estimator, [column.name for column in columns], example)
 
 
 def to_native(value: Any) -> Any:

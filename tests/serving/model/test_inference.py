@@ -203,6 +203,37 @@ def test_labels_and_probabilities_of_a_frame_equal_sklearn_with_one_preprocessin
     assert labels_only.outputs.tolist() == predictions.outputs.tolist()
 
 
+@pytest.mark.parametrize("rows", [[0], [0, 60, 120, 140], list(range(0, 150, 2))])
+def test_models_with_only_double_inputs_answer_through_the_numpy_replay_to_the_bit(
+    store: TinyStore, load: Any, rows: list[int]
+) -> None:
+    for uri, name in (
+        ("models:/iris/Production", "iris"),
+        ("models:/diabetes/Production", "diabetes"),
+    ):
+        loaded = load(uri)
+        assert loaded.fast is not None  # so the replay is what answers here
+        records = store.models[name].features.iloc[rows].to_dict(orient="records")
+        frame = to_frame(loaded.columns, records)
+        predictions = predict_frame(loaded, frame, proba=True)
+        if loaded.task == "regression":
+            expected = loaded.estimator.predict(frame)
+            assert predictions.outputs.tobytes() == expected.tobytes()
+            answered = inference.predict_rows(loaded, records)  # matrix to replay, no frame
+            assert [row["value"] for row in answered] == expected.tolist()
+            continue
+        assert predictions.probabilities is not None
+        expected = loaded.estimator.predict_proba(frame)
+        assert predictions.probabilities.tobytes() == expected.tobytes()
+        assert predictions.outputs.tolist() == loaded.estimator.predict(frame).tolist()
+        answered = inference.predict_rows(loaded, records)  # matrix to replay, no frame
+        assert [list(row["probabilities"].values()) for row in answered] == expected.tolist()
+
+
+def test_a_model_with_text_inputs_has_no_numpy_replay(load: Any) -> None:
+    assert load("models:/mixed/Production").fast is None
+
+
 def test_classifier_without_predict_proba_returns_label_only(store: TinyStore, load: Any) -> None:
     loaded = load("models:/iris@challenger")
     rows = store.models["iris_svc"].features.iloc[[0, 75]]
