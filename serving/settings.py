@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -270,9 +271,10 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @property
+    @functools.cached_property
     def request_limits(self) -> RequestLimits:
-        """What one prediction request may cost (rows, columns, decoded size, error size)."""
+        """What one prediction request may cost (rows, columns, decoded size, error size);
+        built once, read on every request."""
         return RequestLimits(
             max_rows=self.max_rows,
             max_columns=self.max_columns,

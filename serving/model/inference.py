@@ -113,6 +113,8 @@ class RequestModels:
     columns: tuple[InputColumn, ...]
     records: TypeAdapter[list[Any]]
     """A list of records: how large batches are validated, one slice at a time."""
+    names: frozenset[str]
+    """The input column names (a body holding 'records' is a batch unless one is so named)."""
 
 
 def build_request_models(columns: Sequence[InputColumn]) -> RequestModels:
@@ -145,7 +147,13 @@ def build_request_models(columns: Sequence[InputColumn]) -> RequestModels:
         records=(list[record], Field(min_length=1, description="One or more records.")),  # type: ignore[valid-type]
     )
     records: TypeAdapter[list[Any]] = TypeAdapter(list[record])  # type: ignore[valid-type]
-    return RequestModels(record=record, batch=batch, columns=tuple(columns), records=records)
+    return RequestModels(
+        record=record,
+        batch=batch,
+        columns=tuple(columns),
+        records=records,
+        names=frozenset(column.name for column in columns),
+    )
 
 
 def parse_request(
@@ -163,8 +171,7 @@ def parse_request(
             f"The body must be a JSON object, not {json_kind(payload)}. {_INPUT_FORM}",
             [ErrorDetail(field="body", message=f"expected an object, got {json_kind(payload)}")],
         )
-    names = {column.name for column in models.columns}
-    is_batch = "records" in payload and "records" not in names
+    is_batch = "records" in payload and "records" not in models.names
     if not is_batch:
         try:
             return [models.record.model_validate(payload).model_dump(by_alias=True)], False
@@ -653,11 +660,19 @@ def _forest_pool() -> ThreadPoolExecutor:
 
 
 def _tree_mean(forest: Any, features: Any) -> np.ndarray:
-    """The mean of the trees' probabilities, summed tree by tree as scikit-learn does."""
+    """The mean of the trees' probabilities, summed tree by tree as scikit-learn does.
+
+    A tree's probabilities are the rows of ``tree_.value`` at the leaves the rows reach:
+    what ``DecisionTreeClassifier.predict_proba`` gathers, without the checks and views it
+    adds around the gather (about 8 µs a tree, against 2 µs for the walk to the leaves).
+    """
     trees = forest.estimators_
-    total = np.zeros((features.shape[0], forest.n_classes_), dtype=np.float64)
+    n_classes = forest.n_classes_
+    total = np.zeros((features.shape[0], n_classes), dtype=np.float64)
     for tree in trees:
-        total += tree.predict_proba(features, check_input=False)
+        structure = tree.tree_
+        leaves = structure.apply(features)
+        total += structure.value[:, 0, :n_classes].take(leaves, axis=0, mode="clip")
     total /= len(trees)
     return total
 

@@ -5,6 +5,7 @@ Every response is checked for leaked stack traces by the ``make_client`` fixture
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import serving.app
 import serving.routes
 from serving.app import create_app
 from tests.serving.factories import SETOSA, MakeClient, TinyStore
@@ -375,3 +377,13 @@ def test_create_app_does_not_load_the_model_before_startup(store: TinyStore) -> 
     assert not hasattr(app.state, "models")
     with TestClient(app) as client:
         assert client.get("/health/ready").status_code == 200
+
+
+def test_fastapi_s_opentelemetry_is_off_unless_the_environment_asks_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [n for n in os.environ if n.startswith(("OTEL_", "FASTAPI_OTEL_"))]:
+        monkeypatch.delenv(name)
+    assert serving.app._fastapi_telemetry() == {"tracing": False, "metrics": False, "logs": False}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    assert serving.app._fastapi_telemetry() is None  # FastAPI's default: it looks per request

@@ -287,6 +287,18 @@ def test_forest_probabilities_of_a_large_frame_split_over_cores_equal_sklearn_to
     )
 
 
+def test_forest_probabilities_gathered_from_the_leaves_equal_sklearn_to_the_bit() -> None:
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(rng.normal(size=(400, 3)), columns=list("abc"))
+    classes = np.array(["low", "mid", "high"])[np.digitize(frame["a"] + frame["b"], [-0.5, 0.5])]
+    forest = RandomForestClassifier(n_estimators=9, max_depth=6, random_state=1).fit(
+        frame[:300], classes[:300]
+    )
+    for rows in (frame[300:301], frame[300:]):
+        expected = forest.predict_proba(rows)
+        assert inference._forest_predict_proba(forest, rows).tobytes() == expected.tobytes()
+
+
 def test_forest_probabilities_of_a_small_frame_stay_on_one_thread() -> None:
     assert inference._row_chunks(inference.PARALLEL_FOREST_ROWS - 1) == [
         slice(0, inference.PARALLEL_FOREST_ROWS - 1)
