@@ -336,3 +336,52 @@ def test_shutdown_lets_requests_waiting_on_the_batcher_finish(
         slow.released.set()
     assert [r.status_code for r in responses] == [200] * 4
     assert {r.json()["prediction"]["label"] for r in responses} == {"setosa"}
+
+
+def test_one_timer_holds_each_request_to_its_own_deadline() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(scope["delay"])  # each request says how long it takes
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    middleware = RequestTimeoutMiddleware(app, seconds=0.2)
+
+    async def scenario() -> dict[str, tuple[int, float]]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def request(arrives: float, takes: float) -> tuple[int, float]:
+            await asyncio.sleep(arrives)
+            sent: list[Message] = []
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/predict", "delay": takes}
+            await middleware(scope, _no_body, send)
+            return sent[0]["status"], loop.time() - start
+
+        slow, quick, later = await asyncio.gather(
+            request(0, 5), request(0.1, 0.05), request(0.12, 5)
+        )
+        return {"slow": slow, "quick": quick, "later": later}
+
+    answers = asyncio.run(scenario())
+    assert answers["slow"][0] == 504 and 0.2 <= answers["slow"][1] < 2  # not its 5 s
+    assert answers["quick"][0] == 200
+    assert answers["later"][0] == 504 and 0.32 <= answers["later"][1] < 2  # its own deadline
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def test_timeout_middleware_lets_another_cancellation_through() -> None:
+    async def scenario() -> None:
+        task = asyncio.create_task(_call(RequestTimeoutMiddleware(_app(5), seconds=2), "/predict"))
+        await asyncio.sleep(0.05)
+        task.cancel()  # the server stopping, say: not a 504
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(scenario())
