@@ -293,8 +293,10 @@ def to_frame(columns: Sequence[InputColumn], records: Sequence[Mapping[str, Any]
 def double_matrix(names: Sequence[str], records: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """The records' values of ``names`` as one C-ordered float64 matrix, NaN where missing:
     what :func:`to_frame` wraps for a model whose inputs are all doubles."""
-    matrix = np.array([[r.get(name) for name in names] for r in records], dtype=np.float64)
-    return matrix.reshape(len(records), len(names))
+    rows = record_values(records, names)  # validated records hold every name: ~3x faster
+    if rows is None:
+        rows = [[record.get(name) for name in names] for record in records]
+    return np.array(rows, dtype=np.float64).reshape(len(records), len(names))
 
 
 def loads_json(body: bytes) -> Any:
