@@ -295,7 +295,7 @@ def double_matrix(names: Sequence[str], records: Sequence[Mapping[str, Any]]) ->
     what :func:`to_frame` wraps for a model whose inputs are all doubles."""
     rows = record_values(records, names)  # validated records hold every name: ~3x faster
     if rows is None:
-        rows = [[record.get(name) for name in names] for record in records]
+        rows = [tuple(record.get(name) for name in names) for record in records]
     return np.array(rows, dtype=np.float64).reshape(len(records), len(names))
 
 
