@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES, INTEGER_TYPES, ColumnType
 from serving.errors import ErrorDetail, InvalidRequestError
 from serving.limits import RequestLimits, check_rows, more_problems
+from serving.model.fastpath import Answers
 from serving.model.store import InputColumn, LoadedModel, to_native
 
 logger = logging.getLogger(__name__)
@@ -512,8 +513,11 @@ def _extreme_fields(frame: pd.DataFrame | Callable[[], pd.DataFrame]) -> str:
     return f" (extreme values in {', '.join(repr(n) for n in extreme)})" if extreme else ""
 
 
-def _predict(loaded: LoadedModel, features: Any, final: Any, *, proba: bool) -> FramePredictions:
-    """The answers of ``final``, the estimator after the preprocessing, for ``features``."""
+def _predict(
+    loaded: LoadedModel, features: Any, final: Any, answers: Answers | None, *, proba: bool
+) -> FramePredictions:
+    """The answers of ``final``, the estimator after the preprocessing, for ``features``
+    (labels and probabilities from ``answers`` in one pass, when there is such a function)."""
     if loaded.task == "regression":
         return FramePredictions(np.asarray(final.predict(features), dtype=float), None)
     if loaded.has_proba and labels_follow_proba(final):
@@ -521,14 +525,18 @@ def _predict(loaded: LoadedModel, features: Any, final: Any, *, proba: bool) -> 
         # What ForestClassifier.predict does with the same probabilities: one call, not two.
         labels = np.asarray(final.classes_).take(np.argmax(probabilities, axis=1), axis=0)
         return FramePredictions(labels, probabilities if proba else None)
+    if proba and loaded.has_proba and answers is not None:
+        labels, probabilities = answers(features)
+        return FramePredictions(labels, probabilities)
     labels = np.asarray(final.predict(features))
     if not (proba and loaded.has_proba):
         return FramePredictions(labels, None)
     return FramePredictions(labels, np.asarray(final.predict_proba(features), dtype=float))
 
 
-def _preprocessed(loaded: LoadedModel, frame: pd.DataFrame) -> tuple[Any, Any]:
-    """What the model's preprocessing makes of ``frame``, and the estimator to call on it.
+def _preprocessed(loaded: LoadedModel, frame: pd.DataFrame) -> tuple[Any, Any, Answers | None]:
+    """What the model's preprocessing makes of ``frame``, the estimator to call on it, and
+    its one-pass answers if it has them.
 
     A pipeline's predict methods transform with every step but the last, then call the last:
     done here once for both labels and probabilities, since the preprocessing costs far more
@@ -541,10 +549,10 @@ def _preprocessed(loaded: LoadedModel, frame: pd.DataFrame) -> tuple[Any, Any]:
     if fast is not None:
         matrix = fast.matrix(frame)
         if matrix is not None:
-            return fast.transform(matrix), fast.final
+            return fast.transform(matrix), fast.final, fast.answers
     if isinstance(estimator, Pipeline) and len(estimator) > 1:
-        return estimator[:-1].transform(frame), estimator[-1]
-    return frame, estimator
+        return estimator[:-1].transform(frame), estimator[-1], None
+    return frame, estimator, None
 
 
 def prediction_rows(loaded: LoadedModel, predictions: FramePredictions) -> list[PredictionRow]:
@@ -582,7 +590,9 @@ def predict_rows(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> l
         matrix = double_matrix(fast.names, records)
         if not np.isinf(matrix).any():
             predictions = _checked(
-                lambda: _predict(loaded, fast.transform(matrix), fast.final, proba=True),
+                lambda: _predict(
+                    loaded, fast.transform(matrix), fast.final, fast.answers, proba=True
+                ),
                 lambda: to_frame(loaded.columns, records),
             )
             return prediction_rows(loaded, predictions)

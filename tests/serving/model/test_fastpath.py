@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -214,3 +215,39 @@ def test_the_replay_leaves_the_matrix_it_is_given_untouched() -> None:
     assert matrix is not None
     fast.transform(matrix)
     assert np.array_equal(frame.to_numpy(), before, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "classes", [np.array([0, 1]), np.array(["benign", "malignant", "unsure"])], ids=["2", "3"]
+)
+def test_logistic_labels_and_probabilities_in_one_pass_equal_predict_and_predict_proba(
+    classes: np.ndarray,
+) -> None:
+    features, y = _training()
+    labels = classes[y if len(classes) == 2 else y + np.arange(len(y)) % 2]
+    model = Pipeline([*REPLAYED["scaler on every column"], ("model", LogisticRegression())])
+    model.fit(features, labels)
+    fast = compile_preprocessing(model, NAMES)
+    assert fast is not None and fast.answers is not None
+    rows = _served(_training(rows=50, seed=9)[0].to_numpy())
+    for frame in (rows, _served(rows.to_numpy()[:1])):
+        matrix = fast.matrix(frame)
+        assert matrix is not None
+        given_labels, probabilities = fast.answers(fast.transform(matrix))
+        assert given_labels.tolist() == model.predict(frame).tolist()
+        assert probabilities.tobytes() == model.predict_proba(frame).tobytes()
+
+
+def test_other_final_estimators_keep_their_own_predict_methods() -> None:
+    fast = compile_preprocessing(_fitted(REPLAYED["scaler on every column"], final=Ridge()), NAMES)
+    assert fast is not None and fast.answers is None
+
+
+def test_one_pass_answers_that_differ_from_scikit_learn_are_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fastpath, "expit", lambda scores: expit(scores) + 1e-12)
+    with caplog.at_level(logging.WARNING, logger=fastpath.__name__):
+        fast = compile_preprocessing(_fitted(REPLAYED["scaler on every column"]), NAMES)
+    assert fast is not None and fast.answers is None  # the preprocessing replay stays
+    assert "they differ from scikit-learn's" in caplog.text
