@@ -21,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
+from serving.deadlines import Deadlines
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,12 @@ class ServingConfig(uvicorn.Config):
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, closing connections whose headers arrive too slowly."""
+    """uvicorn's httptools protocol, closing connections whose headers arrive too slowly.
 
-    _header_deadline: asyncio.TimerHandle | None = None
+    The connections of a server share one timer (:class:`~serving.deadlines.Deadlines`, kept
+    on uvicorn's state shared by its connections): a timer per request cost as much as the
+    request timeout did.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -65,19 +69,29 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._disarm_header_deadline()
         super().connection_lost(exc)
 
-    def _arm_header_deadline(self) -> None:
-        self._disarm_header_deadline()
+    def _header_deadlines(self) -> Deadlines[HeaderDeadlineProtocol] | None:
         seconds = getattr(self.config, "header_timeout_seconds", 0)
-        if seconds > 0:
-            self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+        if seconds <= 0:
+            return None
+        deadlines: Deadlines[HeaderDeadlineProtocol] | None = getattr(
+            self.server_state, "header_deadlines", None
+        )
+        if deadlines is None:
+            deadlines = Deadlines(seconds, HeaderDeadlineProtocol._headers_too_slow)
+            self.server_state.header_deadlines = deadlines  # type: ignore[attr-defined]
+        return deadlines
+
+    def _arm_header_deadline(self) -> None:
+        deadlines = self._header_deadlines()
+        if deadlines is not None:
+            deadlines.arm(self)
 
     def _disarm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+        deadlines = self._header_deadlines()
+        if deadlines is not None:
+            deadlines.disarm(self)
 
     def _headers_too_slow(self) -> None:
-        self._header_deadline = None
         if self.transport.is_closing():
             return
         logger.warning(

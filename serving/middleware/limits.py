@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.deadlines import Deadlines
 from serving.errors import error_body
 from serving.protocols import kserve_v2, mlflow_scoring
 
@@ -83,23 +84,15 @@ class RequestTimeoutMiddleware:
 
     The request's task is cancelled: a request waiting in a batcher's queue leaves it, and a
     model call already running in its thread finishes unobserved (Python cannot interrupt it).
-    ``seconds <= 0`` disables the limit.
-
-    One timer for every request in flight, not one each: they share the limit, so the oldest
-    is always the first due. The timer fires at its deadline, cancels each request past its
-    own, and is set again for the oldest left. A timer per request (``asyncio.timeout``) cost
-    about a tenth of single-row throughput under uvloop.
+    ``seconds <= 0`` disables the limit. One timer serves every request in flight
+    (:class:`~serving.deadlines.Deadlines`).
     """
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app = app
         self.seconds = seconds
-        self._due: dict[asyncio.Task[Any], float] = {}
-        """Requests whose response has not started, with their deadlines: in deadline order,
-        as they arrived (a dict keeps insertion order; removals do not reorder it)."""
+        self._deadlines: Deadlines[asyncio.Task[Any]] = Deadlines(seconds, self._cancel)
         self._expired: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = prediction_protocol(scope["path"]) if scope["type"] == "http" else None
@@ -108,14 +101,14 @@ class RequestTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         cancelling = task.cancelling()
-        self._watch(task)
+        self._deadlines.arm(task)
         started = False
 
         async def send_in_time(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                self._due.pop(task, None)  # the answer is on its way: no limit any more
+                self._deadlines.disarm(task)  # the answer is on its way: no limit any more
             await send(message)
 
         try:
@@ -129,7 +122,7 @@ class RequestTimeoutMiddleware:
                 task.uncancel()  # the app swallowed the cancellation and answered anyway
             return
         finally:
-            self._due.pop(task, None)
+            self._deadlines.disarm(task)
         logger.warning(
             "%s %s took longer than %gs (SERVING_REQUEST_TIMEOUT_SECONDS): answered 504",
             scope["method"],
@@ -148,30 +141,12 @@ class RequestTimeoutMiddleware:
             "SERVING_REQUEST_TIMEOUT_SECONDS).",
         )
 
-    def _watch(self, task: asyncio.Task[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.seconds
-        self._due[task] = deadline
-        if self._timer is None or self._timer_loop is not loop:
-            self._timer = loop.call_at(deadline, self._expire)
-            self._timer_loop = loop
+    def _cancel(self, task: asyncio.Task[Any]) -> None:
+        self._expired.add(task)
+        task.cancel()
 
     def _was_expired(self, task: asyncio.Task[Any]) -> bool:
         if task in self._expired:
             self._expired.discard(task)
             return True
         return False
-
-    def _expire(self) -> None:
-        """Cancel the requests past their deadline; set the timer for the next one due."""
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._due:
-            task, deadline = next(iter(self._due.items()))
-            if deadline > now:
-                self._timer = loop.call_at(deadline, self._expire)
-                return
-            del self._due[task]
-            self._expired.add(task)
-            task.cancel()
