@@ -1,0 +1,102 @@
+"""Two variants of our server, A and B, under the same single-row load in alternating windows.
+
+This machine's single-row throughput drifts by tens of percent within minutes, more than most
+changes to the server are worth, so two separate benchmark runs cannot compare them. Here both
+servers run at once on the same registered model; each round loads A then B (or B then A,
+alternating) for a short window, and each pair's ratio is taken within the round. The median
+pair ratio is the figure.
+
+    .venv/bin/python -m bench.serving.ab --model lr --rounds 6 --b SERVING_REQUEST_TIMEOUT_SECONDS=0
+    .venv/bin/python -m bench.serving.ab --model rf --b-log off
+
+B differs from A by environment variables (``--b NAME=VALUE``, any number) and/or by its
+prediction log (``--b-log off``); the variable may be one the server reads or one a patched
+checkout reads, to try a change before making it the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.serving.console import log
+from bench.serving.load import run_load
+from bench.serving.servers import STARTUP_TIMEOUT, ServerProcess, our_server, stop_all_servers
+from bench.serving.store import MODEL_TITLES, build_store, load_dataset
+from bench.serving.wire import Payloads, build_payloads
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    variables = dict(_variable(text) for text in args.b)
+    root = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    try:
+        X_train, y_train, data = load_dataset(1_000)
+        store = build_store(root, [args.model], X_train, y_train)
+        servers = {
+            "A": our_server(store, args.model, root, None, root / "log-a"),
+            "B": our_server(
+                store, args.model, root, None, None if args.b_log == "off" else root / "log-b"
+            ),
+        }
+        servers["B"].env.update(variables)
+        for server in servers.values():
+            server.start(STARTUP_TIMEOUT)
+        payloads = build_payloads("predict", data)
+        pairs: list[dict[str, float]] = []
+        for index in range(args.rounds):
+            order = ("A", "B") if index % 2 == 0 else ("B", "A")
+            pair = {name: _throughput(servers[name], payloads, args) for name in order}
+            pairs.append(pair)
+            log(f"round {index + 1}: A {pair['A']:.0f} req/s, B {pair['B']:.0f} req/s")
+    finally:
+        stop_all_servers()
+        shutil.rmtree(root, ignore_errors=True)
+    ratios = [pair["B"] / pair["A"] for pair in pairs]
+    changed = " ".join(args.b) + (" prediction log off" if args.b_log == "off" else "")
+    print(
+        f"{args.model}: B ({changed or 'same as A'}) / A single-row req/s: median pair ratio "
+        f"{statistics.median(ratios):.3f} over {len(ratios)} rounds "
+        f"({', '.join(f'{r:.2f}' for r in ratios)}); medians A "
+        f"{statistics.median(p['A'] for p in pairs):.0f}, B "
+        f"{statistics.median(p['B'] for p in pairs):.0f}"
+    )
+    return 0
+
+
+def _throughput(server: ServerProcess, payloads: Payloads, args: argparse.Namespace) -> float:
+    result = run_load(
+        "raw", server.port, payloads, args.concurrency, 1.0, args.window, server.pgid, True
+    )
+    if result.errors:
+        raise SystemExit(f"{server.label} answered {result.errors} errors: {result.error_sample}")
+    return result.req_per_s
+
+
+def _variable(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--b takes NAME=VALUE, not {text!r}")
+    return name, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving.ab", description=__doc__)
+    parser.add_argument("--model", choices=sorted(MODEL_TITLES), default="lr")
+    parser.add_argument("--rounds", type=int, default=6, help="A/B pairs (6)")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per window (5)")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop workers (32)")
+    parser.add_argument(
+        "--b", action="append", default=[], metavar="NAME=VALUE", help="B's extra environment"
+    )
+    parser.add_argument("--b-log", choices=("on", "off"), default="on", help="B's prediction log")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
