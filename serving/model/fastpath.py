@@ -101,9 +101,13 @@ class FastPreprocessing:
 
     def transform(self, matrix: np.ndarray) -> np.ndarray:
         """What the pipeline's preprocessing steps return for these rows (not modified)."""
-        features = np.hstack([block.apply(matrix) for block in self.blocks])
-        for step in self.after:
-            features = step(features)
+        # Extreme finite inputs (1e308) can overflow here as in scikit-learn; the infinity is
+        # refused downstream (the final estimator's input check, a 4xx naming the columns),
+        # so NumPy's warning, once per process, would only be noise in the server's log.
+        with np.errstate(over="ignore", invalid="ignore"):
+            features = np.hstack([block.apply(matrix) for block in self.blocks])
+            for step in self.after:
+                features = step(features)
         return np.asarray(features, order=self.order)
 
 
