@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +35,7 @@ def report(facts: dict[str, Any], runs: list[ServerRun], args: argparse.Namespac
     for each in runs:
         by_model.setdefault(each.model, {}).setdefault(each.server, []).append(each)
     for key, servers in by_model.items():
-        lines.extend(_model_report(key, servers, args))
+        lines.extend(_model_report(key, servers, args, facts["nproc"]))
     return "\n".join(lines)
 
 
@@ -129,7 +128,7 @@ def _row_label(kind: str, index: int, count: int) -> str:
     return kind if count == 1 else f"{kind} #{index + 1}"
 
 
-def _workers_gain(one: Medians | None, two: Medians | None) -> list[str]:
+def _workers_gain(one: Medians | None, two: Medians | None, cores: int) -> list[str]:
     """Two workers' single-row throughput against one (issue 13's target: at least 1.7x)."""
     if not (one and two and one["req_per_s"] and two["req_per_s"]):
         return []
@@ -139,7 +138,6 @@ def _workers_gain(one: Medians | None, two: Medians | None) -> list[str]:
     # The load generator runs on the same cores. One worker leaves it a core of its own; two
     # share the cores with it. Even at one worker's CPU per request, two can reach at most
     # the cores the generator leaves them over the CPU one worker used.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     generator, server = two.get("generator_cores"), one.get("server_cores")
     if cores and generator is not None and server:
         bound = (cores - generator) / server
@@ -168,14 +166,14 @@ def _mlserver_ratio(ours: Medians | None, peer: Medians | None, protocol: str) -
     return [f"  ours v2 / MLServer v2 req/s: {ratio:.2f}x   (>= 2x: {verdict})"]
 
 
-def _model_report(key: str, servers: ByKind, args: argparse.Namespace) -> list[str]:
+def _model_report(key: str, servers: ByKind, args: argparse.Namespace, cores: int) -> list[str]:
     """The single-row and bulk tables of one model; medians over rounds when there are several."""
     lines = ["", f"Model {key}: {MODEL_TITLES[key]}  (single-row requests)"]
     table, single = _single_table(servers)
     lines += table
     lines += _single_verdict(TARGETS.get(key, {}), single)
     lines += _log_cost("req/s", single.get("ours"), single.get("ours-nolog"))
-    lines += _workers_gain(single.get("ours"), single.get("ours-2w"))
+    lines += _workers_gain(single.get("ours"), single.get("ours-2w"), cores)
     lines += _mlserver_ratio(single.get("ours"), single.get("mlserver"), args.ours_protocol)
     if any(r.bulk for kind_runs in servers.values() for r in kind_runs):
         lines += _bulk_report(key, servers, args)

@@ -124,13 +124,9 @@ def compile_preprocessing(
         return None
     matrix = _probe_matrix(fast.names, probe)
     try:
-        fast = dataclasses.replace(fast, order=_order(estimator, fast.names, matrix))
+        fast = _checked(fast, estimator, matrix)
     except _UnsupportedError as exc:
         logger.warning("NumPy preprocessing not used: %s; scikit-learn does it instead", exc)
-        return None
-    mismatch = _mismatch(fast, estimator, matrix)
-    if mismatch is not None:
-        logger.warning("NumPy preprocessing not used: %s; scikit-learn does it instead", mismatch)
         return None
     return dataclasses.replace(fast, answers=_checked_answers(fast, matrix))
 
@@ -367,42 +363,45 @@ def _frame(rows: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(np.ascontiguousarray(rows), columns=list(names), copy=False)
 
 
-def _order(estimator: Pipeline, names: Sequence[str], matrix: np.ndarray) -> Literal["C", "F"]:
-    """The layout of scikit-learn's preprocessing output for frames built as the server's."""
-    try:
-        expected = np.asarray(estimator[:-1].transform(_frame(matrix, names)))
-    except Exception as exc:
-        raise _UnsupportedError(
-            f"scikit-learn's preprocessing fails on the probe rows ({exc})"
-        ) from exc
+def _checked(fast: FastPreprocessing, estimator: Pipeline, matrix: np.ndarray) -> FastPreprocessing:
+    """``fast`` with the memory layout scikit-learn gives (see ``FastPreprocessing.order``),
+    once it equals scikit-learn in every bit, dtype and layout on ``matrix``, and on a row or
+    two alone, as single-row requests send them.
+
+    Raises:
+        _UnsupportedError: saying how it differs, or that scikit-learn refuses the probe.
+    """
+    for index, rows in enumerate((matrix, matrix[:1], matrix[-1:], matrix[-2:])):
+        frame = _frame(rows.copy(), fast.names)
+        try:
+            expected = np.asarray(estimator[:-1].transform(frame))
+        except Exception as exc:  # scikit-learn refuses the probe: nothing to compare with
+            raise _UnsupportedError(
+                f"scikit-learn's preprocessing fails on the probe rows ({exc})"
+            ) from exc
+        if index == 0:
+            fast = dataclasses.replace(fast, order=_layout(expected))
+        taken = fast.matrix(frame)
+        if taken is None:
+            raise _UnsupportedError("the probe frame is not taken")
+        actual = fast.transform(taken)
+        if actual.dtype != expected.dtype or actual.shape != expected.shape:
+            given, wanted = (f"{a.dtype}{a.shape}" for a in (actual, expected))
+            raise _UnsupportedError(f"{given} where scikit-learn gives {wanted}")
+        if actual.strides != expected.strides:
+            raise _UnsupportedError(
+                f"the memory layout differs from scikit-learn's (strides {actual.strides} "
+                f"where it gives {expected.strides})"
+            )
+        if actual.tobytes() != expected.tobytes():
+            raise _UnsupportedError("a value differs from scikit-learn's")
+    return fast
+
+
+def _layout(expected: np.ndarray) -> Literal["C", "F"]:
+    """The layout of scikit-learn's output for many rows (one row is both C and F)."""
     if expected.flags.c_contiguous:
         return "C"
     if expected.flags.f_contiguous:
         return "F"
     raise _UnsupportedError("scikit-learn's preprocessing output is not contiguous")
-
-
-def _mismatch(fast: FastPreprocessing, estimator: Pipeline, matrix: np.ndarray) -> str | None:
-    """Why the replay differs from scikit-learn on ``matrix`` (or on each row alone, as a
-    single-row request sends it), or None when it is equal in every bit, dtype and layout."""
-    for rows in (matrix, matrix[:1], matrix[-1:], matrix[-2:]):
-        frame = _frame(rows.copy(), fast.names)
-        try:
-            expected = np.asarray(estimator[:-1].transform(frame))
-        except Exception as exc:  # scikit-learn refuses the probe: nothing to compare with
-            return f"scikit-learn's preprocessing fails on the probe rows ({exc})"
-        taken = fast.matrix(frame)
-        if taken is None:
-            return "the probe frame is not taken"
-        actual = fast.transform(taken)
-        if actual.dtype != expected.dtype or actual.shape != expected.shape:
-            given, wanted = (f"{a.dtype}{a.shape}" for a in (actual, expected))
-            return f"{given} where scikit-learn gives {wanted}"
-        if actual.strides != expected.strides:
-            return (
-                f"the memory layout differs from scikit-learn's (strides {actual.strides} where "
-                f"it gives {expected.strides})"
-            )
-        if actual.tobytes() != expected.tobytes():
-            return "a value differs from scikit-learn's"
-    return None
