@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import operator
-import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -26,13 +22,13 @@ from pydantic import (
     create_model,
 )
 from pydantic_core import ErrorDetails
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 from pipeline.contracts import COLUMN_TYPES, FLOAT_TYPES, INTEGER_TYPES, ColumnType
 from serving.errors import ErrorDetail, InvalidRequestError
 from serving.limits import RequestLimits, check_rows, more_problems
 from serving.model.fastpath import Answers
+from serving.model.forest import forest_proba, labels_follow_proba
 from serving.model.store import InputColumn, LoadedModel, to_native
 
 logger = logging.getLogger(__name__)
@@ -521,7 +517,7 @@ def _predict(
     if loaded.task == "regression":
         return FramePredictions(np.asarray(final.predict(features), dtype=float), None)
     if loaded.has_proba and labels_follow_proba(final):
-        probabilities = _forest_predict_proba(final, features)
+        probabilities = forest_proba(final, features, loaded.walk)
         # What ForestClassifier.predict does with the same probabilities: one call, not two.
         labels = np.asarray(final.classes_).take(np.argmax(probabilities, axis=1), axis=0)
         return FramePredictions(labels, probabilities if proba else None)
@@ -605,88 +601,6 @@ def predict(loaded: LoadedModel, records: Sequence[Mapping[str, Any]]) -> list[P
     if loaded.task == "regression":
         return [RegressionPrediction(**row) for row in predict_rows(loaded, records)]
     return [ClassPrediction(**row) for row in predict_rows(loaded, records)]
-
-
-def labels_follow_proba(estimator: Any) -> bool:
-    """True when ``predict`` is by definition the argmax of ``predict_proba`` (forests).
-
-    Then one ``predict_proba`` call gives both, exactly as ``predict`` would.
-    """
-    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
-    return (
-        isinstance(final, RandomForestClassifier | ExtraTreesClassifier)
-        and getattr(final, "n_outputs_", 0) == 1
-    )
-
-
-def _forest_predict_proba(forest: Any, features: Any) -> np.ndarray:
-    """``predict_proba`` of a forest, without joblib's per-tree cost.
-
-    The same sum, in the same order, as scikit-learn's sequential ``predict_proba``
-    (bit-identical), minus the per-tree config and warnings context joblib sets up, which
-    costs more than the trees themselves on small batches (about 3x on 25 rows, 100 trees).
-    Falls back to the public method if the private helper ever changes.
-    """
-    try:
-        features = forest._validate_X_predict(features)
-        chunks = _row_chunks(features.shape[0])
-        if len(chunks) == 1:
-            return _tree_mean(forest, features)
-        # Large frames (bulk requests): a share of the rows per core. Each row's sum still
-        # runs over the trees in order, so the result is the same to the last bit; the
-        # trees' traversal releases the GIL, so the threads do run at once.
-        parts = _forest_pool().map(lambda rows: _tree_mean(forest, features[rows]), chunks)
-        return np.concatenate(list(parts))
-    except (AttributeError, TypeError):
-        return np.asarray(forest.predict_proba(features), dtype=float)
-
-
-PARALLEL_FOREST_ROWS = 2_000
-"""Frames of at least this many rows are predicted by a forest on every core: below it, a
-thread's hand-over costs more than it saves (a single-row batch is tens of rows)."""
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _row_chunks(rows: int) -> list[slice]:
-    """Consecutive row ranges, one per core, for a frame of ``rows`` rows (one when small)."""
-    parts = (
-        min(_cores(), rows // (PARALLEL_FOREST_ROWS // 2)) if rows >= PARALLEL_FOREST_ROWS else 1
-    )
-    if parts <= 1:
-        return [slice(0, rows)]
-    bounds = np.linspace(0, rows, parts + 1).astype(int).tolist()
-    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
-
-
-def _forest_pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="forest")
-        return _POOL
-
-
-def _tree_mean(forest: Any, features: Any) -> np.ndarray:
-    """The mean of the trees' probabilities, summed tree by tree as scikit-learn does.
-
-    A tree's probabilities are the rows of ``tree_.value`` at the leaves the rows reach:
-    what ``DecisionTreeClassifier.predict_proba`` gathers, without the checks and views it
-    adds around the gather (about 8 µs a tree, against 2 µs for the walk to the leaves).
-    """
-    trees = forest.estimators_
-    n_classes = forest.n_classes_
-    total = np.zeros((features.shape[0], n_classes), dtype=np.float64)
-    for tree in trees:
-        structure = tree.tree_
-        leaves = structure.apply(features)
-        total += structure.value[:, 0, :n_classes].take(leaves, axis=0, mode="clip")
-    total /= len(trees)
-    return total
 
 
 def warm_up_records(loaded: LoadedModel) -> tuple[list[Record], bool]:

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.types.schema import DataType
 from sklearn.base import is_classifier
+from sklearn.pipeline import Pipeline
 
 from pipeline.contracts import (
     CANARY_ROLLBACK_TAG,
@@ -54,6 +55,7 @@ from serving.errors import (
 )
 from serving.model.domain import load_domain
 from serving.model.fastpath import FastPreprocessing, compile_preprocessing
+from serving.model.forest import ForestWalk, compile_walk
 from serving.model.ref import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,9 @@ class LoadedModel:
     fast: FastPreprocessing | None = field(default=None, repr=False)
     """The estimator's preprocessing replayed in NumPy, when it is checked equal to
     scikit-learn's (see :mod:`serving.model.fastpath`); else None."""
+    walk: ForestWalk | None = field(default=None, repr=False)
+    """The final estimator's trees flattened for small batches, when it is a forest checked
+    equal to scikit-learn's (see :mod:`serving.model.forest`); else None."""
 
     @property
     def has_proba(self) -> bool:
@@ -202,13 +207,15 @@ def load_model(ref: ModelRef, tracking_uri: str) -> LoadedModel:
         input_example=example,
         domain=load_domain(run_id, tracking_uri, label),
         fast=_fast_preprocessing(estimator, columns, example),
+        walk=compile_walk(estimator[-1] if isinstance(estimator, Pipeline) else estimator),
     )
     logger.info(
-        "Loaded %s (%s, %d input columns, preprocessing in %s)",
+        "Loaded %s (%s, %d input columns, preprocessing in %s%s)",
         label,
         loaded.task,
         len(columns),
         "scikit-learn" if loaded.fast is None else "NumPy, checked equal to scikit-learn",
+        "" if loaded.walk is None else ", small batches' trees walked in NumPy",
     )
     return loaded
 

@@ -9,9 +9,7 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestClassifier
 
 from serving.errors import InvalidRequestError
 from serving.model import inference
@@ -266,40 +264,3 @@ def test_mixed_model_handles_missing_optional_values_like_training(
     assert [p.label for p in predictions] == loaded.estimator.predict(rows).tolist()
     assert all(type(p.label) is int for p in predictions)
     assert all(set(p.probabilities or {}) == {"0", "1"} for p in predictions)
-
-
-def test_forest_probabilities_of_a_large_frame_split_over_cores_equal_sklearn_to_the_bit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(rng.normal(size=(3_000, 4)), columns=list("abcd"))
-    forest = RandomForestClassifier(n_estimators=7, random_state=0).fit(
-        frame[:500], (frame["a"][:500] > 0).astype(int)
-    )
-    monkeypatch.setattr(inference, "_cores", lambda: 3)
-    assert [(c.start, c.stop) for c in inference._row_chunks(3_000)] == [
-        (0, 1_000),
-        (1_000, 2_000),
-        (2_000, 3_000),
-    ]
-    assert np.array_equal(
-        inference._forest_predict_proba(forest, frame), forest.predict_proba(frame)
-    )
-
-
-def test_forest_probabilities_gathered_from_the_leaves_equal_sklearn_to_the_bit() -> None:
-    rng = np.random.default_rng(4)
-    frame = pd.DataFrame(rng.normal(size=(400, 3)), columns=list("abc"))
-    classes = np.array(["low", "mid", "high"])[np.digitize(frame["a"] + frame["b"], [-0.5, 0.5])]
-    forest = RandomForestClassifier(n_estimators=9, max_depth=6, random_state=1).fit(
-        frame[:300], classes[:300]
-    )
-    for rows in (frame[300:301], frame[300:]):
-        expected = forest.predict_proba(rows)
-        assert inference._forest_predict_proba(forest, rows).tobytes() == expected.tobytes()
-
-
-def test_forest_probabilities_of_a_small_frame_stay_on_one_thread() -> None:
-    assert inference._row_chunks(inference.PARALLEL_FOREST_ROWS - 1) == [
-        slice(0, inference.PARALLEL_FOREST_ROWS - 1)
-    ]

@@ -251,3 +251,17 @@ def test_a_sqlite_store_a_pipeline_is_still_creating_is_unreachable_until_it_is_
             resolve_version(ref, store.tracking_uri)
     assert f"a pipeline process is creating the store {db} (it holds {lock})" in str(raised.value)
     assert resolve_version(ref, store.tracking_uri).version == "1"
+
+
+def test_a_forest_loads_with_its_trees_flattened_for_small_batches_and_says_so(
+    store: TinyStore, forest_model: TinyModel, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.register(unique_name, forest_model, production=True)
+    with caplog.at_level("INFO", logger="serving.model.store"):
+        loaded = load_model(
+            ModelRef.from_uri(f"models:/{unique_name}/Production"), store.tracking_uri
+        )
+    assert loaded.walk is not None and loaded.walk.forest is loaded.estimator[-1]
+    assert "small batches' trees walked in NumPy" in caplog.text
+    logistic = load_model(ModelRef.from_uri("models:/iris/Production"), store.tracking_uri)
+    assert logistic.walk is None
