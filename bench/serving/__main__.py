@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.serving.calibrate import calibrate, stub_main
-from bench.serving.ceiling import ceiling_lines, ceiling_main, measure_ceiling
+from bench.serving.ceiling import ceiling_lines, ceiling_main, measure_shares
 from bench.serving.console import log
 from bench.serving.live import bench_live, live_lines
 from bench.serving.load import GENERATORS
@@ -154,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the bare FastAPI /predict run that our single-row /predict is compared to",
     )
+    parser.add_argument(
+        "--ceiling-rounds",
+        type=int,
+        default=4,
+        help="pairs of alternating windows, ours then the ceiling, per model (4); each window "
+        "is half of --duration",
+    )
     return parser
 
 
@@ -210,14 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.write_text(json.dumps(document, indent=2))
         return 0 if figures.failing_client_errors == 0 else 1
     runs = _bench_all(args, X_train, y_train, data)
-    ceiling = None if args.mlflow_only or args.no_ceiling else measure_ceiling(args, data)
-    ours = [
-        (f"{run.server} ({run.model}, {args.ours_protocol})", run.single.req_per_s)
-        for run in runs
-        if run.server.startswith("ours") and run.single is not None
-    ]
     print(report(facts, runs, args), flush=True)
-    print("\n".join(ceiling_lines(ours, ceiling)), flush=True)
+    shares = (
+        [] if args.mlflow_only or args.no_ceiling else measure_shares(args, X_train, y_train, data)
+    )
+    print("\n".join(ceiling_lines(shares)), flush=True)
     live = None if args.no_live or args.mlflow_only else bench_live(args, X_train, y_train, data)
     if live is not None:
         print("\n".join(live_lines(live)), flush=True)
@@ -226,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if live is not None:
             document = json.loads(args.json.read_text())
             document["live"] = live.to_json()
+            args.json.write_text(json.dumps(document, indent=2))
+        if shares:
+            document = json.loads(args.json.read_text())
+            document["ceiling"] = [share.to_json() for share in shares]
             args.json.write_text(json.dumps(document, indent=2))
         log(f"wrote {args.json}")
     failed = [run for run in runs if not run.started or run.failure]

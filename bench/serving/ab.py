@@ -21,7 +21,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.serving.console import log
@@ -48,12 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in servers.values():
             server.start(STARTUP_TIMEOUT)
         payloads = build_payloads("predict", data)
-        pairs: list[dict[str, float]] = []
-        for index in range(args.rounds):
-            order = ("A", "B") if index % 2 == 0 else ("B", "A")
-            pair = {name: _throughput(servers[name], payloads, args) for name in order}
-            pairs.append(pair)
-            log(f"round {index + 1}: A {pair['A']:.0f} req/s, B {pair['B']:.0f} req/s")
+        pairs = alternate(servers, payloads, args.rounds, args.window, args.concurrency)
     finally:
         stop_all_servers()
         shutil.rmtree(root, ignore_errors=True)
@@ -69,10 +65,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _throughput(server: ServerProcess, payloads: Payloads, args: argparse.Namespace) -> float:
-    result = run_load(
-        "raw", server.port, payloads, args.concurrency, 1.0, args.window, server.pgid, True
-    )
+def alternate(
+    servers: Mapping[str, ServerProcess],
+    payloads: Payloads,
+    rounds: int,
+    window: float,
+    concurrency: int,
+    settle: float = 0.0,
+) -> list[dict[str, float]]:
+    """Single-row req/s of each server in ``rounds`` rounds of one ``window`` each, the
+    servers' order reversed every other round (one second of warm-up before each window,
+    after ``settle`` seconds of rest for what the previous one left to do in the background).
+    """
+    names = list(servers)
+    pairs: list[dict[str, float]] = []
+    for index in range(rounds):
+        order = names if index % 2 == 0 else names[::-1]
+        pair: dict[str, float] = {}
+        for name in order:
+            time.sleep(settle)
+            pair[name] = _throughput(servers[name], payloads, window, concurrency)
+        pairs.append(pair)
+        log(f"round {index + 1}: " + ", ".join(f"{name} {pair[name]:.0f} req/s" for name in names))
+    return pairs
+
+
+def _throughput(
+    server: ServerProcess, payloads: Payloads, window: float, concurrency: int
+) -> float:
+    result = run_load("raw", server.port, payloads, concurrency, 1.0, window, server.pgid, True)
     if result.errors:
         raise SystemExit(f"{server.label} answered {result.errors} errors: {result.error_sample}")
     return result.req_per_s
