@@ -169,7 +169,11 @@ def _add_routes(app: FastAPI, *routers: APIRouter) -> None:
     # response checks) costs about 85 µs a request here and does nothing for an endpoint
     # that takes the bare Request and returns a Response; errors still reach the app's
     # handlers. The APIRoute stays for the OpenAPI document and matches nothing first.
+    # v2 infer likewise, its errors still in the protocol's shape.
     app.router.routes.insert(0, _PlainRoute("/predict", predict_records, methods=["POST"]))
+    app.router.routes.insert(
+        1, _PlainRoute(kserve_v2.PLAIN_INFER_PATH, kserve_v2.plain_infer, methods=["POST"])
+    )
 
 
 class _PlainRoute(Route):

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers["B"].env.update(variables)
         for server in servers.values():
             server.start(STARTUP_TIMEOUT)
-        payloads = build_payloads("predict", data)
+        payloads = build_payloads(args.protocol, data, store.registered[args.model])
         pairs = alternate(servers, payloads, args.rounds, args.window, args.concurrency)
     finally:
         stop_all_servers()
@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = [pair["B"] / pair["A"] for pair in pairs]
     changed = " ".join(args.b) + (" prediction log off" if args.b_log == "off" else "")
     print(
-        f"{args.model}: B ({changed or 'same as A'}) / A single-row req/s: median pair ratio "
+        f"{args.model} {args.protocol}: B ({changed or 'same as A'}) / A single-row req/s: "
+        "median pair ratio "
         f"{statistics.median(ratios):.3f} over {len(ratios)} rounds "
         f"({', '.join(f'{r:.2f}' for r in ratios)}); medians A "
         f"{statistics.median(p['A'] for p in pairs):.0f}, B "
@@ -109,6 +110,12 @@ def _variable(text: str) -> tuple[str, str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.serving.ab", description=__doc__)
     parser.add_argument("--model", choices=sorted(MODEL_TITLES), default="lr")
+    parser.add_argument(
+        "--protocol",
+        choices=("predict", "v2"),
+        default="predict",
+        help="single rows to our /predict (default) or as v2 infer, one FP64 tensor per column",
+    )
     parser.add_argument("--rounds", type=int, default=6, help="A/B pairs (6)")
     parser.add_argument("--window", type=float, default=5.0, help="seconds per window (5)")
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop workers (32)")

@@ -49,35 +49,41 @@ def protocol_route_class(render: Renderer, protocol: str) -> type[APIRoute]:
 
     class ProtocolRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-
-            async def handle(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except ProtocolError as exc:
-                    return render(exc.status, exc.code, exc.message)
-                except RequestValidationError as exc:
-                    problems = "; ".join(
-                        f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
-                        for e in exc.errors()
-                    )
-                    return render(400, "invalid", f"Invalid request ({problems}).")
-                except ModelUnavailableError as exc:
-                    return render(503, "unavailable", exc.reason)
-                except Exception:
-                    logger.exception(
-                        "%s %s failed (%s protocol)", request.method, request.url.path, protocol
-                    )
-                    return render(
-                        500,
-                        "internal",
-                        "The server failed to handle this request; the error is logged on the "
-                        "server. Retry later or contact the operator.",
-                    )
-
-            return handle
+            return rendered(super().get_route_handler(), render, protocol)
 
     return ProtocolRoute
+
+
+def rendered(
+    handler: Callable[[Request], Coroutine[Any, Any, Response]], render: Renderer, protocol: str
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    """``handler`` with every error it raises answered by ``render`` in the protocol's shape
+    (a 500 for the unexpected, logged with its traceback, never shown to the client)."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ProtocolError as exc:
+            return render(exc.status, exc.code, exc.message)
+        except RequestValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()
+            )
+            return render(400, "invalid", f"Invalid request ({problems}).")
+        except ModelUnavailableError as exc:
+            return render(503, "unavailable", exc.reason)
+        except Exception:
+            logger.exception(
+                "%s %s failed (%s protocol)", request.method, request.url.path, protocol
+            )
+            return render(
+                500,
+                "internal",
+                "The server failed to handle this request; the error is logged on the "
+                "server. Retry later or contact the operator.",
+            )
+
+    return handle
 
 
 async def read_body(request: Request) -> bytes:

@@ -46,6 +46,7 @@ from serving.protocols._common import (
     numeric_values_fit,
     protocol_route_class,
     read_body,
+    rendered,
     shown,
 )
 from serving.protocols.deps import (
@@ -730,6 +731,16 @@ async def infer(request: Request, name: str) -> Response:
 async def version_infer(request: Request, name: str, version: str) -> Response:
     predictor = get_predictor(request, current_predictor(request))
     return await _infer(request, predictor, name, version)
+
+
+async def _plain_infer(request: Request) -> Response:
+    return await infer(request, request.path_params["name"])
+
+
+plain_infer = rendered(_plain_infer, _render, "KServe v2")
+"""``infer`` for a plain Starlette route (``serving.app`` puts one ahead of the documented
+route): the same answers and errors, without FastAPI's per-request parameter handling."""
+PLAIN_INFER_PATH = "/v2/models/{name}/infer"
 
 
 async def _predict(

@@ -196,3 +196,39 @@ def test_matrix_for_a_model_with_string_columns_is_a_400(make_client: MakeClient
 def test_malformed_json_is_a_400(iris: TestClient) -> None:
     response = iris.post(INFER, content=b"{oops", headers={"Content-Type": "application/json"})
     assert_error(response, 400, "not valid JSON")
+
+
+def test_infer_is_answered_by_the_plain_route_ahead_of_its_documented_one(
+    iris: TestClient, rows: Any
+) -> None:
+    paths = [getattr(r, "path", None) for r in iris.app.router.routes]  # type: ignore[attr-defined]
+    routes = [
+        r
+        for r in iris.app.router.routes
+        if getattr(r, "path", None) == INFER.replace("iris", "{name}")
+    ]  # type: ignore[attr-defined]
+    assert [type(r).__name__ for r in routes] == ["_PlainRoute", "ProtocolRoute"]
+    assert paths.index(routes[0].path) < paths.index("/v2/health/live")
+    assert iris.post(INFER, json={"inputs": column_inputs(rows)}).status_code == 200
+    wrong_method = iris.get(INFER)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    metrics = iris.get("/metrics").text
+    assert (
+        'serving_requests_total{method="POST",route="/v2/models/{name}/infer",status="200"} 1.0'
+        in metrics
+    )
+    assert INFER.replace("iris", "{name}") in iris.get("/openapi.json").json()["paths"]
+
+
+def test_an_unexpected_failure_in_infer_is_a_500_in_the_protocol_shape_without_a_trace(
+    iris: TestClient, rows: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr("serving.protocols.kserve_v2.infer_response", broken)
+    response = iris.post(INFER, json={"inputs": column_inputs(rows)})
+    assert_error(response, 500, "the error is logged on the server")
+    assert "secret detail" not in response.text and "Traceback" not in response.text
+    assert "secret detail" in caplog.text
