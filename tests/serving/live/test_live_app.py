@@ -253,7 +253,7 @@ def test_a_canary_challenger_that_times_out_is_answered_by_the_champion_and_logg
     settings = {
         "challenger_mode": "canary",
         "canary_percent": 100,
-        "challenger_timeout_seconds": 0.001,  # the 1,000-tree forest takes far longer
+        "challenger_timeout_seconds": 0.001,  # the 500 bagged trees take far longer
     }
     with _client(store, unique_name, log_dir, **settings) as client:
         _wait_for_state(client, "active")
