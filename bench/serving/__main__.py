@@ -157,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ceiling-rounds",
         type=int,
-        default=4,
-        help="pairs of alternating windows, ours then the ceiling, per model (4); each window "
+        default=8,
+        help="pairs of alternating windows, ours then the ceiling, per model (8); each window "
         "is half of --duration",
     )
     return parser
