@@ -36,9 +36,12 @@ logger = logging.getLogger(__name__)
 WALK_ROW_LEVELS = 512
 """A batch is walked level by level when its rows times the forest's depth are at most this
 (64 rows of a depth-8 forest); beyond it, per-tree traversal in compiled code is faster."""
-MAX_WALK_NODES = 1_000_000
-"""Forests with more nodes than this (over all trees) are not compiled into a walk: the
-walk's copy of their structure would cost about 40 bytes a node."""
+MAX_WALK_BYTES = 64 * 2**20
+"""Forests whose flattened copy would take more memory than this are not walked: a node costs
+33 bytes plus 8 per class (its probabilities are copied too)."""
+MAX_WALK_CELLS = 2**20
+"""Nor are batches whose rows x trees x classes exceed this: a walk holds two float64 arrays
+of that size while it sums the trees (8 MB each at this bound)."""
 PARALLEL_FOREST_ROWS = 2_000
 """Frames of at least this many rows are predicted on every core: below it, a thread's
 hand-over costs more than it saves."""
@@ -83,8 +86,11 @@ class ForestWalk:
     """The number of features the forest takes."""
 
     def fits(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` rows is faster walked than traversed tree by tree."""
-        return rows * max(self.depth, 1) <= WALK_ROW_LEVELS
+        """Whether a batch of ``rows`` rows is faster walked than traversed tree by tree,
+        and small enough that the walk's temporary arrays stay small."""
+        cells = rows * len(self.roots) * self.values.shape[1]
+        levels = rows * max(self.depth, 1)
+        return rows > 0 and levels <= WALK_ROW_LEVELS and cells <= MAX_WALK_CELLS
 
     def mean(self, features: np.ndarray) -> np.ndarray:
         """The mean of the trees' probabilities for ``features``, float32 as the forest's
@@ -104,7 +110,7 @@ class ForestWalk:
             node = self.children.take(node * 2 + right)
         probabilities = self.values.take(node, axis=0).reshape(rows, trees, -1)
         # cumsum adds one tree after the other, as predict_proba does (sum() would pair them).
-        total = np.cumsum(probabilities, axis=1)[:, -1, :]
+        total = np.cumsum(probabilities, axis=1)[:, -1, :].copy()  # C-ordered, as sklearn's
         total /= trees
         return total
 
@@ -117,12 +123,21 @@ def compile_walk(forest: Any) -> ForestWalk | None:
         return None
     structures = [tree.tree_ for tree in forest.estimators_]
     nodes = sum(structure.node_count for structure in structures)
-    if nodes > MAX_WALK_NODES:
-        logger.info("Forest walk not used: %d nodes (more than %d)", nodes, MAX_WALK_NODES)
+    size = nodes * (33 + 8 * int(forest.n_classes_))
+    if size > MAX_WALK_BYTES:
+        logger.info(
+            "Forest walk not used: its %d nodes would take %d MB (more than %d)",
+            nodes,
+            size // 2**20,
+            MAX_WALK_BYTES // 2**20,
+        )
         return None
-    walk = _flatten(forest, structures)
-    reason = _difference(walk, forest)
-    if reason:
+    try:
+        walk = _flatten(forest, structures)
+        reason = _difference(walk, forest)
+    except Exception as exc:  # a forest this code does not foresee: scikit-learn serves it
+        walk, reason = None, f"it could not be built ({type(exc).__name__}: {exc})"
+    if reason or walk is None:
         logger.warning("Forest walk not used: %s; scikit-learn's traversal is used instead", reason)
         return None
     return walk
@@ -167,8 +182,10 @@ def _flatten(forest: Any, structures: list[Any]) -> ForestWalk:
 
 def _difference(walk: ForestWalk, forest: Any) -> str | None:
     """How the walk differs from ``forest.predict_proba`` on the probe, or None."""
-    probe = _probe(walk, walk.columns)
-    for rows in (probe, probe[:1], probe[-1:], probe[: _PROBE_ROWS // 4]):
+    values = _probe(walk)
+    gaps = _with_gaps(values)
+    slices = [(values, False), (values[:1], False), (values[-1:], False)]
+    for rows, missing in [*slices, (gaps, True), (gaps[-2:], True)]:
         with warnings.catch_warnings():
             # A forest fitted on a named frame warns that the probe has no column names.
             warnings.simplefilter("ignore", UserWarning)
@@ -177,7 +194,7 @@ def _difference(walk: ForestWalk, forest: Any) -> str | None:
                 actual = walk.mean(forest._validate_X_predict(rows))
             except (ValueError, AttributeError, TypeError) as exc:
                 # A forest that refuses missing values refuses them when serving as well.
-                if np.isnan(rows).any() and isinstance(exc, ValueError):
+                if missing and isinstance(exc, ValueError):
                     continue
                 return f"scikit-learn fails on the probe rows ({exc})"
         if actual.shape != expected.shape or actual.tobytes() != expected.tobytes():
@@ -185,25 +202,38 @@ def _difference(walk: ForestWalk, forest: Any) -> str | None:
     return None
 
 
-def _probe(walk: ForestWalk, columns: int) -> np.ndarray:
-    """Rows whose values sit on either side of the forest's thresholds (as float32 rounds
-    them), some with a missing value in each column and one with nothing but missing values:
-    the comparisons a walk could get wrong."""
+def _probe(walk: ForestWalk) -> np.ndarray:
+    """Rows whose values sit on either side of the forest's thresholds, as float32 rounds
+    them: the comparisons a walk could get wrong. Columns no split uses get random values.
+
+    Grouped by column with one sort, so it costs the same for a wide model as a narrow one.
+    """
     rng = np.random.default_rng(_PROBE_SEED)
-    probe = rng.normal(size=(_PROBE_ROWS, columns))
-    split = walk.feature[np.isfinite(walk.threshold)]
-    thresholds = walk.threshold[np.isfinite(walk.threshold)]
-    for column in range(columns):
-        near = thresholds[split == column].astype(np.float32)
-        with np.errstate(over="ignore"):
-            near = np.concatenate([near, np.nextafter(near, np.float32(np.inf))])
-        near = near[np.isfinite(near)]
-        if near.size:
-            probe[:, column] = rng.choice(near, size=_PROBE_ROWS)
-    gaps = rng.permutation(_PROBE_ROWS - 1)[: _PROBE_ROWS // 4]
-    probe[gaps, rng.integers(0, columns, gaps.size)] = np.nan
-    probe[-1] = np.nan
+    probe = rng.normal(size=(_PROBE_ROWS, walk.columns))
+    splits = np.isfinite(walk.threshold)
+    at = walk.threshold[splits].astype(np.float32)
+    with np.errstate(over="ignore"):
+        near = np.concatenate([at, np.nextafter(at, np.float32(np.inf))])
+    columns = np.tile(walk.feature[splits], 2)
+    kept = np.isfinite(near)
+    order = np.argsort(columns[kept], kind="stable")
+    near, columns = near[kept][order], columns[kept][order]
+    used, starts, counts = np.unique(columns, return_index=True, return_counts=True)
+    picks = starts[:, None] + (rng.random((used.size, _PROBE_ROWS)) * counts[:, None]).astype(
+        np.intp
+    )
+    probe[:, used] = near[picks].T
     return probe
+
+
+def _with_gaps(probe: np.ndarray) -> np.ndarray:
+    """``probe`` with a missing value in a quarter of its rows and one row of nothing else."""
+    rng = np.random.default_rng(_PROBE_SEED + 1)
+    gaps = probe.copy()
+    rows = rng.permutation(_PROBE_ROWS - 1)[: _PROBE_ROWS // 4]
+    gaps[rows, rng.integers(0, probe.shape[1], rows.size)] = np.nan
+    gaps[-1] = np.nan
+    return gaps
 
 
 def forest_proba(forest: Any, features: Any, walk: ForestWalk | None = None) -> np.ndarray:
@@ -247,7 +277,7 @@ def _walked_input(walk: ForestWalk, features: Any) -> np.ndarray | None:
     The check costs about 80 µs whatever the rows, more than walking a few rows.
     """
     if not (
-        isinstance(features, np.ndarray)
+        type(features) is np.ndarray  # not a subclass (np.matrix), which the check refuses
         and features.ndim == 2
         and features.dtype in (np.float64, np.float32)
         and features.shape[1] == walk.columns

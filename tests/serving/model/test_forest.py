@@ -66,25 +66,49 @@ def test_the_walk_equals_predict_proba_to_the_bit(build: Any, rows: int) -> None
     [np.ascontiguousarray, np.asfortranarray, lambda rows: rows.astype(np.float32)],
     ids=["C float64", "F float64", "float32"],
 )
-def test_the_walk_takes_each_layout_the_preprocessing_hands_over(layout: Any) -> None:
+def test_the_walk_takes_each_layout_the_preprocessing_hands_over(
+    layout: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     X, y = _data()
     model = RandomForestClassifier(n_estimators=10, random_state=0).fit(X[:300], y[:300])
     batch = layout(X[300:316])
-    walked = forest_proba(model, batch, _walk(model))
+    walk = _walk(model)
+    checked = _count_input_checks(model, monkeypatch)
+    walked = forest_proba(model, batch, walk)
+    assert checked == []  # walked without scikit-learn's input check
     assert walked.tobytes() == model.predict_proba(batch).tobytes()
+    assert walked.flags.c_contiguous
+
+
+def _count_input_checks(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each call to ``model``'s own input check from now on."""
+    calls: list[int] = []
+    check = model._validate_X_predict
+
+    def counted(features: Any) -> Any:
+        calls.append(len(features))
+        return check(features)
+
+    monkeypatch.setattr(model, "_validate_X_predict", counted)
+    return calls
 
 
 @pytest.mark.parametrize("value", [1e39, np.inf, -np.inf])
-def test_values_beyond_float32_are_refused_as_scikit_learn_refuses_them(value: float) -> None:
+def test_values_beyond_float32_are_refused_as_scikit_learn_refuses_them(
+    value: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     X, y = _data()
     model = RandomForestClassifier(n_estimators=4, random_state=0).fit(X[:300], y[:300])
     batch = X[300:303].copy()
     batch[1, 2] = value
     with pytest.raises(ValueError, match="infinity or a value too large") as expected:
         model.predict_proba(batch)
+    walk = _walk(model)
+    checked = _count_input_checks(model, monkeypatch)
     with pytest.raises(ValueError) as walked:
-        forest_proba(model, batch, _walk(model))
+        forest_proba(model, batch, walk)
     assert str(walked.value) == str(expected.value)
+    assert checked == [3]  # not finite: left to the check, which refuses it
 
 
 def test_missing_values_go_where_the_trees_send_them_trained_with_gaps_or_not() -> None:
@@ -142,13 +166,85 @@ def test_only_single_output_forest_classifiers_are_walked(kind: str) -> None:
 
 
 def test_a_forest_too_large_to_copy_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
-    X, y = _data()
+    X, y = _data()  # three classes: 33 + 8 x 3 bytes a node
     model = RandomForestClassifier(n_estimators=4, random_state=0).fit(X[:300], y[:300])
-    nodes = sum(tree.tree_.node_count for tree in model.estimators_)
-    monkeypatch.setattr(forests, "MAX_WALK_NODES", nodes - 1)
+    size = sum(tree.tree_.node_count for tree in model.estimators_) * (33 + 8 * 3)
+    monkeypatch.setattr(forests, "MAX_WALK_BYTES", size - 1)
     assert compile_walk(model) is None
-    monkeypatch.setattr(forests, "MAX_WALK_NODES", nodes)
+    monkeypatch.setattr(forests, "MAX_WALK_BYTES", size)
     assert compile_walk(model) is not None
+
+
+def test_batches_whose_temporary_arrays_would_be_large_are_not_walked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    X, y = _data()
+    model = RandomForestClassifier(n_estimators=4, max_depth=2, random_state=0).fit(X, y)
+    walk = _walk(model)
+    monkeypatch.setattr(forests, "MAX_WALK_CELLS", 10 * 4 * 3)  # rows x trees x classes
+    assert walk.fits(10) and not walk.fits(11) and not walk.fits(0)
+    batch = X[:11]
+    checked = _count_input_checks(model, monkeypatch)
+    walked = forest_proba(model, batch, walk)
+    assert checked == [11]  # traversed tree by tree, after the check
+    assert walked.tobytes() == model.predict_proba(batch).tobytes()
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize(
+    ("batch", "error"),
+    [(np.empty((0, 5)), ValueError), (np.asmatrix(np.ones((2, 5))), TypeError)],
+    ids=["no rows", "np.matrix"],
+)
+def test_inputs_scikit_learn_refuses_are_refused_the_same_way(batch: Any, error: Any) -> None:
+    X, y = _data()
+    model = RandomForestClassifier(n_estimators=4, random_state=0).fit(X, y)
+    with pytest.raises(error) as expected:
+        model.predict_proba(batch)
+    with pytest.raises(error) as walked:
+        forest_proba(model, batch, _walk(model))
+    assert str(walked.value) == str(expected.value)
+
+
+def test_a_walk_that_cannot_be_built_leaves_the_forest_to_scikit_learn(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    X, y = _data()
+    model = RandomForestClassifier(n_estimators=4, random_state=0).fit(X, y)
+
+    def broken(forest: Any, structures: list[Any]) -> ForestWalk:
+        raise IndexError("an unforeseen tree")
+
+    monkeypatch.setattr(forests, "_flatten", broken)
+    with caplog.at_level(logging.WARNING, logger=forests.__name__):
+        assert compile_walk(model) is None
+    assert "could not be built (IndexError: an unforeseen tree)" in caplog.text
+
+
+def test_a_forest_that_refuses_missing_values_is_still_checked_on_every_finite_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    X, y = _data()
+    model = RandomForestClassifier(n_estimators=6, random_state=0).fit(X, y)
+    predict_proba = model.predict_proba
+
+    def refusing_gaps(features: Any) -> Any:  # as scikit-learn does for trees without support
+        if np.isnan(features).any():
+            raise ValueError("Input X contains NaN.")
+        return predict_proba(features)
+
+    monkeypatch.setattr(model, "predict_proba", refusing_gaps)
+    assert compile_walk(model) is not None
+    flatten = forests._flatten
+
+    def strict_thresholds(forest: Any, structures: list[Any]) -> ForestWalk:
+        walk = flatten(forest, structures)
+        split = np.isfinite(walk.threshold)
+        below = np.nextafter(walk.threshold.astype(np.float32), np.float32(-np.inf))
+        return dataclasses.replace(walk, threshold=np.where(split, below, walk.threshold))
+
+    monkeypatch.setattr(forests, "_flatten", strict_thresholds)
+    assert compile_walk(model) is None
 
 
 def test_a_walk_that_differs_from_scikit_learn_is_not_used_and_says_why(
