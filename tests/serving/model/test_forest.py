@@ -235,15 +235,7 @@ def test_a_forest_that_refuses_missing_values_is_still_checked_on_every_finite_p
 
     monkeypatch.setattr(model, "predict_proba", refusing_gaps)
     assert compile_walk(model) is not None
-    flatten = forests._flatten
-
-    def strict_thresholds(forest: Any, structures: list[Any]) -> ForestWalk:
-        walk = flatten(forest, structures)
-        split = np.isfinite(walk.threshold)
-        below = np.nextafter(walk.threshold.astype(np.float32), np.float32(-np.inf))
-        return dataclasses.replace(walk, threshold=np.where(split, below, walk.threshold))
-
-    monkeypatch.setattr(forests, "_flatten", strict_thresholds)
+    _with_strict_thresholds(monkeypatch)
     assert compile_walk(model) is None
 
 
@@ -252,19 +244,24 @@ def test_a_walk_that_differs_from_scikit_learn_is_not_used_and_says_why(
 ) -> None:
     X, y = _data()
     model = RandomForestClassifier(n_estimators=8, random_state=0).fit(X[:300], y[:300])
+    _with_strict_thresholds(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=forests.__name__):
+        assert compile_walk(model) is None
+    assert "a probability differs from scikit-learn's on the probe rows" in caplog.text
+
+
+def _with_strict_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Walks built from now on go left on x < threshold instead of x <= threshold: they
+    differ from scikit-learn only for values on a threshold."""
     flatten = forests._flatten
 
     def strict_thresholds(forest: Any, structures: list[Any]) -> ForestWalk:
-        # x < threshold instead of x <= threshold: differs only for values on a threshold.
         walk = flatten(forest, structures)
         split = np.isfinite(walk.threshold)
         below = np.nextafter(walk.threshold.astype(np.float32), np.float32(-np.inf))
         return dataclasses.replace(walk, threshold=np.where(split, below, walk.threshold))
 
     monkeypatch.setattr(forests, "_flatten", strict_thresholds)
-    with caplog.at_level(logging.WARNING, logger=forests.__name__):
-        assert compile_walk(model) is None
-    assert "a probability differs from scikit-learn's on the probe rows" in caplog.text
 
 
 def test_a_walk_sending_missing_values_the_wrong_way_is_not_used(
