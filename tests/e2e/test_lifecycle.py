@@ -15,6 +15,8 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from serving.model.ref import ModelRef
+from serving.model.store import load_model
 from tests.factories import IRIS_SETOSA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +137,16 @@ def test_a_non_integer_parameter_fails_the_run_naming_it(trained: Path) -> None:
     assert "argument --seed: expected an integer, got 'abc'" in result.stderr
 
 
-@pytest.mark.parametrize("config", ["breast_cancer", "diabetes", "customers"])
+# What the server's load does with each shipped model (serving/model/fastpath.py, forest.py):
+# the all-numeric ones get their preprocessing in NumPy, the forest its trees walked at once.
+FAST_PATHS = {
+    "breast_cancer": (True, True),
+    "diabetes": (True, False),
+    "customers": (False, False),  # text inputs: scikit-learn does the preprocessing
+}
+
+
+@pytest.mark.parametrize("config", list(FAST_PATHS))
 def test_every_other_shipped_config_runs_through_mlflow_run(tmp_path: Path, config: str) -> None:
     project = _copy_project(tmp_path)
     result = _mlflow_run(project, f"config=configs/{config}.yaml")
@@ -148,6 +159,10 @@ def test_every_other_shipped_config_runs_through_mlflow_run(tmp_path: Path, conf
     assert any(name.startswith("model.") for name in run.data.params)
     # Each shipped config's first model clears its own threshold and becomes Production.
     assert client.get_model_version(config, "1").tags["gate.decision"] == "promoted"
+    served = load_model(
+        ModelRef.from_uri(f"models:/{config}/Production"), _env(project)["MLFLOW_TRACKING_URI"]
+    )
+    assert (served.replay is not None, served.walk is not None) == FAST_PATHS[config]
 
 
 def test_mlflow_run_in_the_configs_experiment_makes_its_run_the_candidate(tmp_path: Path) -> None:
