@@ -242,21 +242,17 @@ def forest_proba(forest: Any, features: Any, walk: ForestWalk | None = None) -> 
 
     Falls back to the public method if the private input check ever changes.
     """
-    if walk is not None and walk.forest is forest:
-        taken = _walked_input(walk, features)
+    own = walk if walk is not None and walk.forest is forest else None
+    if own is not None:
+        taken = _walked_input(own, features)
         if taken is not None:
-            return walk.mean(taken)
+            return own.mean(taken)
     try:
         features = forest._validate_X_predict(features)
         rows = features.shape[0]
         # Missing values, when the forest takes them, are walked once the check let them by.
-        if (
-            walk is not None
-            and walk.forest is forest
-            and walk.fits(rows)
-            and isinstance(features, np.ndarray)
-        ):
-            return walk.mean(features)
+        if own is not None and own.fits(rows) and isinstance(features, np.ndarray):
+            return own.mean(features)
         chunks = _row_chunks(rows)
         if len(chunks) == 1:
             return _tree_mean(forest, features)

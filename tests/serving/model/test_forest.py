@@ -132,12 +132,17 @@ def test_a_large_batch_is_traversed_tree_by_tree_not_walked(
     rows = forests.WALK_ROW_LEVELS // walk.depth + 1
     assert walk.fits(rows - 1) and not walk.fits(rows)
     batch = np.resize(X[300:], (rows, X.shape[1]))
+    _refuse_walking(monkeypatch)
+    assert forest_proba(model, batch, walk).tobytes() == model.predict_proba(batch).tobytes()
+
+
+def _refuse_walking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, any walk taken fails the test."""
 
     def refused(self: ForestWalk, features: np.ndarray) -> np.ndarray:
-        raise AssertionError("walked")
+        pytest.fail("walked")
 
     monkeypatch.setattr(ForestWalk, "mean", refused)
-    assert forest_proba(model, batch, walk).tobytes() == model.predict_proba(batch).tobytes()
 
 
 def test_a_walk_is_used_only_for_the_forest_it_was_compiled_from(
@@ -147,7 +152,7 @@ def test_a_walk_is_used_only_for_the_forest_it_was_compiled_from(
     first = RandomForestClassifier(n_estimators=4, random_state=0).fit(X[:300], y[:300])
     second = RandomForestClassifier(n_estimators=4, random_state=9).fit(X[:300], y[:300])
     walk = _walk(first)
-    monkeypatch.setattr(ForestWalk, "mean", lambda self, features: pytest.fail("walked"))
+    _refuse_walking(monkeypatch)
     batch = X[300:310]
     assert forest_proba(second, batch, walk).tobytes() == second.predict_proba(batch).tobytes()
 
